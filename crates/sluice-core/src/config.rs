@@ -1,0 +1,338 @@
+//! The typed configuration: one TOML file, every key documented in `config/sluice.toml`,
+//! unknown keys refused, environment overrides (`SLUICE__SECTION__KEY=value`).
+//!
+//! The embedded default (`DEFAULT_TOML`) is that same documented file, so the binary runs with
+//! no file at all and the documentation cannot drift from the defaults (a test checks it).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The documented default configuration, embedded in the binary.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/sluice.toml");
+
+/// Prefix of environment variables that override config keys: `SLUICE__RTMP__LISTEN=...`.
+pub const ENV_PREFIX: &str = "SLUICE__";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The text is not valid TOML, or does not match the schema (unknown key, wrong type).
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// An environment override names no config key or has an unusable value.
+    #[error("environment override {var}: {reason}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Values that parse but cannot work together.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings.
+    pub server: ServerConfig,
+    /// RTMP listener (ingest and play).
+    pub rtmp: RtmpConfig,
+    /// HTTP listener (HTTP-FLV playback).
+    pub http: HttpConfig,
+    /// Admin listener (metrics, API, health).
+    pub admin: AdminConfig,
+    /// Stream behaviour: publishers, waiting viewers, GOP cache.
+    pub streams: StreamsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// How long shutdown waits for sessions to close before exiting anyway.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// RTMP listener settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtmpConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Connections accepted at once; more are refused at accept.
+    pub max_connections: usize,
+    /// Deadline for the handshake and the connect command.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed (publishers and players).
+    pub idle_timeout_ms: u64,
+    /// Outgoing chunk size announced to every peer (128..=65536).
+    pub chunk_size: u32,
+    /// Largest chunk size a peer may announce.
+    pub max_incoming_chunk_size: u32,
+    /// Largest message a peer may send.
+    pub max_message_size: u32,
+    /// Window acknowledgement size and peer bandwidth we announce.
+    pub window_ack_size: u32,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Connections accepted at once; more are refused at accept.
+    pub max_connections: usize,
+    /// Value of Access-Control-Allow-Origin on playback responses; empty disables CORS.
+    pub cors_allow_origin: String,
+}
+
+/// Admin listener settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on (keep it private: it has no authentication).
+    pub listen: SocketAddr,
+}
+
+/// What happens when a second publisher asks for a key that is being published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishConflict {
+    /// Refuse the newcomer with NetStream.Publish.BadName.
+    Reject,
+    /// The newcomer takes over; the old publisher is disconnected.
+    Takeover,
+}
+
+/// Stream behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// Applications that accept publishers and viewers; empty accepts any.
+    pub apps: Vec<String>,
+    /// What a second publisher on the same key gets.
+    pub publish_conflict: PublishConflict,
+    /// How long a viewer waits for a publisher that has not started yet.
+    pub wait_for_publisher_ms: u64,
+    /// How long viewers stay attached after their publisher drops, waiting for it to return.
+    pub republish_grace_ms: u64,
+    /// Keep the current GOP so new viewers start on a keyframe at once.
+    pub gop_cache: bool,
+    /// GOPs kept per stream, live one included (at least 1).
+    pub gop_cache_gops: usize,
+    /// Byte budget of a stream's frame ring; older GOPs are evicted first, the live one last.
+    pub gop_cache_max_bytes: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Default filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The embedded file is checked by a unit test, so this cannot fail in a release.
+        Self::from_toml(DEFAULT_TOML).expect("embedded default config is valid")
+    }
+}
+
+impl Config {
+    /// Parses a complete config from TOML text (every key must be present: the defaults are
+    /// merged in by [`Config::load`]).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective config: embedded defaults, then `file_text` (if any) merged over them,
+    /// then environment overrides from `env` (pairs of name and value).
+    pub fn load(
+        file_text: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut merged: toml::Table = toml::from_str(DEFAULT_TOML)?;
+        if let Some(text) = file_text {
+            let file: toml::Table = toml::from_str(text)?;
+            merge(&mut merged, file);
+        }
+        for (var, value) in env {
+            if let Some(path) = var.strip_prefix(ENV_PREFIX) {
+                apply_env(&mut merged, &var, path, &value)?;
+            }
+        }
+        let config: Config = toml::Value::Table(merged).try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(128..=65536).contains(&self.rtmp.chunk_size) {
+            return invalid("rtmp.chunk_size must be within 128..=65536");
+        }
+        if self.rtmp.max_incoming_chunk_size < 128 {
+            return invalid("rtmp.max_incoming_chunk_size must be at least 128");
+        }
+        if self.rtmp.max_message_size < 1024 {
+            return invalid("rtmp.max_message_size must be at least 1024");
+        }
+        if self.streams.gop_cache_gops == 0 {
+            return invalid("streams.gop_cache_gops must be at least 1");
+        }
+        if self.rtmp.max_connections == 0 || self.http.max_connections == 0 {
+            return invalid("max_connections must be at least 1");
+        }
+        if self.rtmp.handshake_timeout_ms == 0 {
+            return invalid("rtmp.handshake_timeout_ms must be positive");
+        }
+        Ok(())
+    }
+}
+
+impl RtmpConfig {
+    /// Handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// Idle deadline.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+impl StreamsConfig {
+    /// Whether `app` may publish and play.
+    pub fn app_allowed(&self, app: &str) -> bool {
+        self.apps.is_empty() || self.apps.iter().any(|a| a == app)
+    }
+    /// Viewer wait for a publisher.
+    pub fn wait_for_publisher(&self) -> Duration {
+        Duration::from_millis(self.wait_for_publisher_ms)
+    }
+    /// Viewer wait for a returning publisher.
+    pub fn republish_grace(&self) -> Duration {
+        Duration::from_millis(self.republish_grace_ms)
+    }
+}
+
+/// Merges `over` into `base`, table by table; leaves replace.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Applies `SLUICE__SECTION__KEY=value`: the value is read as a TOML value when it parses as
+/// one (numbers, booleans, arrays), else taken as a string.
+fn apply_env(
+    table: &mut toml::Table,
+    var: &str,
+    path: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let err = |reason: &str| ConfigError::Env {
+        var: var.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    let (leaf, sections) = keys.split_last().ok_or_else(|| err("empty key"))?;
+    let mut cursor = table;
+    for section in sections {
+        cursor = match cursor.get_mut(section) {
+            Some(toml::Value::Table(t)) => t,
+            _ => return Err(err(&format!("no config section `{section}`"))),
+        };
+    }
+    if !cursor.contains_key(leaf) {
+        return Err(err(&format!("no config key `{leaf}`")));
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    cursor.insert(leaf.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_has_documented_ports() {
+        let c = Config::default();
+        assert_eq!(c.rtmp.listen.port(), 1935);
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9580");
+        // print-config output parses back to the same config
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn file_merges_over_defaults_and_env_over_file() {
+        let file = "[rtmp]\nchunk_size = 8192\n[streams]\napps = [\"live\"]\n";
+        let env = vec![
+            (
+                "SLUICE__RTMP__LISTEN".to_owned(),
+                "127.0.0.1:1999".to_owned(),
+            ),
+            ("SLUICE__STREAMS__GOP_CACHE".to_owned(), "false".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::load(Some(file), env).unwrap();
+        assert_eq!(c.rtmp.chunk_size, 8192);
+        assert_eq!(c.rtmp.listen.port(), 1999);
+        assert!(!c.streams.gop_cache);
+        assert!(c.streams.app_allowed("live"));
+        assert!(!c.streams.app_allowed("other"));
+        assert_eq!(c.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let e = Config::load(Some("[rtmp]\nchunk_sise = 1\n"), []).unwrap_err();
+        assert!(e.to_string().contains("chunk_sise"), "{e}");
+        assert!(Config::load(Some("[nope]\n"), []).is_err());
+        assert!(Config::load(Some("[rtmp]\nchunk_size = 10\n"), []).is_err());
+        let env = vec![("SLUICE__RTMP__NOPE".to_owned(), "1".to_owned())];
+        assert!(matches!(
+            Config::load(None, env),
+            Err(ConfigError::Env { .. })
+        ));
+    }
+}

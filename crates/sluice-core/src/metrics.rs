@@ -1,0 +1,133 @@
+//! The Prometheus metrics every front end reports into, and their text encoding.
+//!
+//! Counters are atomics: front ends add per batch, never log per frame. Label values are
+//! `'static` strings, so families cannot grow from peer input.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// One label.
+pub type Label1 = [(&'static str, &'static str); 1];
+/// Two labels.
+pub type Label2 = [(&'static str, &'static str); 2];
+
+/// Protocol label values.
+pub mod proto {
+    /// RTMP (ingest and play).
+    pub const RTMP: &str = "rtmp";
+    /// HTTP-FLV.
+    pub const HTTP_FLV: &str = "http_flv";
+}
+
+/// All metrics of a node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Streams known (published or waited for).
+    pub streams: Gauge,
+    /// Publishers attached.
+    pub publishers: Gauge,
+    /// Viewers attached, by protocol.
+    pub viewers: Family<Label1, Gauge>,
+    /// Bytes received from peers, by protocol.
+    pub bytes_in: Family<Label1, Counter>,
+    /// Bytes sent to peers, by protocol.
+    pub bytes_out: Family<Label1, Counter>,
+    /// Media frames ingested, by kind (audio, video, script).
+    pub frames_in: Family<Label1, Counter>,
+    /// Frames sent to viewers, by protocol.
+    pub frames_out: Family<Label1, Counter>,
+    /// Connections accepted, by protocol.
+    pub connections: Family<Label1, Counter>,
+    /// Connections refused, by protocol and reason.
+    pub connections_refused: Family<Label2, Counter>,
+    /// Connections closed, by protocol and reason.
+    pub connections_closed: Family<Label2, Counter>,
+    /// Viewers moved forward in the ring, by reason.
+    pub viewer_skips: Family<Label1, Counter>,
+    /// Frames serialised for one viewer only because it played on an unusual message stream
+    /// id (the shared form could not be used).
+    pub rtmp_private_serialisations: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `sluice_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let m = Metrics {
+            streams: Gauge::default(),
+            publishers: Gauge::default(),
+            viewers: Family::default(),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            frames_in: Family::default(),
+            frames_out: Family::default(),
+            connections: Family::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
+            viewer_skips: Family::default(),
+            rtmp_private_serialisations: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("streams", "Streams known", m.streams.clone());
+        registry.register("publishers", "Publishers attached", m.publishers.clone());
+        registry.register("viewers", "Viewers attached", m.viewers.clone());
+        registry.register("bytes_in", "Bytes received from peers", m.bytes_in.clone());
+        registry.register("bytes_out", "Bytes sent to peers", m.bytes_out.clone());
+        registry.register("frames_in", "Media frames ingested", m.frames_in.clone());
+        registry.register("frames_out", "Frames sent to viewers", m.frames_out.clone());
+        registry.register("connections", "Connections accepted", m.connections.clone());
+        registry.register(
+            "connections_refused",
+            "Connections refused",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections closed",
+            m.connections_closed.clone(),
+        );
+        registry.register(
+            "viewer_skips",
+            "Viewers moved forward in the ring",
+            m.viewer_skips.clone(),
+        );
+        registry.register(
+            "rtmp_private_serialisations",
+            "Frames serialised for a single RTMP viewer on an unusual stream id",
+            m.rtmp_private_serialisations.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a closed connection.
+    pub fn closed(&self, protocol: &'static str, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&[("protocol", protocol), ("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a refused connection.
+    pub fn refused(&self, protocol: &'static str, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&[("protocol", protocol), ("reason", reason)])
+            .inc();
+    }
+}

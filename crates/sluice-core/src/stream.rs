@@ -1,0 +1,540 @@
+//! One live stream: its sequence headers, a ring of recent frames (the GOP cache) and the
+//! cursors of its viewers.
+//!
+//! The ring is the queue (DESIGN principle 2): frames are appended once, as `Arc<Frame>`, and
+//! every viewer is a position in the ring. A viewer that falls out of the ring skips to the
+//! newest keyframe (with the headers that were current there) instead of being buffered, so
+//! per-viewer memory does not depend on the viewer's speed. The lock is short and never held
+//! across an `.await`: readers copy out `Arc`s and write after releasing it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use sluice_media::{AudioInfo, Frame, FrameKind, VideoInfo};
+use tokio::sync::watch;
+
+use crate::registry::Registry;
+
+/// A stream's identity: the RTMP application and the stream name (stream key without its
+/// query string).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    /// Application (`live` in `rtmp://host/live/key`).
+    pub app: Arc<str>,
+    /// Stream name (`key`).
+    pub name: Arc<str>,
+}
+
+impl StreamKey {
+    /// A key from its parts.
+    pub fn new(app: &str, name: &str) -> Self {
+        StreamKey {
+            app: app.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.app, self.name)
+    }
+}
+
+/// Cache settings a stream is created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// New viewers start at the newest keyframe already cached (else at the next one).
+    pub gop_cache: bool,
+    /// GOPs kept, the live one included.
+    pub gops: usize,
+    /// Byte budget of the ring.
+    pub max_bytes: usize,
+}
+
+/// A frame count cap on top of the byte budget, so that streams of tiny frames (audio only)
+/// cannot grow the ring's bookkeeping without bound.
+const MAX_RING_FRAMES: usize = 16_384;
+
+/// The decoder configuration a viewer needs before media: metadata and sequence headers.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    /// The latest onMetaData script frame.
+    pub metadata: Option<Arc<Frame>>,
+    /// The latest video sequence header.
+    pub video: Option<Arc<Frame>>,
+    /// The latest audio sequence header.
+    pub audio: Option<Arc<Frame>>,
+}
+
+impl Headers {
+    fn frames(&self) -> impl Iterator<Item = &Arc<Frame>> {
+        [&self.metadata, &self.video, &self.audio]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Where a GOP starts in the ring, and the headers in force there.
+#[derive(Debug)]
+struct GopStart {
+    seq: u64,
+    headers: Headers,
+}
+
+/// Counters and facts about a stream, for the API and metrics.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Payload bytes received from publishers.
+    pub bytes_in: AtomicU64,
+    /// Frames received from publishers.
+    pub frames_in: AtomicU64,
+    /// Viewers attached now.
+    pub viewers: AtomicUsize,
+    /// Times a viewer was moved forward because it fell out of the ring.
+    pub viewer_skips: AtomicU64,
+}
+
+/// A snapshot of a stream for the admin API.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    /// Identity.
+    pub key: StreamKey,
+    /// A publisher is attached now.
+    pub publishing: bool,
+    /// Video codec details from the latest sequence header.
+    pub video: Option<VideoInfo>,
+    /// Audio codec details from the latest sequence header.
+    pub audio: Option<AudioInfo>,
+    /// Incoming bitrate over the last measured second, in bits per second.
+    pub bitrate_bps: u64,
+    /// How long the current publisher has been publishing.
+    pub uptime: Option<Duration>,
+    /// Viewers attached now.
+    pub viewers: usize,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames and bytes in the ring now.
+    pub cached_frames: usize,
+    /// Bytes in the ring now.
+    pub cached_bytes: usize,
+}
+
+/// Rolling one-second bitrate measurement.
+#[derive(Debug, Default)]
+struct BitrateMeter {
+    window_start: Option<Instant>,
+    bytes: u64,
+    last_bps: u64,
+}
+
+impl BitrateMeter {
+    fn add(&mut self, bytes: usize, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        self.bytes += bytes as u64;
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= Duration::from_secs(1) {
+            self.last_bps = self.bytes * 8 * 1000 / elapsed.as_millis().max(1) as u64;
+            self.bytes = 0;
+            self.window_start = Some(now);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The attached publisher's id.
+    publisher: Option<u64>,
+    /// When the last publisher left (None while publishing or before the first one).
+    unpublished_at: Option<Instant>,
+    publish_started: Option<Instant>,
+    /// The ring: `frames[0]` has sequence number `first_seq`.
+    frames: VecDeque<Arc<Frame>>,
+    first_seq: u64,
+    bytes: usize,
+    /// Keyframe positions within the ring, oldest first.
+    gops: VecDeque<GopStart>,
+    headers: Headers,
+    has_video: bool,
+    /// The newest dts appended, so that a returning publisher continues the timeline.
+    last_dts: Option<u64>,
+    video_info: Option<VideoInfo>,
+    audio_info: Option<AudioInfo>,
+    bitrate: BitrateMeter,
+}
+
+impl State {
+    fn next_seq(&self) -> u64 {
+        self.first_seq + self.frames.len() as u64
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(f) = self.frames.pop_front() {
+            self.bytes -= f.payload.len();
+            self.first_seq += 1;
+        }
+        while self.gops.front().is_some_and(|g| g.seq < self.first_seq) {
+            self.gops.pop_front();
+        }
+    }
+
+    fn evict(&mut self, cache: &CacheSettings) {
+        while self.gops.len() > cache.gops.max(1) {
+            self.drop_oldest_gop();
+        }
+        while self.bytes > cache.max_bytes && self.gops.len() > 1 {
+            self.drop_oldest_gop();
+        }
+        // Frames before the oldest keyframe can start no viewer; attached viewers behind
+        // them are skipped forward anyway.
+        if let Some(first_gop) = self.gops.front().map(|g| g.seq)
+            && self.gops.len() == cache.gops.max(1)
+        {
+            while self.first_seq < first_gop {
+                self.pop_front();
+            }
+        }
+        while (self.bytes > cache.max_bytes && self.frames.len() > 1)
+            || self.frames.len() > MAX_RING_FRAMES
+        {
+            self.pop_front();
+        }
+    }
+
+    fn drop_oldest_gop(&mut self) {
+        let Some(until) = self.gops.get(1).map(|g| g.seq) else {
+            return;
+        };
+        while self.first_seq < until {
+            self.pop_front();
+        }
+    }
+}
+
+/// Why a publisher could not attach.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// Another publisher holds the key and the config says reject.
+    #[error("stream {0} is already being published")]
+    AlreadyPublishing(StreamKey),
+    /// The application is not configured.
+    #[error("application {0:?} is not served here")]
+    UnknownApp(String),
+}
+
+/// Why a publisher's frame was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// Another publisher took the stream over.
+    #[error("another publisher took over the stream")]
+    Displaced,
+    /// The payload is not a valid FLV tag body.
+    #[error("bad media payload: {0}")]
+    BadPayload(String),
+}
+
+/// A live stream. Shared as `Arc<Stream>` by its publisher, viewers and the registry.
+#[derive(Debug)]
+pub struct Stream {
+    key: StreamKey,
+    cache: CacheSettings,
+    state: Mutex<State>,
+    /// Bumped on every change viewers may care about; viewers wait on it.
+    changed: watch::Sender<u64>,
+    /// Counters.
+    pub stats: StreamStats,
+}
+
+impl Stream {
+    pub(crate) fn new(key: StreamKey, cache: CacheSettings) -> Self {
+        Stream {
+            key,
+            cache,
+            state: Mutex::new(State::default()),
+            changed: watch::Sender::new(0),
+            stats: StreamStats::default(),
+        }
+    }
+
+    /// The stream's key.
+    pub fn key(&self) -> &StreamKey {
+        &self.key
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Whether a publisher is attached.
+    pub fn is_publishing(&self) -> bool {
+        self.state.lock().publisher.is_some()
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.stats.viewers.load(Ordering::Acquire) == 0 && self.state.lock().publisher.is_none()
+    }
+
+    /// Attaches publisher `id`; `takeover` displaces a current one instead of failing.
+    pub(crate) fn attach_publisher(
+        &self,
+        id: u64,
+        takeover: bool,
+        now: Instant,
+    ) -> Result<(), PublishError> {
+        {
+            let mut s = self.state.lock();
+            if s.publisher.is_some() && !takeover {
+                return Err(PublishError::AlreadyPublishing(self.key.clone()));
+            }
+            s.publisher = Some(id);
+            s.unpublished_at = None;
+            s.publish_started = Some(now);
+        }
+        self.bump();
+        Ok(())
+    }
+
+    pub(crate) fn detach_publisher(&self, id: u64, now: Instant) {
+        {
+            let mut s = self.state.lock();
+            if s.publisher != Some(id) {
+                return;
+            }
+            s.publisher = None;
+            s.unpublished_at = Some(now);
+            s.publish_started = None;
+        }
+        self.bump();
+    }
+
+    /// Appends a frame from publisher `id`.
+    pub(crate) fn append(&self, id: u64, frame: Frame, now: Instant) -> Result<(), IngestError> {
+        let frame = Arc::new(frame);
+        {
+            let mut s = self.state.lock();
+            if s.publisher != Some(id) {
+                return Err(IngestError::Displaced);
+            }
+            s.bitrate.add(frame.payload.len(), now);
+            s.last_dts = Some(s.last_dts.map_or(frame.dts, |d| d.max(frame.dts)));
+            let next_seq = s.next_seq();
+            match frame.kind {
+                FrameKind::Script => s.headers.metadata = Some(frame.clone()),
+                FrameKind::Video if frame.seq_header => {
+                    s.video_info = sluice_media::codec::video_info(&frame.payload);
+                    s.headers.video = Some(frame.clone());
+                }
+                FrameKind::Audio if frame.seq_header => {
+                    s.audio_info = sluice_media::codec::audio_info(&frame.payload);
+                    s.headers.audio = Some(frame.clone());
+                }
+                FrameKind::Audio => {
+                    if s.audio_info.is_none() {
+                        // Codecs without a sequence header (MP3) describe themselves per tag.
+                        s.audio_info = sluice_media::codec::audio_info(&frame.payload);
+                    }
+                }
+                FrameKind::Video => {
+                    s.has_video = true;
+                    if frame.keyframe {
+                        let headers = s.headers.clone();
+                        s.gops.push_back(GopStart {
+                            seq: next_seq,
+                            headers,
+                        });
+                    }
+                }
+            }
+            s.bytes += frame.payload.len();
+            s.frames.push_back(frame.clone());
+            s.evict(&self.cache);
+        }
+        self.stats
+            .bytes_in
+            .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+        self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.bump();
+        Ok(())
+    }
+
+    /// The newest dts appended so far.
+    pub(crate) fn last_dts(&self) -> Option<u64> {
+        self.state.lock().last_dts
+    }
+
+    /// A snapshot for the admin API.
+    pub fn info(&self, now: Instant) -> StreamInfo {
+        let s = self.state.lock();
+        StreamInfo {
+            key: self.key.clone(),
+            publishing: s.publisher.is_some(),
+            video: s.video_info.clone(),
+            audio: s.audio_info.clone(),
+            bitrate_bps: s.bitrate.last_bps,
+            uptime: s.publish_started.map(|t| now.saturating_duration_since(t)),
+            viewers: self.stats.viewers.load(Ordering::Relaxed),
+            bytes_in: self.stats.bytes_in.load(Ordering::Relaxed),
+            frames_in: self.stats.frames_in.load(Ordering::Relaxed),
+            cached_frames: s.frames.len(),
+            cached_bytes: s.bytes,
+        }
+    }
+}
+
+/// What a viewer's read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadState {
+    /// Frames were appended to the output.
+    Frames,
+    /// Nothing new yet; wait for [`Cursor::changed`].
+    Pending,
+    /// The stream has never had a publisher (or not since this viewer arrived); wait for one.
+    WaitingForPublisher,
+    /// The publisher left at this instant; wait for it to come back (for a grace period).
+    Unpublished(Instant),
+}
+
+/// Why a viewer's position was moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The viewer fell out of the ring and was moved to the newest keyframe.
+    Lagged,
+}
+
+/// A viewer's position in a stream's ring.
+#[derive(Debug)]
+pub struct Cursor {
+    stream: Arc<Stream>,
+    /// To forget the stream when its last viewer leaves.
+    registry: Registry,
+    changed: watch::Receiver<u64>,
+    /// Sequence number of the next frame to read; None until the viewer has started.
+    next: Option<u64>,
+    /// Drop video inter frames and audio until the next keyframe (started at the live edge).
+    need_keyframe: bool,
+    /// Skips taken, by reason, since the last call to [`Cursor::take_skips`].
+    skips: u64,
+}
+
+impl Cursor {
+    pub(crate) fn new(stream: Arc<Stream>, registry: Registry) -> Self {
+        let changed = stream.changed.subscribe();
+        stream.stats.viewers.fetch_add(1, Ordering::AcqRel);
+        Cursor {
+            stream,
+            registry,
+            changed,
+            next: None,
+            need_keyframe: false,
+            skips: 0,
+        }
+    }
+
+    /// The stream this cursor reads.
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// Whether the viewer has started receiving (headers sent).
+    pub fn started(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// Skips since the last call.
+    pub fn take_skips(&mut self) -> u64 {
+        std::mem::take(&mut self.skips)
+    }
+
+    /// Copies up to `max` frames to send into `out` (as `Arc` clones) and advances.
+    pub fn read(&mut self, out: &mut Vec<Arc<Frame>>, max: usize) -> ReadState {
+        // Mark the current version seen before reading, so a change that lands after this
+        // read wakes the next `changed()`.
+        self.changed.borrow_and_update();
+        let cache = self.stream.cache;
+        let s = self.stream.state.lock();
+        let start_len = out.len();
+        let next = match self.next {
+            Some(next) if next < s.first_seq => {
+                // Fell out of the ring: restart at the newest keyframe with its headers.
+                self.skips += 1;
+                self.stream
+                    .stats
+                    .viewer_skips
+                    .fetch_add(1, Ordering::Relaxed);
+                Self::start_at(&s, out, true, &mut self.need_keyframe)
+            }
+            Some(next) => next,
+            None => {
+                if s.publisher.is_none() && (s.frames.is_empty() || s.unpublished_at.is_some()) {
+                    return ReadState::WaitingForPublisher;
+                }
+                Self::start_at(&s, out, cache.gop_cache, &mut self.need_keyframe)
+            }
+        };
+        let mut seq = next;
+        let end = s.next_seq();
+        while seq < end && out.len() - start_len < max {
+            let frame = &s.frames[(seq - s.first_seq) as usize];
+            seq += 1;
+            if self.need_keyframe && !frame.seq_header && frame.kind != FrameKind::Script {
+                if frame.kind == FrameKind::Video && frame.keyframe {
+                    self.need_keyframe = false;
+                } else {
+                    continue;
+                }
+            }
+            out.push(frame.clone());
+        }
+        self.next = Some(seq);
+        if out.len() > start_len {
+            ReadState::Frames
+        } else if let (None, Some(at)) = (s.publisher, s.unpublished_at) {
+            ReadState::Unpublished(at)
+        } else {
+            ReadState::Pending
+        }
+    }
+
+    /// Picks a start position: the newest cached keyframe (`from_cache`), else the live edge
+    /// waiting for the next keyframe. Pushes the headers in force there.
+    fn start_at(
+        s: &State,
+        out: &mut Vec<Arc<Frame>>,
+        from_cache: bool,
+        need_keyframe: &mut bool,
+    ) -> u64 {
+        match s.gops.back() {
+            Some(gop) if from_cache => {
+                out.extend(gop.headers.frames().cloned());
+                *need_keyframe = false;
+                gop.seq
+            }
+            _ => {
+                out.extend(s.headers.frames().cloned());
+                *need_keyframe = s.has_video;
+                s.next_seq()
+            }
+        }
+    }
+
+    /// Resolves when the stream has changed since the last [`Cursor::read`].
+    pub async fn changed(&mut self) {
+        // The sender lives as long as the stream, which this cursor keeps alive.
+        let _ = self.changed.changed().await;
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        self.stream.stats.viewers.fetch_sub(1, Ordering::AcqRel);
+        self.registry.forget_if_idle(self.stream.key());
+    }
+}

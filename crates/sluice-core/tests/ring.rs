@@ -1,0 +1,298 @@
+//! The stream ring and registry with injected time: where viewers start, how they skip, how
+//! publishers come, collide and return.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_core::{CacheSettings, Publisher, ReadState, Registry, StreamKey};
+use sluice_media::{Frame, FrameKind};
+
+const CACHE: CacheSettings = CacheSettings {
+    gop_cache: true,
+    gops: 2,
+    max_bytes: 1 << 20,
+};
+
+fn avc(keyframe: bool, seq: bool, marker: u8) -> Bytes {
+    let frame_type = if keyframe || seq { 0x17 } else { 0x27 };
+    Bytes::from(vec![frame_type, u8::from(!seq), 0, 0, 0, marker, marker])
+}
+
+fn aac(seq: bool, marker: u8) -> Bytes {
+    Bytes::from(vec![0xaf, u8::from(!seq), 0x12, marker])
+}
+
+fn video(p: &mut Publisher, ts: u32, keyframe: bool, marker: u8) {
+    p.push_media(
+        FrameKind::Video,
+        ts,
+        avc(keyframe, false, marker),
+        Instant::now(),
+    )
+    .unwrap();
+}
+
+fn headers(p: &mut Publisher, ts: u32, marker: u8) {
+    p.push_metadata(
+        ts,
+        Bytes::from_static(b"\x02\x00\x0aonMetaData\x03\x00\x00\x09"),
+        Instant::now(),
+    )
+    .unwrap();
+    p.push_media(
+        FrameKind::Video,
+        ts,
+        avc(true, true, marker),
+        Instant::now(),
+    )
+    .unwrap();
+    p.push_media(FrameKind::Audio, ts, aac(true, marker), Instant::now())
+        .unwrap();
+}
+
+fn read_all(cursor: &mut sluice_core::Cursor) -> (Vec<Arc<Frame>>, ReadState) {
+    let mut out = Vec::new();
+    let state = cursor.read(&mut out, usize::MAX);
+    (out, state)
+}
+
+fn key() -> StreamKey {
+    StreamKey::new("live", "cam")
+}
+
+#[test]
+fn new_viewer_gets_metadata_and_headers_then_the_newest_keyframe() {
+    let reg = Registry::new();
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 1);
+    video(&mut p, 0, true, 10);
+    video(&mut p, 40, false, 11);
+    video(&mut p, 80, true, 12);
+    p.push_media(FrameKind::Audio, 90, aac(false, 13), Instant::now())
+        .unwrap();
+    video(&mut p, 120, false, 14);
+
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    let (frames, state) = read_all(&mut viewer);
+    assert_eq!(state, ReadState::Frames);
+    let kinds: Vec<_> = frames
+        .iter()
+        .map(|f| (f.kind, f.seq_header, f.keyframe, f.dts))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (FrameKind::Script, false, false, 0),
+            (FrameKind::Video, true, false, 0),
+            (FrameKind::Audio, true, false, 0),
+            (FrameKind::Video, false, true, 80),
+            (FrameKind::Audio, false, false, 90),
+            (FrameKind::Video, false, false, 120),
+        ]
+    );
+    assert_eq!(read_all(&mut viewer).1, ReadState::Pending);
+    video(&mut p, 160, false, 15);
+    let (frames, _) = read_all(&mut viewer);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].dts, 160);
+}
+
+#[test]
+fn without_gop_cache_a_viewer_waits_for_the_next_keyframe() {
+    let reg = Registry::new();
+    let cache = CacheSettings {
+        gop_cache: false,
+        ..CACHE
+    };
+    let mut p = reg.publish(&key(), cache, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 1);
+    video(&mut p, 0, true, 10);
+    video(&mut p, 40, false, 11);
+    let mut viewer = reg.subscribe(&key(), cache);
+    let (frames, _) = read_all(&mut viewer);
+    assert_eq!(frames.len(), 3, "headers only");
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.seq_header || f.kind == FrameKind::Script)
+    );
+    video(&mut p, 80, false, 12);
+    p.push_media(FrameKind::Audio, 81, aac(false, 2), Instant::now())
+        .unwrap();
+    assert!(
+        read_all(&mut viewer).0.is_empty(),
+        "inter frames and audio before the keyframe are skipped"
+    );
+    video(&mut p, 120, true, 13);
+    video(&mut p, 160, false, 14);
+    let dts: Vec<_> = read_all(&mut viewer).0.iter().map(|f| f.dts).collect();
+    assert_eq!(dts, vec![120, 160]);
+}
+
+#[test]
+fn a_viewer_that_falls_out_of_the_ring_skips_to_the_newest_keyframe() {
+    let reg = Registry::new();
+    let cache = CacheSettings { gops: 1, ..CACHE };
+    let mut p = reg.publish(&key(), cache, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 1);
+    video(&mut p, 0, true, 10);
+    let mut viewer = reg.subscribe(&key(), cache);
+    read_all(&mut viewer);
+    // Three more GOPs while the viewer reads nothing: with one GOP kept, it fell out.
+    for gop in 1..=3u32 {
+        video(&mut p, gop * 1000, true, 20);
+        video(&mut p, gop * 1000 + 40, false, 21);
+    }
+    let (frames, _) = read_all(&mut viewer);
+    assert_eq!(viewer.take_skips(), 1);
+    assert_eq!(
+        viewer
+            .stream()
+            .stats
+            .viewer_skips
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Headers again, then the newest GOP from its keyframe.
+    let summary: Vec<_> = frames
+        .iter()
+        .map(|f| (f.seq_header || f.kind == FrameKind::Script, f.dts))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (true, 0),
+            (true, 0),
+            (true, 0),
+            (false, 3000),
+            (false, 3040)
+        ]
+    );
+    assert!(frames[3].keyframe);
+}
+
+#[test]
+fn byte_budget_evicts_old_gops_but_keeps_the_live_one() {
+    let reg = Registry::new();
+    let cache = CacheSettings {
+        gop_cache: true,
+        gops: 10,
+        max_bytes: 100,
+    };
+    let mut p = reg.publish(&key(), cache, false, Instant::now()).unwrap();
+    for i in 0..40u32 {
+        video(&mut p, i * 40, i % 10 == 0, 1);
+    }
+    let info = p.stream().info(Instant::now());
+    assert!(info.cached_bytes <= 100, "{info:?}");
+    let mut viewer = reg.subscribe(&key(), cache);
+    let (frames, _) = read_all(&mut viewer);
+    assert!(frames[0].keyframe, "a viewer still starts on a keyframe");
+    assert_eq!(frames[0].dts, 30 * 40);
+}
+
+#[test]
+fn a_second_publisher_is_refused_or_takes_over() {
+    let reg = Registry::new();
+    let mut first = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    assert!(reg.publish(&key(), CACHE, false, Instant::now()).is_err());
+    let mut second = reg.publish(&key(), CACHE, true, Instant::now()).unwrap();
+    let err = first
+        .push_media(FrameKind::Video, 0, avc(true, false, 1), Instant::now())
+        .unwrap_err();
+    assert_eq!(err, sluice_core::stream::IngestError::Displaced);
+    video(&mut second, 0, true, 2);
+    drop(first);
+    assert!(
+        reg.get(&key()).unwrap().is_publishing(),
+        "the displaced publisher's exit leaves the new one"
+    );
+}
+
+#[test]
+fn a_returning_publisher_continues_the_timeline_and_viewers_carry_on() {
+    let reg = Registry::new();
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 1);
+    video(&mut p, 0, true, 10);
+    video(&mut p, 5000, false, 11);
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    read_all(&mut viewer);
+    let left_at = Instant::now();
+    drop(p);
+    assert!(matches!(read_all(&mut viewer).1, ReadState::Unpublished(t) if t >= left_at));
+    assert!(reg.get(&key()).is_some(), "kept while a viewer waits");
+
+    // It comes back with timestamps from zero and a changed sequence header.
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 2);
+    video(&mut p, 0, true, 20);
+    video(&mut p, 40, false, 21);
+    let (frames, _) = read_all(&mut viewer);
+    let video_header = frames
+        .iter()
+        .find(|f| f.kind == FrameKind::Video && f.seq_header)
+        .unwrap();
+    assert_eq!(
+        video_header.payload[5], 2,
+        "the new sequence header reaches the viewer"
+    );
+    let dts: Vec<_> = frames.iter().map(|f| f.dts).collect();
+    assert!(
+        dts.iter().all(|&d| d > 5000),
+        "rebased after the old timeline: {dts:?}"
+    );
+    assert!(dts.windows(2).all(|w| w[0] <= w[1]), "monotonic: {dts:?}");
+}
+
+#[test]
+fn timestamps_unwrap_past_32_bits() {
+    let reg = Registry::new();
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    video(&mut p, u32::MAX - 20, true, 1);
+    video(&mut p, 19, false, 2);
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    let dts: Vec<_> = read_all(&mut viewer).0.iter().map(|f| f.dts).collect();
+    assert_eq!(
+        dts,
+        vec![u64::from(u32::MAX) - 20, u64::from(u32::MAX) + 20]
+    );
+}
+
+#[test]
+fn streams_are_forgotten_when_nobody_publishes_or_watches() {
+    let reg = Registry::new();
+    let viewer = reg.subscribe(&key(), CACHE);
+    assert_eq!(reg.len(), 1);
+    let p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    drop(viewer);
+    assert_eq!(reg.len(), 1, "still published");
+    drop(p);
+    assert!(reg.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_viewer_is_woken_by_the_first_frame() {
+    let reg = Registry::new();
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    assert_eq!(read_all(&mut viewer).1, ReadState::WaitingForPublisher);
+    let reg2 = reg.clone();
+    let publisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut p = reg2.publish(&key(), CACHE, false, Instant::now()).unwrap();
+        video(&mut p, 0, true, 1);
+        p
+    });
+    loop {
+        let (frames, state) = read_all(&mut viewer);
+        if state == ReadState::Frames {
+            assert!(frames[0].keyframe);
+            break;
+        }
+        tokio::time::timeout(Duration::from_secs(5), viewer.changed())
+            .await
+            .unwrap();
+    }
+    drop(publisher.await.unwrap());
+}
