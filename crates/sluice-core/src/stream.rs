@@ -191,15 +191,6 @@ impl State {
         while self.bytes > cache.max_bytes && self.gops.len() > 1 {
             self.drop_oldest_gop();
         }
-        // Frames before the oldest keyframe can start no viewer; attached viewers behind
-        // them are skipped forward anyway.
-        if let Some(first_gop) = self.gops.front().map(|g| g.seq)
-            && self.gops.len() == cache.gops.max(1)
-        {
-            while self.first_seq < first_gop {
-                self.pop_front();
-            }
-        }
         while (self.bytes > cache.max_bytes && self.frames.len() > 1)
             || self.frames.len() > MAX_RING_FRAMES
         {
@@ -420,8 +411,10 @@ pub struct Cursor {
     next: Option<u64>,
     /// Drop video inter frames and audio until the next keyframe (started at the live edge).
     need_keyframe: bool,
-    /// Skips taken, by reason, since the last call to [`Cursor::take_skips`].
+    /// Skips taken since the last call to [`Cursor::take_skips`].
     skips: u64,
+    /// The viewer arrived before the stream had frames.
+    waited: bool,
 }
 
 impl Cursor {
@@ -435,6 +428,7 @@ impl Cursor {
             next: None,
             need_keyframe: false,
             skips: 0,
+            waited: false,
         }
     }
 
@@ -474,9 +468,20 @@ impl Cursor {
             Some(next) => next,
             None => {
                 if s.publisher.is_none() && (s.frames.is_empty() || s.unpublished_at.is_some()) {
+                    self.waited = true;
                     return ReadState::WaitingForPublisher;
                 }
-                Self::start_at(&s, out, cache.gop_cache, &mut self.need_keyframe)
+                if s.frames.is_empty() {
+                    self.waited = true;
+                    return ReadState::Pending;
+                }
+                if self.waited && s.first_seq == 0 {
+                    // Waiting since before the stream's first frame: everything from the
+                    // start, headers included, as they are in the ring in order.
+                    0
+                } else {
+                    Self::start_at(&s, out, cache.gop_cache, &mut self.need_keyframe)
+                }
             }
         };
         let mut seq = next;

@@ -296,3 +296,24 @@ async fn a_waiting_viewer_is_woken_by_the_first_frame() {
     }
     drop(publisher.await.unwrap());
 }
+
+#[test]
+fn a_viewer_waiting_before_the_first_frame_gets_every_frame() {
+    let reg = Registry::new();
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    assert_eq!(read_all(&mut viewer).1, ReadState::WaitingForPublisher);
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 1);
+    p.push_media(FrameKind::Audio, 0, aac(false, 2), Instant::now())
+        .unwrap();
+    video(&mut p, 0, true, 10);
+    video(&mut p, 40, false, 11);
+    video(&mut p, 80, true, 12);
+    let (frames, _) = read_all(&mut viewer);
+    assert_eq!(
+        frames.len(),
+        7,
+        "metadata, two headers, audio before the keyframe, three video"
+    );
+    assert_eq!(frames[3].kind, FrameKind::Audio);
+}
