@@ -5,10 +5,12 @@
 //! framing. Codec knowledge (FLV tag headers, legacy and enhanced; codec configuration
 //! records) lives here and nowhere else.
 
+mod bits;
 pub mod codec;
 pub mod flv;
 pub mod frame;
 pub mod time;
 
-pub use codec::{AudioInfo, CodecId, VideoInfo};
-pub use frame::{Frame, FrameKind};
+pub use codec::{AudioInfo, CodecId, VideoInfo, audio_info, video_info};
+pub use flv::FlvError;
+pub use frame::{Frame, FrameKind, FrameParts};
