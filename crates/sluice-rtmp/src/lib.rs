@@ -7,6 +7,7 @@
 pub mod chunk;
 pub mod client;
 pub mod command;
+pub mod connection;
 pub mod control;
 pub mod handshake;
 pub mod message;
