@@ -1,0 +1,251 @@
+//! HTTP-FLV playback: `GET /{app}/{stream}.flv` streams an FLV file that never ends (until the
+//! stream does). Each frame's FLV tag is built once and shared by every HTTP-FLV viewer.
+//!
+//! The response starts only once the stream has frames: a stream nobody publishes within
+//! `streams.wait_for_publisher_ms` is a 404, not an empty 200.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use sluice_core::metrics::proto;
+use sluice_core::{Cursor, ReadState, StreamKey};
+use sluice_media::Frame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info};
+
+use crate::Context;
+
+const BATCH_FRAMES: usize = 64;
+
+#[derive(Clone)]
+struct AppState {
+    ctx: Arc<Context>,
+    limit: Arc<Semaphore>,
+}
+
+/// The HTTP router for playback.
+pub fn router(ctx: Arc<Context>) -> Router {
+    let limit = Arc::new(Semaphore::new(ctx.config.load().http.max_connections));
+    Router::new()
+        .route("/{app}/{file}", get(play).options(preflight))
+        .with_state(AppState { ctx, limit })
+}
+
+fn cors(ctx: &Context, headers: &mut HeaderMap) {
+    let origin = &ctx.config.load().http.cors_allow_origin;
+    if origin.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, OPTIONS"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("*"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("*"),
+        );
+    }
+}
+
+/// Answers CORS preflights (web players that send Range or custom headers).
+async fn preflight(State(state): State<AppState>) -> Response {
+    let mut headers = HeaderMap::new();
+    cors(&state.ctx, &mut headers);
+    (StatusCode::NO_CONTENT, headers).into_response()
+}
+
+fn not_found(ctx: &Context, why: &'static str) -> Response {
+    let mut headers = HeaderMap::new();
+    cors(ctx, &mut headers);
+    (StatusCode::NOT_FOUND, headers, why).into_response()
+}
+
+async fn play(
+    State(state): State<AppState>,
+    method: Method,
+    Path((app, file)): Path<(String, String)>,
+) -> Response {
+    let ctx = state.ctx;
+    let Some(name) = file.strip_suffix(".flv").filter(|n| !n.is_empty()) else {
+        return not_found(&ctx, "not found\n");
+    };
+    if !ctx.config.load().streams.app_allowed(&app) {
+        ctx.metrics.refused(proto::HTTP_FLV, "unknown_app");
+        return not_found(&ctx, "application not served here\n");
+    }
+    let Ok(permit) = state.limit.clone().try_acquire_owned() else {
+        ctx.metrics.refused(proto::HTTP_FLV, "max_connections");
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    ctx.metrics
+        .connections
+        .get_or_create(&[("protocol", proto::HTTP_FLV)])
+        .inc();
+    let key = StreamKey::new(&app, name);
+    let mut cursor = ctx.registry.subscribe(&key, ctx.cache_settings());
+
+    // Wait for the first frames before answering, so a missing stream is a 404.
+    let mut frames = Vec::with_capacity(BATCH_FRAMES);
+    let give_up = Instant::now() + ctx.config.load().streams.wait_for_publisher();
+    loop {
+        match cursor.read(&mut frames, BATCH_FRAMES) {
+            ReadState::Frames => break,
+            _ => {
+                tokio::select! {
+                    _ = cursor.changed() => {}
+                    _ = sleep_until(give_up) => {
+                        drop(cursor);
+                        ctx.metrics.closed(proto::HTTP_FLV, "no_publisher");
+                        return not_found(&ctx, "stream not found\n");
+                    }
+                    _ = ctx.shutdown.cancelled() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                }
+            }
+        }
+    }
+    info!(%key, "http-flv viewer");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("video/x-flv"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    cors(&ctx, &mut headers);
+    if method == Method::HEAD {
+        drop(cursor);
+        return (StatusCode::OK, headers).into_response();
+    }
+
+    let mut pending = VecDeque::with_capacity(BATCH_FRAMES + 1);
+    pending.push_back(sluice_media::flv::encode_file_header(true, true));
+    let body = FlvBody::new(ctx, cursor, permit, pending, &frames);
+    let stream = futures_util::stream::unfold(body, |mut body| async move {
+        body.next()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(bytes), body))
+    });
+    (StatusCode::OK, headers, Body::from_stream(stream)).into_response()
+}
+
+/// One HTTP-FLV viewer's body: a cursor and the tags to send next.
+struct FlvBody {
+    ctx: Arc<Context>,
+    cursor: Cursor,
+    frames: Vec<Arc<Frame>>,
+    pending: VecDeque<Bytes>,
+    close_reason: &'static str,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl FlvBody {
+    fn new(
+        ctx: Arc<Context>,
+        cursor: Cursor,
+        permit: OwnedSemaphorePermit,
+        mut pending: VecDeque<Bytes>,
+        first: &[Arc<Frame>],
+    ) -> Self {
+        ctx.metrics
+            .viewers
+            .get_or_create(&[("protocol", proto::HTTP_FLV)])
+            .inc();
+        pending.extend(first.iter().map(|f| f.flv_tag()));
+        FlvBody {
+            ctx,
+            cursor,
+            frames: Vec::with_capacity(BATCH_FRAMES),
+            pending,
+            close_reason: "peer_closed",
+            _permit: permit,
+        }
+    }
+
+    /// The next piece of the body, or None when the stream has ended.
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(bytes) = self.pending.pop_front() {
+                let m = &self.ctx.metrics;
+                m.bytes_out
+                    .get_or_create(&[("protocol", proto::HTTP_FLV)])
+                    .inc_by(bytes.len() as u64);
+                return Some(bytes);
+            }
+            self.frames.clear();
+            let state = self.cursor.read(&mut self.frames, BATCH_FRAMES);
+            let skips = self.cursor.take_skips();
+            if skips > 0 {
+                self.ctx
+                    .metrics
+                    .viewer_skips
+                    .get_or_create(&[("reason", "lagged")])
+                    .inc_by(skips);
+            }
+            let give_up = match state {
+                ReadState::Frames => {
+                    self.ctx
+                        .metrics
+                        .frames_out
+                        .get_or_create(&[("protocol", proto::HTTP_FLV)])
+                        .inc_by(self.frames.len() as u64);
+                    self.pending.extend(self.frames.iter().map(|f| f.flv_tag()));
+                    continue;
+                }
+                ReadState::Pending => None,
+                ReadState::Unpublished(at) => {
+                    Some(Instant::from_std(at) + self.ctx.config.load().streams.republish_grace())
+                }
+                ReadState::WaitingForPublisher => {
+                    Some(Instant::now() + self.ctx.config.load().streams.wait_for_publisher())
+                }
+            };
+            let expired = async {
+                match give_up {
+                    Some(at) => sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.cursor.changed() => {}
+                _ = expired => {
+                    self.close_reason = "stream_ended";
+                    return None;
+                }
+                _ = self.ctx.shutdown.cancelled() => {
+                    self.close_reason = "shutdown";
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FlvBody {
+    fn drop(&mut self) {
+        debug!(reason = self.close_reason, stream = %self.cursor.stream().key(), "http-flv viewer left");
+        self.ctx
+            .metrics
+            .viewers
+            .get_or_create(&[("protocol", proto::HTTP_FLV)])
+            .dec();
+        self.ctx.metrics.closed(proto::HTTP_FLV, self.close_reason);
+    }
+}

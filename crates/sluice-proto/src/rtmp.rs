@@ -1,0 +1,651 @@
+//! The RTMP listener: one task per connection, which publishes into or plays from a stream.
+//!
+//! The task owns its socket and a sans-IO `ServerConnection`. Media to players is written as
+//! the frame's shared RTMP form (serialised once per frame for every viewer: full type-0
+//! header, message stream id 1, the configured chunk size), after the session's own output.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_core::metrics::{Label1, proto};
+use sluice_core::stream::PublishError;
+use sluice_core::{Cursor, Publisher, ReadState, StreamKey};
+use sluice_media::{Frame, FrameKind};
+use sluice_rtmp::Message;
+use sluice_rtmp::chunk::{ChunkLimits, encode_full};
+use sluice_rtmp::connection::ServerConnection;
+use sluice_rtmp::handshake::{self, Handshake, Progress};
+use sluice_rtmp::server::{ServerConfig, ServerEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::Context;
+use crate::io::write_all;
+
+/// The message stream id every shared media serialisation uses: the first (and with ffmpeg,
+/// OBS-style players and VLC, the only) stream a client creates.
+pub const SHARED_STREAM_ID: u32 = 1;
+/// Chunk stream ids of shared media, one per kind so type-0 headers never collide.
+const CSID_AUDIO: u32 = 4;
+const CSID_DATA: u32 = 5;
+const CSID_VIDEO: u32 = 6;
+/// Frames copied out of the ring per write batch.
+const BATCH_FRAMES: usize = 64;
+const READ_BUF: usize = 16 * 1024;
+
+/// The RTMP message carrying `frame` on message stream `stream_id`.
+pub fn frame_message(frame: &Frame, stream_id: u32) -> Message {
+    let csid = match frame.kind {
+        FrameKind::Audio => CSID_AUDIO,
+        FrameKind::Video => CSID_VIDEO,
+        FrameKind::Script => CSID_DATA,
+    };
+    Message {
+        csid,
+        type_id: frame.kind.type_id(),
+        timestamp: frame.wire_timestamp(),
+        stream_id,
+        payload: frame.payload.clone(),
+    }
+}
+
+/// Accepts RTMP connections until shutdown. Connections over `rtmp.max_connections` are
+/// refused at accept; accept errors back off briefly instead of spinning.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    let limit = Arc::new(Semaphore::new(ctx.config.load().rtmp.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                warn!(%error, "rtmp accept failed");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            ctx.metrics.refused(proto::RTMP, "max_connections");
+            drop(socket);
+            continue;
+        };
+        ctx.metrics
+            .connections
+            .get_or_create(&[("protocol", proto::RTMP)])
+            .inc();
+        let conn = ctx.next_conn_id();
+        let span = info_span!("rtmp", conn, %peer);
+        let task_ctx = ctx.clone();
+        ctx.tracker.spawn(
+            async move {
+                let reason = Handler::new(task_ctx.clone(), socket).run().await;
+                task_ctx.metrics.closed(proto::RTMP, reason.label());
+                debug!(reason = reason.label(), "connection closed");
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Why a connection ended (the `reason` label of `connections_closed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    PeerClosed,
+    HandshakeTimeout,
+    HandshakeError,
+    ProtocolError,
+    IdleTimeout,
+    Io,
+    Shutdown,
+    Rejected,
+    Displaced,
+    StreamEnded,
+    NoPublisher,
+}
+
+impl Close {
+    fn label(self) -> &'static str {
+        match self {
+            Close::PeerClosed => "peer_closed",
+            Close::HandshakeTimeout => "handshake_timeout",
+            Close::HandshakeError => "handshake_error",
+            Close::ProtocolError => "protocol_error",
+            Close::IdleTimeout => "idle_timeout",
+            Close::Io => "io_error",
+            Close::Shutdown => "shutdown",
+            Close::Rejected => "rejected",
+            Close::Displaced => "displaced",
+            Close::StreamEnded => "stream_ended",
+            Close::NoPublisher => "no_publisher",
+        }
+    }
+}
+
+/// What woke the main loop.
+enum Wake {
+    Shutdown,
+    Idle,
+    Changed,
+    GiveUp,
+    Read(std::io::Result<usize>),
+}
+
+/// What this connection is doing with a stream.
+enum Role {
+    Idle,
+    Publishing {
+        publisher: Publisher,
+        stream_id: u32,
+    },
+    Playing(Player),
+}
+
+struct Player {
+    cursor: Cursor,
+    stream_id: u32,
+    /// When this viewer started waiting (for a first publisher).
+    since: Instant,
+}
+
+struct Handler {
+    ctx: Arc<Context>,
+    socket: TcpStream,
+    conn: ServerConnection,
+    app: Option<String>,
+    role: Role,
+    /// Serialised session output waiting to be written.
+    out: BytesMut,
+    /// Set when the session decided to close after flushing (a rejection).
+    close_after_flush: Option<Close>,
+}
+
+impl Handler {
+    fn new(ctx: Arc<Context>, socket: TcpStream) -> Self {
+        let cfg = ctx.config.load();
+        let _ = socket.set_nodelay(true);
+        let conn = ServerConnection::new(
+            ServerConfig {
+                chunk_size: cfg.rtmp.chunk_size,
+                window_ack_size: cfg.rtmp.window_ack_size,
+                peer_bandwidth: cfg.rtmp.window_ack_size,
+            },
+            ChunkLimits {
+                max_chunk_size: cfg.rtmp.max_incoming_chunk_size,
+                max_message_size: cfg.rtmp.max_message_size,
+                ..ChunkLimits::default()
+            },
+        );
+        Handler {
+            ctx: ctx.clone(),
+            socket,
+            conn,
+            app: None,
+            role: Role::Idle,
+            out: BytesMut::new(),
+            close_after_flush: None,
+        }
+    }
+
+    async fn run(mut self) -> Close {
+        let deadline = self.ctx.config.load().rtmp.handshake_timeout();
+        let remaining = match timeout(deadline, self.handshake()).await {
+            Err(_) => {
+                info!("handshake timed out");
+                return Close::HandshakeTimeout;
+            }
+            Ok(Err(close)) => return close,
+            Ok(Ok(remaining)) => remaining,
+        };
+        let close = match self.input(&remaining) {
+            Ok(()) => self.serve().await,
+            Err(close) => close,
+        };
+        self.finish(close).await;
+        close
+    }
+
+    /// Runs the handshake; returns bytes that arrived after it.
+    async fn handshake(&mut self) -> Result<Vec<u8>, Close> {
+        let mut hs = Handshake::new(handshake::Role::Server);
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match self.socket.read(&mut buf).await {
+                Ok(0) => return Err(Close::PeerClosed),
+                Ok(n) => n,
+                Err(_) => return Err(Close::Io),
+            };
+            self.count_in(n);
+            let (out, remaining) = match hs.process(&buf[..n]) {
+                Ok(Progress::InProgress { out }) => (out, None),
+                Ok(Progress::Done { out, remaining }) => (out, Some(remaining)),
+                Err(error) => {
+                    info!(%error, "handshake failed");
+                    return Err(Close::HandshakeError);
+                }
+            };
+            if !out.is_empty() {
+                self.socket.write_all(&out).await.map_err(|_| Close::Io)?;
+                self.count_out(out.len());
+            }
+            if let Some(remaining) = remaining {
+                return Ok(remaining);
+            }
+        }
+    }
+
+    fn count_in(&self, n: usize) {
+        self.ctx
+            .metrics
+            .bytes_in
+            .get_or_create(&[("protocol", proto::RTMP)])
+            .inc_by(n as u64);
+    }
+
+    fn count_out(&self, n: usize) {
+        self.ctx
+            .metrics
+            .bytes_out
+            .get_or_create(&[("protocol", proto::RTMP)])
+            .inc_by(n as u64);
+    }
+
+    /// The main loop after the handshake.
+    async fn serve(&mut self) -> Close {
+        let mut read_buf = BytesMut::with_capacity(READ_BUF);
+        let mut frames: Vec<Arc<Frame>> = Vec::with_capacity(BATCH_FRAMES);
+        let mut batch: VecDeque<Bytes> = VecDeque::new();
+        let idle = self.ctx.config.load().rtmp.idle_timeout();
+        let mut idle_deadline = Instant::now() + idle;
+        loop {
+            if let Err(close) = self.flush().await {
+                return close;
+            }
+            if let Some(close) = self.close_after_flush {
+                return close;
+            }
+            // Send what the ring has for a player; learn how long to wait otherwise.
+            let mut give_up_at = None;
+            if let Role::Playing(player) = &mut self.role {
+                frames.clear();
+                let state = player.cursor.read(&mut frames, BATCH_FRAMES);
+                let skips = player.cursor.take_skips();
+                if skips > 0 {
+                    self.ctx
+                        .metrics
+                        .viewer_skips
+                        .get_or_create(&[("reason", "lagged")])
+                        .inc_by(skips);
+                }
+                match state {
+                    ReadState::Frames => {
+                        let stream_id = player.stream_id;
+                        if let Err(close) = self.send_frames(&frames, stream_id, &mut batch).await {
+                            return close;
+                        }
+                        continue;
+                    }
+                    ReadState::Pending => {}
+                    ReadState::WaitingForPublisher => {
+                        give_up_at = Some((
+                            player.since + self.ctx.config.load().streams.wait_for_publisher(),
+                            Close::NoPublisher,
+                        ));
+                    }
+                    ReadState::Unpublished(at) => {
+                        let grace = self.ctx.config.load().streams.republish_grace();
+                        give_up_at = Some((Instant::from_std(at) + grace, Close::StreamEnded));
+                    }
+                }
+            }
+            let wake = {
+                let Handler {
+                    socket, role, ctx, ..
+                } = &mut *self;
+                let changed = async {
+                    match role {
+                        Role::Playing(player) => player.cursor.changed().await,
+                        _ => std::future::pending().await,
+                    }
+                };
+                let give_up = async {
+                    match give_up_at {
+                        Some((at, _)) => sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => Wake::Shutdown,
+                    _ = sleep_until(idle_deadline) => Wake::Idle,
+                    _ = changed => Wake::Changed,
+                    _ = give_up => Wake::GiveUp,
+                    read = socket.read_buf(&mut read_buf) => Wake::Read(read),
+                }
+            };
+            match wake {
+                Wake::Shutdown => return Close::Shutdown,
+                Wake::Idle => return Close::IdleTimeout,
+                Wake::Changed => {}
+                Wake::GiveUp => {
+                    if let Some((_, close)) = give_up_at {
+                        return close;
+                    }
+                }
+                Wake::Read(Ok(0)) => return Close::PeerClosed,
+                Wake::Read(Ok(n)) => {
+                    self.count_in(n);
+                    idle_deadline = Instant::now() + idle;
+                    let result = self.input(&read_buf);
+                    read_buf.clear();
+                    if let Err(close) = result {
+                        return close;
+                    }
+                }
+                Wake::Read(Err(_)) => return Close::Io,
+            }
+        }
+    }
+
+    /// Writes `frames` as shared RTMP bytes (private ones for an unusual stream id).
+    async fn send_frames(
+        &mut self,
+        frames: &[Arc<Frame>],
+        stream_id: u32,
+        batch: &mut VecDeque<Bytes>,
+    ) -> Result<(), Close> {
+        let chunk_size = self.conn.session.chunk_size();
+        for frame in frames {
+            let bytes = if stream_id == SHARED_STREAM_ID {
+                frame.rtmp_chunks(|f| encode_full(&frame_message(f, SHARED_STREAM_ID), chunk_size))
+            } else {
+                self.ctx.metrics.rtmp_private_serialisations.inc();
+                encode_full(&frame_message(frame, stream_id), chunk_size)
+            };
+            batch.push_back(bytes);
+        }
+        let n = write_all(&mut self.socket, batch)
+            .await
+            .map_err(|_| Close::Io)?;
+        self.count_out(n as usize);
+        self.ctx
+            .metrics
+            .frames_out
+            .get_or_create(&[("protocol", proto::RTMP)])
+            .inc_by(frames.len() as u64);
+        Ok(())
+    }
+
+    /// Writes pending session output.
+    async fn flush(&mut self) -> Result<(), Close> {
+        self.conn.drain_output(&mut self.out);
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = self.out.split().freeze();
+        self.socket.write_all(&out).await.map_err(|_| Close::Io)?;
+        self.count_out(out.len());
+        Ok(())
+    }
+
+    /// Feeds received bytes to the session and acts on its events.
+    fn input(&mut self, data: &[u8]) -> Result<(), Close> {
+        if let Err(error) = self.conn.handle_input(data) {
+            warn!(%error, "closing: protocol error");
+            return Err(Close::ProtocolError);
+        }
+        while let Some(event) = self.conn.session.poll_event() {
+            self.event(event)?;
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: ServerEvent) -> Result<(), Close> {
+        match event {
+            ServerEvent::ConnectRequested {
+                app,
+                tc_url,
+                flash_ver,
+                ..
+            } => {
+                if !self.ctx.config.load().streams.app_allowed(&app) {
+                    info!(app, "connect refused: application not served");
+                    self.ctx.metrics.refused(proto::RTMP, "unknown_app");
+                    self.conn
+                        .session
+                        .reject_connect("application not served here");
+                    self.close_after_flush = Some(Close::Rejected);
+                } else {
+                    debug!(app, ?tc_url, ?flash_ver, "connect");
+                    self.conn.session.accept_connect();
+                    self.app = Some(app);
+                }
+            }
+            ServerEvent::PublishRequested {
+                stream_id,
+                stream_key,
+                ..
+            } => {
+                self.publish(stream_id, &stream_key);
+            }
+            ServerEvent::PlayRequested {
+                stream_id,
+                stream_key,
+            } => self.play(stream_id, &stream_key),
+            ServerEvent::PublishFinished { .. } => {
+                if let Role::Publishing { publisher, .. } = &self.role {
+                    info!(stream = %publisher.stream().key(), "unpublished");
+                    self.stop_role();
+                }
+            }
+            ServerEvent::PlayFinished { .. } => {
+                if matches!(self.role, Role::Playing(_)) {
+                    self.stop_role();
+                }
+            }
+            ServerEvent::Media {
+                stream_id,
+                type_id,
+                timestamp,
+                payload,
+            } => {
+                if let Role::Publishing {
+                    publisher,
+                    stream_id: sid,
+                } = &mut self.role
+                    && *sid == stream_id
+                {
+                    let kind = if type_id == 8 {
+                        FrameKind::Audio
+                    } else {
+                        FrameKind::Video
+                    };
+                    let label = if type_id == 8 { "audio" } else { "video" };
+                    match publisher.push_media(kind, timestamp, payload, std::time::Instant::now())
+                    {
+                        Ok(()) => {
+                            self.ctx
+                                .metrics
+                                .frames_in
+                                .get_or_create(&[("kind", label)])
+                                .inc();
+                        }
+                        Err(sluice_core::stream::IngestError::Displaced) => {
+                            info!("publisher displaced by a newer one");
+                            self.stop_role();
+                            return Err(Close::Displaced);
+                        }
+                        Err(error) => {
+                            debug!(%error, "media message dropped");
+                            self.ctx
+                                .metrics
+                                .frames_in
+                                .get_or_create(&[("kind", "invalid")])
+                                .inc();
+                        }
+                    }
+                }
+            }
+            ServerEvent::Metadata {
+                stream_id,
+                timestamp,
+                payload,
+            } => {
+                if let Role::Publishing {
+                    publisher,
+                    stream_id: sid,
+                } = &mut self.role
+                    && *sid == stream_id
+                {
+                    if publisher
+                        .push_metadata(timestamp, payload, std::time::Instant::now())
+                        .is_err()
+                    {
+                        self.stop_role();
+                        return Err(Close::Displaced);
+                    }
+                    self.ctx
+                        .metrics
+                        .frames_in
+                        .get_or_create(&[("kind", "script")])
+                        .inc();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The stream key for a publish/play name under the connected app: the query string (auth
+    /// tokens and the like) is not part of the key.
+    fn key(&self, name: &str) -> Option<StreamKey> {
+        let app = self.app.as_deref()?;
+        let name = name.split('?').next().unwrap_or_default().trim();
+        (!name.is_empty() && !name.contains('/')).then(|| StreamKey::new(app, name))
+    }
+
+    fn publish(&mut self, stream_id: u32, name: &str) {
+        let Some(key) = self.key(name).filter(|_| matches!(self.role, Role::Idle)) else {
+            self.ctx.metrics.refused(proto::RTMP, "bad_publish");
+            self.conn.session.reject_publish(
+                stream_id,
+                "NetStream.Publish.BadName",
+                "invalid stream name or state",
+            );
+            self.close_after_flush = Some(Close::Rejected);
+            return;
+        };
+        let cfg = self.ctx.config.load();
+        let takeover =
+            cfg.streams.publish_conflict == sluice_core::config::PublishConflict::Takeover;
+        match self.ctx.registry.publish(
+            &key,
+            self.ctx.cache_settings(),
+            takeover,
+            std::time::Instant::now(),
+        ) {
+            Ok(publisher) => {
+                info!(app = %key.app, stream = %key.name, "publishing");
+                self.conn.session.accept_publish(stream_id);
+                self.ctx.metrics.publishers.inc();
+                self.role = Role::Publishing {
+                    publisher,
+                    stream_id,
+                };
+            }
+            Err(error @ PublishError::AlreadyPublishing(_)) => {
+                info!(%error, "publish refused");
+                self.ctx.metrics.refused(proto::RTMP, "stream_busy");
+                self.conn.session.reject_publish(
+                    stream_id,
+                    "NetStream.Publish.BadName",
+                    &error.to_string(),
+                );
+                self.close_after_flush = Some(Close::Rejected);
+            }
+            Err(error) => {
+                info!(%error, "publish refused");
+                self.ctx.metrics.refused(proto::RTMP, "bad_publish");
+                self.conn.session.reject_publish(
+                    stream_id,
+                    "NetStream.Publish.BadName",
+                    &error.to_string(),
+                );
+                self.close_after_flush = Some(Close::Rejected);
+            }
+        }
+    }
+
+    fn play(&mut self, stream_id: u32, name: &str) {
+        let Some(key) = self.key(name).filter(|_| matches!(self.role, Role::Idle)) else {
+            self.ctx.metrics.refused(proto::RTMP, "bad_play");
+            self.conn.session.reject_play(
+                stream_id,
+                "NetStream.Play.StreamNotFound",
+                "invalid stream name or state",
+            );
+            self.close_after_flush = Some(Close::Rejected);
+            return;
+        };
+        info!(app = %key.app, stream = %key.name, "playing");
+        let cursor = self.ctx.registry.subscribe(&key, self.ctx.cache_settings());
+        self.conn.session.accept_play(stream_id);
+        self.ctx
+            .metrics
+            .viewers
+            .get_or_create(&[("protocol", proto::RTMP)])
+            .inc();
+        self.role = Role::Playing(Player {
+            cursor,
+            stream_id,
+            since: Instant::now(),
+        });
+    }
+
+    /// Leaves the current role, keeping gauges in step.
+    fn stop_role(&mut self) {
+        match std::mem::replace(&mut self.role, Role::Idle) {
+            Role::Idle => {}
+            Role::Publishing { .. } => {
+                self.ctx.metrics.publishers.dec();
+            }
+            Role::Playing(_) => {
+                let viewers: Label1 = [("protocol", proto::RTMP)];
+                self.ctx.metrics.viewers.get_or_create(&viewers).dec();
+            }
+        };
+    }
+
+    /// Says goodbye where the protocol has one, bounded by a short deadline.
+    async fn finish(&mut self, close: Close) {
+        if let Role::Playing(player) = &self.role {
+            let stream_id = player.stream_id;
+            match close {
+                Close::StreamEnded | Close::Shutdown => self.conn.session.stream_eof(stream_id),
+                Close::NoPublisher => self.conn.session.reject_play(
+                    stream_id,
+                    "NetStream.Play.StreamNotFound",
+                    "no publisher for this stream",
+                ),
+                _ => {}
+            }
+        }
+        self.stop_role();
+        if !matches!(
+            close,
+            Close::Io | Close::PeerClosed | Close::HandshakeTimeout | Close::HandshakeError
+        ) {
+            let _ = timeout(Duration::from_millis(500), async {
+                let _ = self.flush().await;
+                let _ = self.socket.shutdown().await;
+            })
+            .await;
+        }
+    }
+}
