@@ -1,1 +1,10 @@
-//! sluice
+//! The Sluice node: wiring of listeners, admin API and shutdown around a config.
+//!
+//! `main.rs` only parses the command line and calls into here, so integration tests run the
+//! same [`App`] in-process on port 0.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+
+pub use app::App;

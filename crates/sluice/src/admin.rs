@@ -1,0 +1,142 @@
+//! The admin listener: `/metrics` (Prometheus text), `/api/streams` (JSON), `/healthz`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+use sluice_proto::Context;
+
+/// The admin router.
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/streams", get(streams))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(ctx)
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    ctx.update_stream_gauge();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.metrics.encode(),
+    )
+}
+
+/// One stream in `/api/streams`.
+#[derive(Debug, Serialize)]
+pub struct StreamJson {
+    /// Application.
+    pub app: String,
+    /// Stream name.
+    pub stream: String,
+    /// A publisher is attached.
+    pub publishing: bool,
+    /// Video codec details, if known.
+    pub video: Option<VideoJson>,
+    /// Audio codec details, if known.
+    pub audio: Option<AudioJson>,
+    /// Incoming bitrate, bits per second (last second).
+    pub bitrate_bps: u64,
+    /// Seconds the current publisher has been publishing.
+    pub uptime_secs: Option<f64>,
+    /// Viewers attached.
+    pub viewers: usize,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames in the GOP cache.
+    pub cached_frames: usize,
+    /// Bytes in the GOP cache.
+    pub cached_bytes: usize,
+}
+
+/// Video details.
+#[derive(Debug, Serialize)]
+pub struct VideoJson {
+    /// Codec name (h264, hevc, av1, vp9).
+    pub codec: String,
+    /// Profile.
+    pub profile: String,
+    /// Level.
+    pub level: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
+/// Audio details.
+#[derive(Debug, Serialize)]
+pub struct AudioJson {
+    /// Codec name (aac, mp3, opus).
+    pub codec: String,
+    /// Profile.
+    pub profile: String,
+    /// Sample rate in Hz.
+    pub sample_rate: u32,
+    /// Channels.
+    pub channels: u8,
+}
+
+fn codec_name(codec: Option<sluice_media::CodecId>) -> String {
+    use sluice_media::CodecId::*;
+    match codec {
+        Some(Avc) => "h264",
+        Some(Hevc) => "hevc",
+        Some(Av1) => "av1",
+        Some(Vp9) => "vp9",
+        Some(Aac) => "aac",
+        Some(Mp3) => "mp3",
+        Some(Opus) => "opus",
+        _ => "unknown",
+    }
+    .to_owned()
+}
+
+async fn streams(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    let now = Instant::now();
+    let list: Vec<StreamJson> = ctx
+        .registry
+        .streams()
+        .iter()
+        .map(|s| {
+            let i = s.info(now);
+            StreamJson {
+                app: i.key.app.to_string(),
+                stream: i.key.name.to_string(),
+                publishing: i.publishing,
+                video: i.video.map(|v| VideoJson {
+                    codec: codec_name(v.codec),
+                    profile: v.profile,
+                    level: v.level,
+                    width: v.width,
+                    height: v.height,
+                }),
+                audio: i.audio.map(|a| AudioJson {
+                    codec: codec_name(a.codec),
+                    profile: a.profile,
+                    sample_rate: a.sample_rate,
+                    channels: a.channels,
+                }),
+                bitrate_bps: i.bitrate_bps,
+                uptime_secs: i.uptime.map(|d| d.as_secs_f64()),
+                viewers: i.viewers,
+                bytes_in: i.bytes_in,
+                frames_in: i.frames_in,
+                cached_frames: i.cached_frames,
+                cached_bytes: i.cached_bytes,
+            }
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "streams": list }))
+}

@@ -1,0 +1,121 @@
+//! A running node: listeners bound, subsystems supervised, shutdown drained with a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sluice_core::Config;
+use sluice_proto::Context;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// A node with its listeners bound, ready to [`App::run`].
+#[derive(Debug)]
+pub struct App {
+    ctx: Arc<Context>,
+    rtmp: TcpListener,
+    http: TcpListener,
+    admin: TcpListener,
+}
+
+/// The addresses actually bound (port 0 in the config becomes a real port).
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    /// RTMP listener.
+    pub rtmp: SocketAddr,
+    /// HTTP-FLV listener.
+    pub http: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+impl App {
+    /// Binds every listener of `config`.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the {what} listener on {addr}"))
+        };
+        let rtmp = bind(config.rtmp.listen, "RTMP").await?;
+        let http = bind(config.http.listen, "HTTP").await?;
+        let admin = bind(config.admin.listen, "admin").await?;
+        Ok(App {
+            ctx: Context::new(config),
+            rtmp,
+            http,
+            admin,
+        })
+    }
+
+    /// Where the listeners are.
+    pub fn addrs(&self) -> Addrs {
+        let addr = |l: &TcpListener| l.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        Addrs {
+            rtmp: addr(&self.rtmp),
+            http: addr(&self.http),
+            admin: addr(&self.admin),
+        }
+    }
+
+    /// The shared context (registry, metrics, config, shutdown token).
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+
+    /// Serves until the context's shutdown token is cancelled, then drains connections for at
+    /// most `server.shutdown_timeout_ms`.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let App {
+            ctx,
+            rtmp,
+            http,
+            admin,
+        } = self;
+        info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, admin = %admin.local_addr()?, "sluice listening");
+        let rtmp_task = tokio::spawn(sluice_proto::rtmp::serve(rtmp, ctx.clone()));
+        let http_task = tokio::spawn(serve_http(
+            http,
+            sluice_proto::flv::router(ctx.clone()),
+            ctx.clone(),
+        ));
+        let admin_task = tokio::spawn(serve_http(
+            admin,
+            crate::admin::router(ctx.clone()),
+            ctx.clone(),
+        ));
+
+        ctx.shutdown.cancelled().await;
+        info!("shutting down");
+        let deadline = Duration::from_millis(ctx.config.load().server.shutdown_timeout_ms);
+        ctx.tracker.close();
+        let drained = tokio::time::timeout(deadline, async {
+            let _ = rtmp_task.await;
+            ctx.tracker.wait().await;
+            let _ = http_task.await;
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                ?deadline,
+                "shutdown deadline passed with connections still open"
+            );
+        }
+        admin_task.abort();
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Serves an axum router until shutdown; open responses (HTTP-FLV bodies) end on the same
+/// token, so the graceful shutdown completes.
+async fn serve_http(listener: TcpListener, router: axum::Router, ctx: Arc<Context>) {
+    let token = ctx.shutdown.clone();
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await
+    {
+        warn!(%error, "http server failed");
+    }
+}
