@@ -51,6 +51,9 @@ pub struct Metrics {
     /// Frames serialised for one viewer only because it played on an unusual message stream
     /// id (the shared form could not be used).
     pub rtmp_private_serialisations: Counter,
+    /// RTMP messages a session dropped or refused without closing the connection (unknown
+    /// commands, malformed metadata, media on a stream not publishing), by reason.
+    pub rtmp_messages_dropped: Family<Label1, Counter>,
 }
 
 impl Default for Metrics {
@@ -76,6 +79,7 @@ impl Metrics {
             connections_closed: Family::default(),
             viewer_skips: Family::default(),
             rtmp_private_serialisations: Counter::default(),
+            rtmp_messages_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
@@ -105,6 +109,11 @@ impl Metrics {
             "rtmp_private_serialisations",
             "Frames serialised for a single RTMP viewer on an unusual stream id",
             m.rtmp_private_serialisations.clone(),
+        );
+        registry.register(
+            "rtmp_messages_dropped",
+            "RTMP messages dropped without closing the connection",
+            m.rtmp_messages_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -145,6 +145,19 @@ impl Publisher {
         &self.stream
     }
 
+    /// Resolves once another publisher has taken the stream over (`publish_conflict =
+    /// "takeover"`), so an idle displaced connection is closed at once rather than at its
+    /// next frame.
+    pub async fn displaced(&self) {
+        let mut changes = self.stream.watch_changes();
+        while self.stream.is_published_by(self.id) {
+            if changes.changed().await.is_err() {
+                // The stream is gone; so is any rival.
+                return std::future::pending().await;
+            }
+        }
+    }
+
     fn dts(&mut self, timestamp: u32) -> u64 {
         let ext = self.extender.extend(timestamp) as i64;
         let offset = *self

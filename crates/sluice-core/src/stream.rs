@@ -264,6 +264,16 @@ impl Stream {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Whether publisher `id` is the one attached.
+    pub(crate) fn is_published_by(&self, id: u64) -> bool {
+        self.state.lock().publisher == Some(id)
+    }
+
+    /// A receiver woken on every change of the stream.
+    pub(crate) fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// Whether a publisher is attached.
     pub fn is_publishing(&self) -> bool {
         self.state.lock().publisher.is_some()

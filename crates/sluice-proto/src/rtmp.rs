@@ -17,7 +17,7 @@ use sluice_rtmp::Message;
 use sluice_rtmp::chunk::{ChunkLimits, encode_full};
 use sluice_rtmp::connection::ServerConnection;
 use sluice_rtmp::handshake::{self, Handshake, Progress};
-use sluice_rtmp::server::{ServerConfig, ServerEvent};
+use sluice_rtmp::server::{ServerConfig, ServerEvent, SessionStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -134,6 +134,7 @@ enum Wake {
     Shutdown,
     Idle,
     Changed,
+    Displaced,
     GiveUp,
     Read(std::io::Result<usize>),
 }
@@ -165,6 +166,8 @@ struct Handler {
     out: BytesMut,
     /// Set when the session decided to close after flushing (a rejection).
     close_after_flush: Option<Close>,
+    /// Session drop counters already reported to metrics.
+    reported: SessionStats,
 }
 
 impl Handler {
@@ -191,6 +194,7 @@ impl Handler {
             role: Role::Idle,
             out: BytesMut::new(),
             close_after_flush: None,
+            reported: SessionStats::default(),
         }
     }
 
@@ -312,8 +316,13 @@ impl Handler {
                 let changed = async {
                     match role {
                         Role::Playing(player) => player.cursor.changed().await,
-                        _ => std::future::pending().await,
+                        Role::Publishing { publisher, .. } => {
+                            publisher.displaced().await;
+                            return Wake::Displaced;
+                        }
+                        Role::Idle => std::future::pending().await,
                     }
+                    Wake::Changed
                 };
                 let give_up = async {
                     match give_up_at {
@@ -324,7 +333,7 @@ impl Handler {
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => Wake::Shutdown,
                     _ = sleep_until(idle_deadline) => Wake::Idle,
-                    _ = changed => Wake::Changed,
+                    wake = changed => wake,
                     _ = give_up => Wake::GiveUp,
                     read = socket.read_buf(&mut read_buf) => Wake::Read(read),
                 }
@@ -333,6 +342,11 @@ impl Handler {
                 Wake::Shutdown => return Close::Shutdown,
                 Wake::Idle => return Close::IdleTimeout,
                 Wake::Changed => {}
+                Wake::Displaced => {
+                    info!("publisher displaced by a newer one");
+                    self.stop_role();
+                    return Close::Displaced;
+                }
                 Wake::GiveUp => {
                     if let Some((_, close)) = give_up_at {
                         return close;
@@ -396,14 +410,61 @@ impl Handler {
 
     /// Feeds received bytes to the session and acts on its events.
     fn input(&mut self, data: &[u8]) -> Result<(), Close> {
-        if let Err(error) = self.conn.handle_input(data) {
-            warn!(%error, "closing: protocol error");
-            return Err(Close::ProtocolError);
+        let mut data = data;
+        loop {
+            let result = self.conn.handle_input(data);
+            // Events from the messages handled before an error still count (a rejected
+            // connect's answer, the media before a broken chunk).
+            let mut decided = false;
+            while let Some(event) = self.conn.session.poll_event() {
+                decided = true;
+                self.event(event)?;
+            }
+            self.report_drops();
+            if let Err(error) = result {
+                warn!(%error, "closing: protocol error");
+                return Err(Close::ProtocolError);
+            }
+            // The connection stops at each request awaiting our decision; we decide
+            // synchronously, so go on with what the peer pipelined behind it.
+            if !decided || self.close_after_flush.is_some() {
+                return Ok(());
+            }
+            data = &[];
         }
-        while let Some(event) = self.conn.session.poll_event() {
-            self.event(event)?;
+    }
+
+    /// Turns what the session tolerated since the last call into metrics and one log line.
+    fn report_drops(&mut self) {
+        let now = self.conn.session.stats();
+        if *now == self.reported {
+            return;
         }
-        Ok(())
+        let was = std::mem::replace(&mut self.reported, now.clone());
+        let deltas = [
+            (
+                "media_not_publishing",
+                now.media_dropped - was.media_dropped,
+            ),
+            ("bad_data", now.data_dropped - was.data_dropped),
+            (
+                "unknown_command",
+                now.unknown_commands - was.unknown_commands,
+            ),
+            (
+                "truncated_aggregate",
+                now.aggregates_truncated - was.aggregates_truncated,
+            ),
+            ("ignored_type", now.ignored_messages - was.ignored_messages),
+        ];
+        for (reason, n) in deltas.into_iter().filter(|(_, n)| *n > 0) {
+            warn!(reason, count = n, "rtmp messages dropped");
+            self.ctx
+                .metrics
+                .rtmp_messages_dropped
+                .get_or_create(&[("reason", reason)])
+                .inc_by(n);
+        }
     }
 
     fn event(&mut self, event: ServerEvent) -> Result<(), Close> {

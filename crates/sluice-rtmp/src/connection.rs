@@ -43,9 +43,18 @@ impl ServerConnection {
     }
 
     /// Bytes that arrived after the handshake. Errors are fatal for this connection.
+    ///
+    /// Messages are handled in order until the session
+    /// [awaits a decision](ServerSession::awaiting_decision) on a connect, publish or play;
+    /// the rest stay buffered so nothing pipelined behind the request is answered first.
+    /// Decide on the events, then call again (with no new bytes) to go on. A front end that
+    /// defers a decision should stop reading from its socket meanwhile.
     pub fn handle_input(&mut self, data: &[u8]) -> Result<(), ConnectionError> {
         self.reader.push(data);
-        while let Some(msg) = self.reader.next_message()? {
+        while !self.session.awaiting_decision() {
+            let Some(msg) = self.reader.next_message()? else {
+                break;
+            };
             self.session.handle_message(msg)?;
         }
         self.session

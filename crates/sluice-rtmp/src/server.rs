@@ -217,6 +217,8 @@ pub struct ServerSession {
     config: ServerConfig,
     phase: Phase,
     connect_tid: f64,
+    /// A connect was reported and the application has not accepted or rejected it yet.
+    connect_pending: bool,
     /// The client offered enhanced RTMP FourCCs in connect.
     enhanced_offered: bool,
     streams: BTreeMap<u32, Stream>,
@@ -236,6 +238,7 @@ impl ServerSession {
             config,
             phase: Phase::AwaitConnect,
             connect_tid: 1.0,
+            connect_pending: false,
             enhanced_offered: false,
             streams: BTreeMap::new(),
             fc_published: HashSet::new(),
@@ -316,6 +319,21 @@ impl ServerSession {
         self.output.pop_front()
     }
 
+    /// Whether a connect, publish or play waits for the application's accept or reject.
+    /// Messages behind it should wait too, so that nothing the peer pipelined after a request
+    /// is answered before the request itself; [`ServerConnection`] holds them back.
+    ///
+    /// [`ServerConnection`]: crate::connection::ServerConnection
+    pub fn awaiting_decision(&self) -> bool {
+        self.connect_pending
+            || self.streams.values().any(|s| {
+                matches!(
+                    s.state,
+                    StreamState::PublishPending | StreamState::PlayPending
+                )
+            })
+    }
+
     /// What this session dropped instead of failing.
     pub fn stats(&self) -> &SessionStats {
         &self.stats
@@ -332,6 +350,7 @@ impl ServerSession {
     /// enhanced RTMP, the properties object also carries `fourCcList`, `videoFourCcInfoMap`,
     /// `audioFourCcInfoMap` (`*`: CanForward) and `capsEx` (0: no reconnect, no multitrack).
     pub fn accept_connect(&mut self) {
+        self.connect_pending = false;
         self.send_control(Control::WindowAckSize(self.config.window_ack_size));
         self.send_control(Control::SetPeerBandwidth {
             size: self.config.peer_bandwidth,
@@ -370,6 +389,7 @@ impl ServerSession {
     /// Rejects the pending connect with `_error` NetConnection.Connect.Rejected. Any later
     /// command from the peer is an error.
     pub fn reject_connect(&mut self, description: &str) {
+        self.connect_pending = false;
         self.phase = Phase::Rejected;
         let info = status_info("error", "NetConnection.Connect.Rejected", description);
         self.send_command(
@@ -652,6 +672,7 @@ impl ServerSession {
         }
         self.enhanced_offered = offered.is_some();
         self.phase = Phase::Connected;
+        self.connect_pending = true;
         self.events.push_back(ServerEvent::ConnectRequested {
             app: text("app").unwrap_or_default(),
             tc_url: text("tcUrl"),

@@ -1070,3 +1070,72 @@ fn late_accept_after_the_peer_left_does_nothing() {
     session.accept_publish(1);
     assert!(output(&mut session).is_empty());
 }
+
+/// A peer that pipelines commands behind connect and publish gets every answer in request
+/// order: the connection holds messages back while a request awaits the application.
+#[test]
+fn pipelined_requests_wait_for_the_applications_decision() {
+    use sluice_rtmp::chunk::{ChunkLimits, ChunkReader, ChunkWriter};
+    use sluice_rtmp::connection::ServerConnection;
+
+    let mut input = BytesMut::new();
+    let mut writer = ChunkWriter::new();
+    for m in [
+        cmd(0, "connect", 1.0, connect_object(), vec![]),
+        cmd(0, "createStream", 2.0, Amf0Value::Null, vec![]),
+        cmd(
+            1,
+            "publish",
+            3.0,
+            Amf0Value::Null,
+            vec![s("key"), s("live")],
+        ),
+        msg(9, 1, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0])),
+    ] {
+        writer.write(&m, &mut input);
+    }
+    let mut conn = ServerConnection::new(ServerConfig::default(), ChunkLimits::default());
+    conn.handle_input(&input).unwrap();
+    let first: Vec<ServerEvent> = std::iter::from_fn(|| conn.session.poll_event()).collect();
+    assert!(
+        matches!(first.as_slice(), [ServerEvent::ConnectRequested { .. }]),
+        "{first:?}"
+    );
+    assert!(conn.session.awaiting_decision());
+    conn.session.accept_connect();
+    conn.handle_input(&[]).unwrap();
+    let second: Vec<ServerEvent> = std::iter::from_fn(|| conn.session.poll_event()).collect();
+    assert!(
+        matches!(
+            second.as_slice(),
+            [ServerEvent::PublishRequested { stream_id: 1, .. }]
+        ),
+        "{second:?}"
+    );
+    conn.session.accept_publish(1);
+    conn.handle_input(&[]).unwrap();
+    let third: Vec<ServerEvent> = std::iter::from_fn(|| conn.session.poll_event()).collect();
+    assert!(
+        matches!(third.as_slice(), [ServerEvent::Media { stream_id: 1, .. }]),
+        "the media behind publish is delivered, not dropped: {third:?}"
+    );
+
+    let mut out = BytesMut::new();
+    conn.drain_output(&mut out);
+    let mut reader = ChunkReader::new(ChunkLimits::default());
+    reader.push(&out);
+    let mut answers = Vec::new();
+    while let Some(m) = reader.next_message().unwrap() {
+        if m.type_id == 20 {
+            let c = Command::decode(&m.payload).unwrap();
+            answers.push((c.name.clone(), c.transaction_id));
+        }
+    }
+    let names: Vec<(&str, f64)> = answers.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    assert_eq!(
+        &names[..2],
+        [("_result", 1.0), ("_result", 2.0)],
+        "connect answered before createStream"
+    );
+    assert_eq!(names[2].0, "onStatus");
+}
