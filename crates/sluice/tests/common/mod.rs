@@ -1,6 +1,8 @@
 //! A Sluice node in-process on loopback port 0, and small clients for the tests.
 #![allow(dead_code)]
 
+pub mod rtmp;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +118,10 @@ impl Node {
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -125,15 +130,26 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.unwrap();
         let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     };
-    tokio::time::timeout(Duration::from_secs(10), fut).await.expect("http get timed out")
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("http get timed out")
 }
 
 /// Polls `check` every 20 ms until it holds, for at most `limit`.
