@@ -168,6 +168,10 @@ impl FlvBody {
             .viewers
             .get_or_create(&[("protocol", proto::HTTP_FLV)])
             .inc();
+        ctx.metrics
+            .frames_out
+            .get_or_create(&[("protocol", proto::HTTP_FLV)])
+            .inc_by(first.len() as u64);
         pending.extend(first.iter().map(|f| f.flv_tag()));
         FlvBody {
             ctx,
