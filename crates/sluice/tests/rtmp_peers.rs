@@ -386,8 +386,21 @@ async fn a_viewer_of_a_stream_nobody_publishes_is_told_so_after_the_wait() {
     let mut viewer = Client::play(&url(&node.rtmp_url("live/nobody")), DEADLINE)
         .await
         .expect("play is accepted while waiting");
-    let got = record(&mut viewer, 1, DEADLINE).await;
-    assert!(media_of(&got).is_empty());
+    let told = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match viewer.next_event().await {
+                Ok(Some(sluice_rtmp::client::ClientEvent::Failed { code, .. })) => {
+                    break Some(code);
+                }
+                Ok(Some(sluice_rtmp::client::ClientEvent::Media { .. })) => panic!("media?"),
+                Ok(Some(_)) => {}
+                _ => break None,
+            }
+        }
+    })
+    .await
+    .expect("an answer in time");
+    assert_eq!(told.as_deref(), Some("NetStream.Play.StreamNotFound"));
     assert!(
         common::eventually(DEADLINE, || async {
             node.metric(
