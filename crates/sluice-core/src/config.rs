@@ -20,7 +20,7 @@ pub const ENV_PREFIX: &str = "SLUICE__";
 #[non_exhaustive]
 pub enum ConfigError {
     /// The text is not valid TOML, or does not match the schema (unknown key, wrong type).
-    #[error("{0}")]
+    #[error(transparent)]
     Parse(#[from] toml::de::Error),
     /// An environment override names no config key or has an unusable value.
     #[error("environment override {var}: {reason}")]

@@ -141,7 +141,9 @@ pub fn probe_with(
 }
 
 /// Probes `input` by reading it with the modern ffmpeg (enhanced FLV/RTMP aware), stream
-/// copying every stream into a temporary Matroska file, and probing that with Debian's ffprobe.
+/// copying its audio and video into a temporary Matroska file, and probing that with Debian's
+/// ffprobe. Data streams are left out: Matroska cannot hold the one ffmpeg makes of the
+/// `|RtmpSampleAccess` message RTMP servers send players.
 /// `timeout` covers both steps.
 pub fn probe_via_modern(input: &str, timeout: Duration) -> anyhow::Result<ProbeReport> {
     probe_via_modern_with(input, &[], timeout)
@@ -160,7 +162,8 @@ pub fn probe_via_modern_with(
     let mut cmd = Command::new(tools::ffmpeg_modern());
     cmd.args(["-hide_banner", "-nostdin", "-v", "error", "-y"])
         .args(extra_input_args)
-        .args(["-i", input, "-map", "0", "-c", "copy", "-f", "matroska"])
+        .args(["-i", input, "-map", "0:v?", "-map", "0:a?"])
+        .args(["-c", "copy", "-f", "matroska"])
         .arg(&remux);
     process::run(&mut cmd, timeout)
         .with_context(|| format!("remuxing {input} with the modern ffmpeg"))?;
