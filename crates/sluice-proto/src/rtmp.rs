@@ -593,13 +593,7 @@ impl Handler {
 
     fn publish(&mut self, stream_id: u32, name: &str) {
         let Some(key) = self.key(name).filter(|_| matches!(self.role, Role::Idle)) else {
-            self.ctx.metrics.refused(proto::RTMP, "bad_publish");
-            self.conn.session.reject_publish(
-                stream_id,
-                "NetStream.Publish.BadName",
-                "invalid stream name or state",
-            );
-            self.close_after_flush = Some(Close::Rejected);
+            self.refuse_publish(stream_id, "bad_publish", "invalid stream name or state");
             return;
         };
         let cfg = self.ctx.config.load();
@@ -620,27 +614,25 @@ impl Handler {
                     stream_id,
                 };
             }
-            Err(error @ PublishError::AlreadyPublishing(_)) => {
-                info!(%error, "publish refused");
-                self.ctx.metrics.refused(proto::RTMP, "stream_busy");
-                self.conn.session.reject_publish(
-                    stream_id,
-                    "NetStream.Publish.BadName",
-                    &error.to_string(),
-                );
-                self.close_after_flush = Some(Close::Rejected);
-            }
             Err(error) => {
                 info!(%error, "publish refused");
-                self.ctx.metrics.refused(proto::RTMP, "bad_publish");
-                self.conn.session.reject_publish(
-                    stream_id,
-                    "NetStream.Publish.BadName",
-                    &error.to_string(),
-                );
-                self.close_after_flush = Some(Close::Rejected);
+                let reason = match error {
+                    PublishError::AlreadyPublishing(_) => "stream_busy",
+                    _ => "bad_publish",
+                };
+                self.refuse_publish(stream_id, reason, &error.to_string());
             }
         }
+    }
+
+    /// Answers NetStream.Publish.BadName (what ffmpeg and OBS report to the user), counts
+    /// `reason`, and closes once that is written.
+    fn refuse_publish(&mut self, stream_id: u32, reason: &'static str, description: &str) {
+        self.ctx.metrics.refused(proto::RTMP, reason);
+        self.conn
+            .session
+            .reject_publish(stream_id, "NetStream.Publish.BadName", description);
+        self.close_after_flush = Some(Close::Rejected);
     }
 
     fn play(&mut self, stream_id: u32, name: &str) {
