@@ -4,10 +4,13 @@
 //! The embedded default (`DEFAULT_TOML`) is that same documented file, so the binary runs with
 //! no file at all and the documentation cannot drift from the defaults (a test checks it).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Schedule, ScheduleSettings};
 
 /// The documented default configuration, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("../../../config/sluice.toml");
@@ -49,6 +52,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Stream behaviour: publishers, waiting viewers, GOP cache.
     pub streams: StreamsConfig,
+    /// Frame scheduling for viewers: latency budget, drops, start position, write batching.
+    pub schedule: ScheduleConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -133,6 +138,55 @@ pub struct StreamsConfig {
     pub gop_cache_max_bytes: usize,
 }
 
+/// `[schedule]`: the default profile and per-application overrides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Settings of every application without its own.
+    pub default: ScheduleSettings,
+    /// Per-application overrides: any subset of the default's keys.
+    pub apps: BTreeMap<String, toml::Table>,
+    /// The above, resolved once per load for the read path.
+    #[serde(skip)]
+    resolved: ResolvedSchedules,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ResolvedSchedules {
+    default: Schedule,
+    apps: BTreeMap<String, Schedule>,
+}
+
+impl ScheduleConfig {
+    /// The schedule of application `app`.
+    pub fn for_app(&self, app: &str) -> &Schedule {
+        self.resolved
+            .apps
+            .get(app)
+            .unwrap_or(&self.resolved.default)
+    }
+
+    /// Merges each application's overrides over the default and checks them.
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        let base = toml::Table::try_from(&self.default)
+            .map_err(|e| ConfigError::Invalid(format!("schedule.default: {e}")))?;
+        let mut apps = BTreeMap::new();
+        for (app, over) in &self.apps {
+            let mut merged = base.clone();
+            merge(&mut merged, over.clone());
+            let settings: ScheduleSettings = toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e| ConfigError::Invalid(format!("schedule.apps.{app}: {e}")))?;
+            apps.insert(app.clone(), settings.resolve());
+        }
+        self.resolved = ResolvedSchedules {
+            default: self.default.resolve(),
+            apps,
+        };
+        Ok(())
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,7 +218,7 @@ impl Config {
     /// Parses a complete config from TOML text (every key must be present: the defaults are
     /// merged in by [`Config::load`]).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text)?;
+        let mut config: Config = toml::from_str(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -185,7 +239,7 @@ impl Config {
                 apply_env(&mut merged, &var, path, &value)?;
             }
         }
-        let config: Config = toml::Value::Table(merged).try_into()?;
+        let mut config: Config = toml::Value::Table(merged).try_into()?;
         config.validate()?;
         Ok(config)
     }
@@ -195,7 +249,9 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks values that parse but cannot work, and resolves derived settings.
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        self.schedule.resolve()?;
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if !(128..=65536).contains(&self.rtmp.chunk_size) {
             return invalid("rtmp.chunk_size must be within 128..=65536");

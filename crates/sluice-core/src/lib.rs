@@ -6,8 +6,10 @@
 pub mod config;
 pub mod metrics;
 pub mod registry;
+pub mod schedule;
 pub mod stream;
 
 pub use config::Config;
 pub use registry::{Publisher, Registry};
+pub use schedule::{Drops, Schedule, StartAt};
 pub use stream::{CacheSettings, Cursor, ReadState, Stream, StreamKey};

@@ -9,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::schedule::Drops;
+
 /// One label.
 pub type Label1 = [(&'static str, &'static str); 1];
 /// Two labels.
@@ -46,8 +48,11 @@ pub struct Metrics {
     pub connections_refused: Family<Label2, Counter>,
     /// Connections closed, by protocol and reason.
     pub connections_closed: Family<Label2, Counter>,
-    /// Viewers moved forward in the ring, by reason.
+    /// Viewers moved forward in the ring, by reason (`latency`: over the budget; `ring`:
+    /// fell out of the cache's byte budget).
     pub viewer_skips: Family<Label1, Counter>,
+    /// Frames not sent to a viewer by the schedule, by reason (`disposable`, `inter`, `jump`).
+    pub frames_dropped: Family<Label1, Counter>,
     /// Frames serialised for one viewer only because it played on an unusual message stream
     /// id (the shared form could not be used).
     pub rtmp_private_serialisations: Counter,
@@ -78,6 +83,7 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_closed: Family::default(),
             viewer_skips: Family::default(),
+            frames_dropped: Family::default(),
             rtmp_private_serialisations: Counter::default(),
             rtmp_messages_dropped: Family::default(),
             registry: Registry::default(),
@@ -106,6 +112,11 @@ impl Metrics {
             m.viewer_skips.clone(),
         );
         registry.register(
+            "frames_dropped",
+            "Frames not sent to a viewer by the schedule",
+            m.frames_dropped.clone(),
+        );
+        registry.register(
             "rtmp_private_serialisations",
             "Frames serialised for a single RTMP viewer on an unusual stream id",
             m.rtmp_private_serialisations.clone(),
@@ -131,6 +142,25 @@ impl Metrics {
         self.connections_closed
             .get_or_create(&[("protocol", protocol), ("reason", reason)])
             .inc();
+    }
+
+    /// Counts what a viewer's cursor left out.
+    pub fn count_drops(&self, drops: &Drops) {
+        if drops.is_empty() {
+            return;
+        }
+        let counts = [
+            (&self.viewer_skips, "latency", drops.latency_jumps),
+            (&self.viewer_skips, "ring", drops.ring_jumps),
+            (&self.frames_dropped, "jump", drops.skipped_frames),
+            (&self.frames_dropped, "disposable", drops.disposable),
+            (&self.frames_dropped, "inter", drops.inter),
+        ];
+        for (family, reason, n) in counts {
+            if n > 0 {
+                family.get_or_create(&[("reason", reason)]).inc_by(n);
+            }
+        }
     }
 
     /// Counts a refused connection.

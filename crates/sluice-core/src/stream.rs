@@ -18,6 +18,7 @@ use sluice_media::{AudioInfo, Frame, FrameKind, VideoInfo};
 use tokio::sync::watch;
 
 use crate::registry::Registry;
+use crate::schedule::{Drops, Schedule, StartAt};
 
 /// A stream's identity: the RTMP application and the stream name (stream key without its
 /// query string).
@@ -77,6 +78,13 @@ impl Headers {
             .into_iter()
             .flatten()
     }
+}
+
+/// A frame in the ring and when it arrived (the scheduler measures lag from it).
+#[derive(Debug)]
+struct Entry {
+    frame: Arc<Frame>,
+    arrived: Instant,
 }
 
 /// Where a GOP starts in the ring, and the headers in force there.
@@ -155,7 +163,7 @@ struct State {
     unpublished_at: Option<Instant>,
     publish_started: Option<Instant>,
     /// The ring: `frames[0]` has sequence number `first_seq`.
-    frames: VecDeque<Arc<Frame>>,
+    frames: VecDeque<Entry>,
     first_seq: u64,
     bytes: usize,
     /// Keyframe positions within the ring, oldest first.
@@ -174,9 +182,13 @@ impl State {
         self.first_seq + self.frames.len() as u64
     }
 
+    fn entry(&self, seq: u64) -> &Entry {
+        &self.frames[(seq - self.first_seq) as usize]
+    }
+
     fn pop_front(&mut self) {
-        if let Some(f) = self.frames.pop_front() {
-            self.bytes -= f.payload.len();
+        if let Some(e) = self.frames.pop_front() {
+            self.bytes -= e.frame.payload.len();
             self.first_seq += 1;
         }
         while self.gops.front().is_some_and(|g| g.seq < self.first_seq) {
@@ -355,7 +367,10 @@ impl Stream {
                 }
             }
             s.bytes += frame.payload.len();
-            s.frames.push_back(frame.clone());
+            s.frames.push_back(Entry {
+                frame: frame.clone(),
+                arrived: now,
+            });
             s.evict(&self.cache);
         }
         self.stats
@@ -403,11 +418,41 @@ pub enum ReadState {
     Unpublished(Instant),
 }
 
-/// Why a viewer's position was moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    /// The viewer fell out of the ring and was moved to the newest keyframe.
-    Lagged,
+/// The headers a viewer was last sent, so a jump re-sends only those that changed.
+#[derive(Debug, Default)]
+struct SentHeaders {
+    metadata: Option<Arc<Frame>>,
+    video: Option<Arc<Frame>>,
+    audio: Option<Arc<Frame>>,
+}
+
+impl SentHeaders {
+    fn slot(&mut self, frame: &Frame) -> Option<&mut Option<Arc<Frame>>> {
+        match frame.kind {
+            FrameKind::Script => Some(&mut self.metadata),
+            FrameKind::Video if frame.seq_header => Some(&mut self.video),
+            FrameKind::Audio if frame.seq_header => Some(&mut self.audio),
+            _ => None,
+        }
+    }
+
+    /// Notes a frame going out.
+    fn record(&mut self, frame: &Arc<Frame>) {
+        if let Some(slot) = self.slot(frame) {
+            *slot = Some(frame.clone());
+        }
+    }
+
+    /// Pushes those of `headers` the viewer does not have yet.
+    fn send_changed(&mut self, headers: &Headers, out: &mut Vec<Arc<Frame>>) {
+        for h in headers.frames() {
+            let Some(slot) = self.slot(h) else { continue };
+            if !slot.as_ref().is_some_and(|sent| Arc::ptr_eq(sent, h)) {
+                *slot = Some(h.clone());
+                out.push(h.clone());
+            }
+        }
+    }
 }
 
 /// A viewer's position in a stream's ring.
@@ -419,10 +464,14 @@ pub struct Cursor {
     changed: watch::Receiver<u64>,
     /// Sequence number of the next frame to read; None until the viewer has started.
     next: Option<u64>,
-    /// Drop video inter frames and audio until the next keyframe (started at the live edge).
+    /// When the viewer started: frames that arrived earlier (the cached GOP it starts on)
+    /// count as arriving then.
+    since: Option<Instant>,
+    /// Drop video until the next keyframe (started at the live edge, or inter frames dropped).
     need_keyframe: bool,
-    /// Skips taken since the last call to [`Cursor::take_skips`].
-    skips: u64,
+    /// What was left out since the last [`Cursor::take_drops`].
+    drops: Drops,
+    sent: SentHeaders,
     /// The viewer arrived before the stream had frames.
     waited: bool,
 }
@@ -436,8 +485,10 @@ impl Cursor {
             registry,
             changed,
             next: None,
+            since: None,
             need_keyframe: false,
-            skips: 0,
+            drops: Drops::default(),
+            sent: SentHeaders::default(),
             waited: false,
         }
     }
@@ -452,28 +503,35 @@ impl Cursor {
         self.next.is_some()
     }
 
-    /// Skips since the last call.
-    pub fn take_skips(&mut self) -> u64 {
-        std::mem::take(&mut self.skips)
+    /// What was left out since the last call.
+    pub fn take_drops(&mut self) -> Drops {
+        std::mem::take(&mut self.drops)
     }
 
-    /// Copies up to `max` frames to send into `out` (as `Arc` clones) and advances.
-    pub fn read(&mut self, out: &mut Vec<Arc<Frame>>, max: usize) -> ReadState {
+    /// Copies up to `max` frames to send into `out` (as `Arc` clones) and advances, applying
+    /// `schedule` (see [`crate::schedule`]) as of `now`. Headers a start or jump needs come
+    /// on top of `max`.
+    pub fn read(
+        &mut self,
+        out: &mut Vec<Arc<Frame>>,
+        max: usize,
+        now: Instant,
+        schedule: &Schedule,
+    ) -> ReadState {
         // Mark the current version seen before reading, so a change that lands after this
         // read wakes the next `changed()`.
         self.changed.borrow_and_update();
-        let cache = self.stream.cache;
-        let s = self.stream.state.lock();
+        // A clone so the guard does not borrow `self` (one refcount bump per read).
+        let stream = self.stream.clone();
+        let cache = stream.cache;
+        let s = stream.state.lock();
         let start_len = out.len();
-        let next = match self.next {
+        let mut seq = match self.next {
             Some(next) if next < s.first_seq => {
-                // Fell out of the ring: restart at the newest keyframe with its headers.
-                self.skips += 1;
-                self.stream
-                    .stats
-                    .viewer_skips
-                    .fetch_add(1, Ordering::Relaxed);
-                Self::start_at(&s, out, true, &mut self.need_keyframe)
+                // Fell out of the ring (its byte budget): on to the newest keyframe.
+                self.drops.ring_jumps += 1;
+                self.drops.skipped_frames += s.first_seq - next;
+                self.jump(&s, out, s.first_seq, now, schedule.max_latency)
             }
             Some(next) => next,
             None => {
@@ -485,28 +543,59 @@ impl Cursor {
                     self.waited = true;
                     return ReadState::Pending;
                 }
+                self.since = Some(now);
                 if self.waited && s.first_seq == 0 {
                     // Waiting since before the stream's first frame: everything from the
                     // start, headers included, as they are in the ring in order.
                     0
+                } else if cache.gop_cache
+                    && schedule.start == StartAt::Gop
+                    && let Some(gop) = s.gops.back()
+                {
+                    self.sent.send_changed(&gop.headers, out);
+                    gop.seq
                 } else {
-                    Self::start_at(&s, out, cache.gop_cache, &mut self.need_keyframe)
+                    self.sent.send_changed(&s.headers, out);
+                    self.need_keyframe = s.has_video;
+                    s.next_seq()
                 }
             }
         };
-        let mut seq = next;
         let end = s.next_seq();
-        while seq < end && out.len() - start_len < max {
-            let frame = &s.frames[(seq - s.first_seq) as usize];
+        let since = self.since.unwrap_or(now);
+        let lag_of = |e: &Entry| now.saturating_duration_since(e.arrived.max(since));
+        if let Some(budget) = schedule.max_latency
+            && seq < end
+            && lag_of(s.entry(seq)) > budget
+        {
+            self.drops.latency_jumps += 1;
+            seq = self.jump(&s, out, seq, now, Some(budget));
+        }
+        let over = |limit: Option<Duration>, lag: Duration| limit.is_some_and(|l| lag > l);
+        let mut taken = 0;
+        while seq < end && taken < max {
+            let entry = s.entry(seq);
+            let frame = &entry.frame;
             seq += 1;
-            if self.need_keyframe && !frame.seq_header && frame.kind != FrameKind::Script {
-                if frame.kind == FrameKind::Video && frame.keyframe {
+            if frame.kind == FrameKind::Video && !frame.seq_header {
+                let lag = lag_of(entry);
+                if !frame.keyframe && !self.need_keyframe && over(schedule.drop_inter_after, lag) {
+                    self.need_keyframe = true;
+                }
+                if self.need_keyframe {
+                    if !frame.keyframe {
+                        self.drops.inter += 1;
+                        continue;
+                    }
                     self.need_keyframe = false;
-                } else {
+                } else if frame.disposable && over(schedule.drop_disposable_after, lag) {
+                    self.drops.disposable += 1;
                     continue;
                 }
             }
+            self.sent.record(frame);
             out.push(frame.clone());
+            taken += 1;
         }
         self.next = Some(seq);
         if out.len() > start_len {
@@ -518,26 +607,38 @@ impl Cursor {
         }
     }
 
-    /// Picks a start position: the newest cached keyframe (`from_cache`), else the live edge
-    /// waiting for the next keyframe. Pushes the headers in force there.
-    fn start_at(
+    /// Moves a viewer that is behind from `from` to the newest keyframe, pushing the headers
+    /// in force there that it lacks; to the live edge (video from the next keyframe) if that
+    /// keyframe is itself older than `budget`. Returns the new position.
+    fn jump(
+        &mut self,
         s: &State,
         out: &mut Vec<Arc<Frame>>,
-        from_cache: bool,
-        need_keyframe: &mut bool,
+        from: u64,
+        now: Instant,
+        budget: Option<Duration>,
     ) -> u64 {
-        match s.gops.back() {
-            Some(gop) if from_cache => {
-                out.extend(gop.headers.frames().cloned());
-                *need_keyframe = false;
+        self.stream
+            .stats
+            .viewer_skips
+            .fetch_add(1, Ordering::Relaxed);
+        let fresh = |seq: u64| {
+            budget.is_none_or(|b| now.saturating_duration_since(s.entry(seq).arrived) <= b)
+        };
+        let to = match s.gops.back() {
+            Some(gop) if gop.seq >= from && fresh(gop.seq) => {
+                self.sent.send_changed(&gop.headers, out);
+                self.need_keyframe = false;
                 gop.seq
             }
             _ => {
-                out.extend(s.headers.frames().cloned());
-                *need_keyframe = s.has_video;
+                self.sent.send_changed(&s.headers, out);
+                self.need_keyframe = s.has_video;
                 s.next_seq()
             }
-        }
+        };
+        self.drops.skipped_frames += to.saturating_sub(from);
+        to
     }
 
     /// Resolves when the stream has changed since the last [`Cursor::read`].

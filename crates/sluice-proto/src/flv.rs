@@ -23,6 +23,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info};
 
 use crate::Context;
+use crate::pacing::{Hold, Window};
 
 const BATCH_FRAMES: usize = 64;
 
@@ -103,7 +104,17 @@ async fn play(
     let mut frames = Vec::with_capacity(BATCH_FRAMES);
     let give_up = Instant::now() + ctx.config.load().streams.wait_for_publisher();
     loop {
-        match cursor.read(&mut frames, BATCH_FRAMES) {
+        let state = {
+            let cfg = ctx.config.load();
+            let schedule = cfg.schedule.for_app(&key.app);
+            cursor.read(
+                &mut frames,
+                BATCH_FRAMES,
+                std::time::Instant::now(),
+                schedule,
+            )
+        };
+        match state {
             ReadState::Frames => break,
             _ => {
                 tokio::select! {
@@ -153,6 +164,7 @@ struct FlvBody {
     frames: Vec<Arc<Frame>>,
     pending: VecDeque<Bytes>,
     close_reason: &'static str,
+    window: Window,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -179,11 +191,13 @@ impl FlvBody {
             frames: Vec::with_capacity(BATCH_FRAMES),
             pending,
             close_reason: "peer_closed",
+            window: Window::default(),
             _permit: permit,
         }
     }
 
-    /// The next piece of the body, or None when the stream has ended.
+    /// The next piece of the body, or None when the stream has ended. Frames due together
+    /// are returned back to back without waiting, so hyper gathers them into one write.
     async fn next(&mut self) -> Option<Bytes> {
         loop {
             if let Some(bytes) = self.pending.pop_front() {
@@ -193,18 +207,18 @@ impl FlvBody {
                     .inc_by(bytes.len() as u64);
                 return Some(bytes);
             }
-            self.frames.clear();
-            let state = self.cursor.read(&mut self.frames, BATCH_FRAMES);
-            let skips = self.cursor.take_skips();
-            if skips > 0 {
-                self.ctx
-                    .metrics
-                    .viewer_skips
-                    .get_or_create(&[("reason", "lagged")])
-                    .inc_by(skips);
-            }
-            let give_up = match state {
-                ReadState::Frames => {
+            let cfg = self.ctx.config.load();
+            let schedule = cfg.schedule.for_app(&self.cursor.stream().key().app);
+            let now = Instant::now();
+            let mut give_up = None;
+            let hold = self.window.hold(now, schedule, self.cursor.stream());
+            if matches!(hold, Hold::No) {
+                self.frames.clear();
+                let state =
+                    self.cursor
+                        .read(&mut self.frames, BATCH_FRAMES, now.into_std(), schedule);
+                self.ctx.metrics.count_drops(&self.cursor.take_drops());
+                if !self.frames.is_empty() {
                     self.ctx
                         .metrics
                         .frames_out
@@ -213,22 +227,45 @@ impl FlvBody {
                     self.pending.extend(self.frames.iter().map(|f| f.flv_tag()));
                     continue;
                 }
-                ReadState::Pending => None,
-                ReadState::Unpublished(at) => {
-                    Some(Instant::from_std(at) + self.ctx.config.load().streams.republish_grace())
-                }
-                ReadState::WaitingForPublisher => {
-                    Some(Instant::now() + self.ctx.config.load().streams.wait_for_publisher())
-                }
-            };
+                give_up = match state {
+                    ReadState::Frames | ReadState::Pending => None,
+                    ReadState::Unpublished(at) => {
+                        Some(Instant::from_std(at) + cfg.streams.republish_grace())
+                    }
+                    ReadState::WaitingForPublisher => Some(now + cfg.streams.wait_for_publisher()),
+                };
+            }
+            let batching = schedule.merge_write;
+            drop(cfg);
             let expired = async {
                 match give_up {
                     Some(at) => sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
+            let woken = async {
+                match hold {
+                    Hold::No => {
+                        self.cursor.changed().await;
+                        true
+                    }
+                    Hold::Until { at, count_bytes } => {
+                        tokio::select! {
+                            _ = sleep_until(at) => {}
+                            _ = self.cursor.changed(), if count_bytes => {}
+                        }
+                        false
+                    }
+                }
+            };
             tokio::select! {
-                _ = self.cursor.changed() => {}
+                changed = woken => {
+                    if changed && !batching.is_zero() {
+                        let cfg = self.ctx.config.load();
+                        let schedule = cfg.schedule.for_app(&self.cursor.stream().key().app);
+                        self.window.on_change(Instant::now(), schedule, self.cursor.stream());
+                    }
+                }
                 _ = expired => {
                     self.close_reason = "stream_ended";
                     return None;

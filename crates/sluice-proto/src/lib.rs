@@ -8,6 +8,7 @@ pub mod client;
 mod context;
 pub mod flv;
 mod io;
+mod pacing;
 pub mod rtmp;
 
 pub use context::Context;

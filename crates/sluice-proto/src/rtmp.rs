@@ -26,6 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Context;
 use crate::io::write_all;
+use crate::pacing::{Hold, Window, apply_socket_options};
 
 /// The message stream id every shared media serialisation uses: the first (and with ffmpeg,
 /// OBS-style players and VLC, the only) stream a client creates.
@@ -34,8 +35,10 @@ pub const SHARED_STREAM_ID: u32 = 1;
 const CSID_AUDIO: u32 = 4;
 const CSID_DATA: u32 = 5;
 const CSID_VIDEO: u32 = 6;
-/// Frames copied out of the ring per write batch.
+/// Frames copied out of the ring per read.
 const BATCH_FRAMES: usize = 64;
+/// Most frames in one vectored write (the writer's slice array holds 64 at a time).
+const MAX_BATCH_FRAMES: usize = 256;
 const READ_BUF: usize = 16 * 1024;
 
 /// The RTMP message carrying `frame` on message stream `stream_id`.
@@ -134,6 +137,8 @@ enum Wake {
     Shutdown,
     Idle,
     Changed,
+    /// A batching window ended (or its byte trigger may have fired).
+    Batch,
     Displaced,
     GiveUp,
     Read(std::io::Result<usize>),
@@ -152,6 +157,7 @@ enum Role {
 struct Player {
     cursor: Cursor,
     stream_id: u32,
+    window: Window,
     /// When this viewer started waiting (for a first publisher).
     since: Instant,
 }
@@ -277,35 +283,48 @@ impl Handler {
             }
             // Send what the ring has for a player; learn how long to wait otherwise.
             let mut give_up_at = None;
+            let mut hold = Hold::No;
             if let Role::Playing(player) = &mut self.role {
-                frames.clear();
-                let state = player.cursor.read(&mut frames, BATCH_FRAMES);
-                let skips = player.cursor.take_skips();
-                if skips > 0 {
-                    self.ctx
-                        .metrics
-                        .viewer_skips
-                        .get_or_create(&[("reason", "lagged")])
-                        .inc_by(skips);
-                }
-                match state {
-                    ReadState::Frames => {
+                let cfg = self.ctx.config.load();
+                let schedule = cfg
+                    .schedule
+                    .for_app(self.app.as_deref().unwrap_or_default());
+                let now = Instant::now();
+                hold = player.window.hold(now, schedule, player.cursor.stream());
+                if matches!(hold, Hold::No) {
+                    frames.clear();
+                    let mut state;
+                    // Everything due, up to a cap, goes out in one vectored write.
+                    loop {
+                        state =
+                            player
+                                .cursor
+                                .read(&mut frames, BATCH_FRAMES, now.into_std(), schedule);
+                        if state != ReadState::Frames || frames.len() >= MAX_BATCH_FRAMES {
+                            break;
+                        }
+                    }
+                    self.ctx.metrics.count_drops(&player.cursor.take_drops());
+                    if !frames.is_empty() {
                         let stream_id = player.stream_id;
+                        drop(cfg);
                         if let Err(close) = self.send_frames(&frames, stream_id, &mut batch).await {
                             return close;
                         }
                         continue;
                     }
-                    ReadState::Pending => {}
-                    ReadState::WaitingForPublisher => {
-                        give_up_at = Some((
-                            player.since + self.ctx.config.load().streams.wait_for_publisher(),
-                            Close::NoPublisher,
-                        ));
-                    }
-                    ReadState::Unpublished(at) => {
-                        let grace = self.ctx.config.load().streams.republish_grace();
-                        give_up_at = Some((Instant::from_std(at) + grace, Close::StreamEnded));
+                    match state {
+                        ReadState::Frames | ReadState::Pending => {}
+                        ReadState::WaitingForPublisher => {
+                            give_up_at = Some((
+                                player.since + cfg.streams.wait_for_publisher(),
+                                Close::NoPublisher,
+                            ));
+                        }
+                        ReadState::Unpublished(at) => {
+                            let grace = cfg.streams.republish_grace();
+                            give_up_at = Some((Instant::from_std(at) + grace, Close::StreamEnded));
+                        }
                     }
                 }
             }
@@ -315,7 +334,18 @@ impl Handler {
                 } = &mut *self;
                 let changed = async {
                     match role {
-                        Role::Playing(player) => player.cursor.changed().await,
+                        Role::Playing(player) => match hold {
+                            Hold::No => player.cursor.changed().await,
+                            Hold::Until { at, count_bytes } => {
+                                // Inside a batching window only its end (or, with a byte
+                                // trigger, a change to count) wakes the viewer.
+                                tokio::select! {
+                                    _ = sleep_until(at) => {}
+                                    _ = player.cursor.changed(), if count_bytes => {}
+                                }
+                                return Wake::Batch;
+                            }
+                        },
                         Role::Publishing { publisher, .. } => {
                             publisher.displaced().await;
                             return Wake::Displaced;
@@ -341,7 +371,18 @@ impl Handler {
             match wake {
                 Wake::Shutdown => return Close::Shutdown,
                 Wake::Idle => return Close::IdleTimeout,
-                Wake::Changed => {}
+                Wake::Changed => {
+                    if let Role::Playing(player) = &mut self.role {
+                        let cfg = self.ctx.config.load();
+                        let schedule = cfg
+                            .schedule
+                            .for_app(self.app.as_deref().unwrap_or_default());
+                        player
+                            .window
+                            .on_change(Instant::now(), schedule, player.cursor.stream());
+                    }
+                }
+                Wake::Batch => {}
                 Wake::Displaced => {
                     info!("publisher displaced by a newer one");
                     self.stop_role();
@@ -654,9 +695,15 @@ impl Handler {
             .viewers
             .get_or_create(&[("protocol", proto::RTMP)])
             .inc();
+        let cfg = self.ctx.config.load();
+        apply_socket_options(
+            socket2::SockRef::from(&self.socket),
+            cfg.schedule.for_app(&key.app),
+        );
         self.role = Role::Playing(Player {
             cursor,
             stream_id,
+            window: Window::default(),
             since: Instant::now(),
         });
     }

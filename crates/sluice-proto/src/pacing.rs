@@ -1,0 +1,92 @@
+//! When a viewer writes, under its application's [`Schedule`]: the batching window
+//! (`merge_write_ms` / `merge_write_bytes`) and the socket options that keep what the kernel
+//! holds for a viewer small.
+//!
+//! Fan-out cost is set by writes per viewer-second, almost all of it kernel time; the window
+//! turns one write per frame into one per window. While a window is open the viewer does not
+//! wait on the stream's change signal at all (unless a byte trigger needs it to count), so
+//! it is woken once per window instead of once per frame.
+
+use std::sync::atomic::Ordering;
+
+use sluice_core::{Schedule, Stream};
+use tokio::time::Instant;
+use tracing::debug;
+
+/// A viewer's batching window.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    /// Open until then.
+    until: Option<Instant>,
+    /// The stream's ingested byte count when the window opened (for the byte trigger).
+    bytes_at_open: u64,
+}
+
+/// What to wait for before the next read.
+pub(crate) enum Hold {
+    /// Read now.
+    No,
+    /// The window is open until this instant; also wake on stream changes if `count_bytes`.
+    Until { at: Instant, count_bytes: bool },
+}
+
+impl Window {
+    /// New frames were signalled: opens a window if the schedule batches.
+    pub(crate) fn on_change(&mut self, now: Instant, schedule: &Schedule, stream: &Stream) {
+        if self.until.is_none() && !schedule.merge_write.is_zero() {
+            self.until = Some(now + schedule.merge_write);
+            self.bytes_at_open = stream.stats.bytes_in.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Whether to hold off reading; closes the window once it is due.
+    pub(crate) fn hold(&mut self, now: Instant, schedule: &Schedule, stream: &Stream) -> Hold {
+        let Some(at) = self.until else {
+            return Hold::No;
+        };
+        let count_bytes = schedule.merge_write_bytes > 0;
+        let filled = count_bytes
+            && stream
+                .stats
+                .bytes_in
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.bytes_at_open)
+                >= schedule.merge_write_bytes as u64;
+        // A reload that shortened or removed the window applies at once.
+        let due = now >= at || now + schedule.merge_write <= at;
+        if filled || due {
+            self.until = None;
+            return Hold::No;
+        }
+        Hold::Until { at, count_bytes }
+    }
+}
+
+/// Sets a viewer socket's options from its schedule. Failures are logged, not fatal: the
+/// viewer is served either way.
+pub(crate) fn apply_socket_options(socket: socket2::SockRef<'_>, schedule: &Schedule) {
+    let results = [
+        ("TCP_NODELAY", socket.set_tcp_nodelay(schedule.tcp_nodelay)),
+        (
+            "SO_SNDBUF",
+            if schedule.send_buffer_bytes > 0 {
+                socket.set_send_buffer_size(schedule.send_buffer_bytes)
+            } else {
+                Ok(())
+            },
+        ),
+        (
+            "TCP_NOTSENT_LOWAT",
+            if schedule.notsent_lowat_bytes > 0 {
+                socket.set_tcp_notsent_lowat(schedule.notsent_lowat_bytes)
+            } else {
+                Ok(())
+            },
+        ),
+    ];
+    for (option, result) in results {
+        if let Err(error) = result {
+            debug!(option, %error, "socket option not applied");
+        }
+    }
+}
