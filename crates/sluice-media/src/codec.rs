@@ -133,6 +133,46 @@ fn tenths(level: u32) -> String {
     format!("{}.{}", level / 10, level % 10)
 }
 
+/// Whether coded video `data` (length-prefixed NAL units, 4-byte lengths as every FLV
+/// muxer we know writes them) holds only non-reference pictures: H.264 slices with
+/// `nal_ref_idc` 0, or HEVC sub-layer non-reference slices (the `_N` types). Nothing decodes
+/// from such a frame, so a late viewer can drop it without breaking the picture. Other codecs,
+/// and data that does not parse, are `false`.
+pub fn is_non_reference(codec: CodecId, data: &[u8]) -> bool {
+    let mut rest = data;
+    let mut saw_slice = false;
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(nal) = rest.get(4..4 + len).filter(|n| !n.is_empty()) else {
+            return false;
+        };
+        rest = &rest[4 + len..];
+        let reference = match codec {
+            CodecId::Avc => {
+                let nal_type = nal[0] & 0x1f;
+                if !(1..=5).contains(&nal_type) {
+                    continue;
+                }
+                nal[0] & 0x60 != 0
+            }
+            CodecId::Hevc => {
+                let nal_type = (nal[0] >> 1) & 0x3f;
+                if nal_type > 31 {
+                    continue;
+                }
+                // Types 0..=14 that are even are sub-layer non-reference; 16.. are IRAP.
+                !(nal_type <= 14 && nal_type % 2 == 0)
+            }
+            _ => return false,
+        };
+        if reference {
+            return false;
+        }
+        saw_slice = true;
+    }
+    saw_slice && rest.is_empty()
+}
+
 mod avc {
     //! AVCDecoderConfigurationRecord (ISO/IEC 14496-15 5.3.3) and the H.264 SPS (7.3.2.1).
 
@@ -639,6 +679,29 @@ fn legacy_audio(tag: &AudioTag) -> Option<AudioInfo> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn non_reference_pictures_are_recognised() {
+        use super::{CodecId, is_non_reference};
+        let nal = |bytes: &[u8]| {
+            let mut v = (bytes.len() as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(bytes);
+            v
+        };
+        // H.264: SEI then a non-reference B slice; a reference P slice; an IDR.
+        let b = [nal(&[0x06, 5, 1, 0]), nal(&[0x01, 0x9e, 0x20])].concat();
+        assert!(is_non_reference(CodecId::Avc, &b));
+        assert!(!is_non_reference(CodecId::Avc, &nal(&[0x41, 0x9a])));
+        assert!(!is_non_reference(CodecId::Avc, &nal(&[0x65, 0x88])));
+        // No slice at all, a cut length, other codecs: not droppable.
+        assert!(!is_non_reference(CodecId::Avc, &nal(&[0x06, 5])));
+        assert!(!is_non_reference(CodecId::Avc, &[0, 0, 0, 9, 1]));
+        assert!(!is_non_reference(CodecId::Av1, &b));
+        // HEVC: TRAIL_N (0) is droppable, TRAIL_R (1) and IDR (19) are not.
+        assert!(is_non_reference(CodecId::Hevc, &nal(&[0x00, 0x01, 0xaa])));
+        assert!(!is_non_reference(CodecId::Hevc, &nal(&[0x02, 0x01, 0xaa])));
+        assert!(!is_non_reference(CodecId::Hevc, &nal(&[0x26, 0x01, 0xaa])));
+    }
+
     use super::*;
 
     #[test]

@@ -159,7 +159,12 @@ impl Frame {
                         tag.frame_type,
                         VideoFrameType::Key | VideoFrameType::GeneratedKey
                     );
-                parts.disposable = media && tag.frame_type == VideoFrameType::DisposableInter;
+                // Encoders rarely use the disposable frame type for H.264/HEVC, so the
+                // NAL headers of inter frames are read too (a few bytes per frame).
+                parts.disposable = media
+                    && (tag.frame_type == VideoFrameType::DisposableInter
+                        || (!parts.keyframe
+                            && crate::codec::is_non_reference(tag.codec, tag.data(&payload))));
                 parts.seq_header = matches!(
                     tag.packet_type,
                     VideoPacketType::SequenceStart | VideoPacketType::Mpeg2TsSequenceStart

@@ -11,6 +11,6 @@ pub mod flv;
 pub mod frame;
 pub mod time;
 
-pub use codec::{AudioInfo, CodecId, VideoInfo, audio_info, video_info};
+pub use codec::{AudioInfo, CodecId, VideoInfo, audio_info, is_non_reference, video_info};
 pub use flv::FlvError;
 pub use frame::{Frame, FrameKind, FrameParts};

@@ -173,3 +173,17 @@ proptest::proptest! {
         }
     }
 }
+
+/// ffmpeg marks no H.264 frame disposable in the tag header; the NAL headers tell: the
+/// B-frame fixture's non-reference B pictures are found, and nothing in the fixture
+/// without B-frames.
+#[test]
+fn non_reference_b_frames_are_disposable() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let count = |name: &str| {
+        let file = std::fs::read(dir.join(name)).expect("fixture");
+        frames(&file).iter().filter(|f| f.disposable).count()
+    };
+    assert_eq!(count("h264_aac_bframes.flv"), 16);
+    assert_eq!(count("h264_aac.flv"), 0);
+}
