@@ -59,6 +59,8 @@ pub struct Metrics {
     /// RTMP messages a session dropped or refused without closing the connection (unknown
     /// commands, malformed metadata, media on a stream not publishing), by reason.
     pub rtmp_messages_dropped: Family<Label1, Counter>,
+    /// Config reloads (SIGHUP or file change), by result (`ok`, `invalid`).
+    pub config_reloads: Family<Label1, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,6 +88,7 @@ impl Metrics {
             frames_dropped: Family::default(),
             rtmp_private_serialisations: Counter::default(),
             rtmp_messages_dropped: Family::default(),
+            config_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
@@ -125,6 +128,11 @@ impl Metrics {
             "rtmp_messages_dropped",
             "RTMP messages dropped without closing the connection",
             m.rtmp_messages_dropped.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by result",
+            m.config_reloads.clone(),
         );
         Metrics { registry, ..m }
     }

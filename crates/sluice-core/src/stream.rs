@@ -472,8 +472,20 @@ pub struct Cursor {
     /// What was left out since the last [`Cursor::take_drops`].
     drops: Drops,
     sent: SentHeaders,
+    /// Ring frames the last read returned, with the state to restore if they are given back.
+    returned: VecDeque<Returned>,
+    /// Headers given back by [`Cursor::unread`], sent first by the next read.
+    resend: Vec<Arc<Frame>>,
     /// The viewer arrived before the stream had frames.
     waited: bool,
+}
+
+/// A ring frame a read returned: its position, and whether video was waiting for a
+/// keyframe before it.
+#[derive(Debug, Clone, Copy)]
+struct Returned {
+    seq: u64,
+    need_keyframe: bool,
 }
 
 impl Cursor {
@@ -489,6 +501,8 @@ impl Cursor {
             need_keyframe: false,
             drops: Drops::default(),
             sent: SentHeaders::default(),
+            returned: VecDeque::new(),
+            resend: Vec::new(),
             waited: false,
         }
     }
@@ -506,6 +520,32 @@ impl Cursor {
     /// What was left out since the last call.
     pub fn take_drops(&mut self) -> Drops {
         std::mem::take(&mut self.drops)
+    }
+
+    /// Gives back `unsent`, the tail of what the last [`read`](Self::read) returned that the
+    /// socket did not take, so the next read decides about those frames again with the time
+    /// then (jumping over them if they have grown too old). A front end that hands the
+    /// kernel only what it can take at once thereby commits to no more than its socket
+    /// buffer: the latency budget holds end to end instead of vanishing into a queue.
+    pub fn unread(&mut self, unsent: &[Arc<Frame>]) {
+        let ring = unsent.len().min(self.returned.len());
+        if ring > 0 {
+            let first = self.returned[self.returned.len() - ring];
+            self.next = Some(first.seq);
+            self.need_keyframe = first.need_keyframe;
+            self.returned.truncate(self.returned.len() - ring);
+        }
+        // Headers a start or jump pushed ahead of the ring frames come first in the output.
+        let headers = &unsent[..unsent.len() - ring];
+        self.resend.extend(headers.iter().cloned());
+        // A given-back header must not count as sent (a later jump would skip it).
+        for frame in &unsent[unsent.len() - ring..] {
+            if let Some(slot) = self.sent.slot(frame)
+                && slot.as_ref().is_some_and(|f| Arc::ptr_eq(f, frame))
+            {
+                *slot = None;
+            }
+        }
     }
 
     /// Copies up to `max` frames to send into `out` (as `Arc` clones) and advances, applying
@@ -526,6 +566,8 @@ impl Cursor {
         let cache = stream.cache;
         let s = stream.state.lock();
         let start_len = out.len();
+        self.returned.clear();
+        out.append(&mut self.resend);
         let mut seq = match self.next {
             Some(next) if next < s.first_seq => {
                 // Fell out of the ring (its byte budget): on to the newest keyframe.
@@ -576,6 +618,7 @@ impl Cursor {
         while seq < end && taken < max {
             let entry = s.entry(seq);
             let frame = &entry.frame;
+            let need_before = self.need_keyframe;
             seq += 1;
             if frame.kind == FrameKind::Video && !frame.seq_header {
                 let lag = lag_of(entry);
@@ -593,6 +636,10 @@ impl Cursor {
                     continue;
                 }
             }
+            self.returned.push_back(Returned {
+                seq: seq - 1,
+                need_keyframe: need_before,
+            });
             self.sent.record(frame);
             out.push(frame.clone());
             taken += 1;

@@ -298,3 +298,44 @@ fn start_live_waits_for_a_keyframe_and_start_gop_does_not_count_the_burst_as_lat
     );
     assert_eq!(got[0], (FrameKind::Audio, 1601));
 }
+
+#[test]
+fn frames_given_back_are_decided_again_with_the_time_then() {
+    let t0 = Instant::now();
+    let reg = Registry::new();
+    let mut src = Source::new(&reg, t0);
+    let budget = schedule(|s| s.max_latency_ms = 500);
+    let mut v = viewer(&reg);
+    src.run(0, 400, 1000);
+    let first = read(&mut v, src.at(400), &budget);
+    assert!(first.len() > 6);
+    // The socket took all but the last six: they come again, the same frames.
+    v.unread(&first[first.len() - 6..]);
+    let again = read(&mut v, src.at(400), &budget);
+    assert_eq!(again.len(), 6);
+    assert!(
+        again
+            .iter()
+            .zip(&first[first.len() - 6..])
+            .all(|(a, b)| Arc::ptr_eq(a, b))
+    );
+
+    // Given back and then left too long: the next read jumps over them.
+    src.run(400, 1400, 1000);
+    let batch = read(&mut v, src.at(1400), &budget);
+    v.take_drops();
+    v.unread(&batch[2..]);
+    src.run(1400, 2100, 1000);
+    let late = read(&mut v, src.at(2100), &budget);
+    assert_eq!(v.take_drops().latency_jumps, 1);
+    assert!(late[0].keyframe && late[0].dts == 2000, "{:?}", late[0]);
+
+    // Headers pushed by a start and given back are sent again first.
+    let mut w = viewer(&reg);
+    let start = read(&mut w, src.at(2100), &budget);
+    assert!(start[0].kind == FrameKind::Script);
+    w.unread(&start);
+    let again = read(&mut w, src.at(2100), &budget);
+    assert_eq!(again.len(), start.len());
+    assert!(again.iter().zip(&start).all(|(a, b)| Arc::ptr_eq(a, b)));
+}

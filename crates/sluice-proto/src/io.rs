@@ -4,32 +4,41 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Slices handed to one `writev` (Linux allows 1024; a few dozen frames fill a socket buffer).
 const MAX_SLICES: usize = 64;
 
-/// Writes every buffer in `bufs` (front first) with vectored writes, consuming them.
-/// Returns the number of bytes written.
-pub async fn write_all<W: AsyncWrite + Unpin>(
-    w: &mut W,
+/// Writes `bufs` (front first) with non-blocking vectored writes until they are all written
+/// or the socket is full. If it fills in the middle of a buffer, that buffer is finished
+/// (waiting for the socket, so the stream never ends mid-message) and writing stops there;
+/// buffers not started stay in `bufs` for the caller to give back. Returns the bytes written.
+pub async fn write_until_full(
+    socket: &tokio::net::TcpStream,
     bufs: &mut VecDeque<Bytes>,
 ) -> std::io::Result<u64> {
     let mut total = 0u64;
+    let mut front_started = false;
     while !bufs.is_empty() {
-        let n = {
-            // On the stack: no allocation per write.
+        let result = {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
             for (slot, buf) in slices.iter_mut().zip(bufs.iter()) {
                 *slot = IoSlice::new(buf);
                 count += 1;
             }
-            w.write_vectored(&slices[..count]).await?
+            socket.try_write_vectored(&slices[..count])
         };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
+        let n = match result {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if front_started {
+                    total += finish_front(socket, bufs).await?;
+                }
+                return Ok(total);
+            }
+            Err(e) => return Err(e),
+        };
         total += n as u64;
         let mut left = n;
         while left > 0 {
@@ -37,8 +46,10 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
             if front.len() <= left {
                 left -= front.len();
                 bufs.pop_front();
+                front_started = false;
             } else {
                 front.advance(left);
+                front_started = true;
                 left = 0;
             }
         }
@@ -49,26 +60,77 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
     Ok(total)
 }
 
+/// Writes the rest of the front buffer, waiting for the socket as needed.
+async fn finish_front(
+    socket: &tokio::net::TcpStream,
+    bufs: &mut VecDeque<Bytes>,
+) -> std::io::Result<u64> {
+    let Some(mut front) = bufs.pop_front() else {
+        return Ok(0);
+    };
+    let total = front.len() as u64;
+    while !front.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(&front) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => front.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
 
     #[tokio::test]
     async fn writes_everything_in_order() {
-        let (mut a, mut b) = tokio::io::duplex(7);
+        let (a, mut b) = pair().await;
         let mut bufs: VecDeque<Bytes> = [&b"hello "[..], b"", b"vectored ", b"world"]
             .into_iter()
             .map(Bytes::from_static)
             .collect();
-        let reader = tokio::spawn(async move {
-            let mut out = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut out)
-                .await
-                .unwrap();
-            out
-        });
-        assert_eq!(write_all(&mut a, &mut bufs).await.unwrap(), 20);
+        assert_eq!(write_until_full(&a, &mut bufs).await.unwrap(), 20);
+        assert!(bufs.is_empty());
         drop(a);
-        assert_eq!(reader.await.unwrap(), b"hello vectored world");
+        let mut out = Vec::new();
+        b.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"hello vectored world");
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_keeps_whole_unstarted_buffers_and_finishes_a_started_one() {
+        let (a, mut b) = pair().await;
+        socket2::SockRef::from(&a)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&b)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let frame = Bytes::from(vec![7u8; 1000]);
+        let mut bufs: VecDeque<Bytes> = std::iter::repeat_n(frame, 4000).collect();
+        // Nobody reads for a while, so the socket fills; then everything is read.
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let mut out = Vec::new();
+            b.read_to_end(&mut out).await.unwrap();
+            out.len()
+        });
+        let written = write_until_full(&a, &mut bufs).await.unwrap();
+        assert!(!bufs.is_empty(), "4 MB does not fit small socket buffers");
+        assert_eq!(written % 1000, 0, "whole buffers only: {written}");
+        assert_eq!(written as usize + bufs.len() * 1000, 4_000_000);
+        drop(a);
+        assert_eq!(reader.await.unwrap(), written as usize);
     }
 }

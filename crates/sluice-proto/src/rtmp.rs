@@ -25,7 +25,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Context;
-use crate::io::write_all;
+use crate::io::write_until_full;
 use crate::pacing::{Hold, Window, apply_socket_options};
 
 /// The message stream id every shared media serialisation uses: the first (and with ffmpeg,
@@ -35,10 +35,8 @@ pub const SHARED_STREAM_ID: u32 = 1;
 const CSID_AUDIO: u32 = 4;
 const CSID_DATA: u32 = 5;
 const CSID_VIDEO: u32 = 6;
-/// Frames copied out of the ring per read.
-const BATCH_FRAMES: usize = 64;
-/// Most frames in one vectored write (the writer's slice array holds 64 at a time).
-const MAX_BATCH_FRAMES: usize = 256;
+/// Most frames read for one vectored write.
+const BATCH_FRAMES: usize = 256;
 const READ_BUF: usize = 16 * 1024;
 
 /// The RTMP message carrying `frame` on message stream `stream_id`.
@@ -293,23 +291,33 @@ impl Handler {
                 hold = player.window.hold(now, schedule, player.cursor.stream());
                 if matches!(hold, Hold::No) {
                     frames.clear();
-                    let mut state;
                     // Everything due, up to a cap, goes out in one vectored write.
-                    loop {
-                        state =
-                            player
-                                .cursor
-                                .read(&mut frames, BATCH_FRAMES, now.into_std(), schedule);
-                        if state != ReadState::Frames || frames.len() >= MAX_BATCH_FRAMES {
-                            break;
-                        }
-                    }
+                    let state =
+                        player
+                            .cursor
+                            .read(&mut frames, BATCH_FRAMES, now.into_std(), schedule);
                     self.ctx.metrics.count_drops(&player.cursor.take_drops());
                     if !frames.is_empty() {
                         let stream_id = player.stream_id;
                         drop(cfg);
-                        if let Err(close) = self.send_frames(&frames, stream_id, &mut batch).await {
-                            return close;
+                        let unsent = match self.send_frames(&frames, stream_id, &mut batch).await {
+                            Ok(unsent) => unsent,
+                            Err(close) => return close,
+                        };
+                        if unsent > 0 {
+                            // The socket is full: give the rest back, so it is decided again
+                            // (and skipped if it grew too old) once the socket drains.
+                            if let Role::Playing(player) = &mut self.role {
+                                player.cursor.unread(&frames[frames.len() - unsent..]);
+                            }
+                            tokio::select! {
+                                _ = self.ctx.shutdown.cancelled() => return Close::Shutdown,
+                                writable = self.socket.writable() => {
+                                    if writable.is_err() {
+                                        return Close::Io;
+                                    }
+                                }
+                            }
                         }
                         continue;
                     }
@@ -408,13 +416,15 @@ impl Handler {
         }
     }
 
-    /// Writes `frames` as shared RTMP bytes (private ones for an unusual stream id).
+    /// Writes `frames` as shared RTMP bytes (private ones for an unusual stream id), as far
+    /// as the socket takes them without waiting; returns how many whole frames it did not
+    /// take (the tail of `frames`).
     async fn send_frames(
         &mut self,
         frames: &[Arc<Frame>],
         stream_id: u32,
         batch: &mut VecDeque<Bytes>,
-    ) -> Result<(), Close> {
+    ) -> Result<usize, Close> {
         let chunk_size = self.conn.session.chunk_size();
         for frame in frames {
             let bytes = if stream_id == SHARED_STREAM_ID {
@@ -425,16 +435,18 @@ impl Handler {
             };
             batch.push_back(bytes);
         }
-        let n = write_all(&mut self.socket, batch)
+        let n = write_until_full(&self.socket, batch)
             .await
             .map_err(|_| Close::Io)?;
+        let unsent = batch.len();
+        batch.clear();
         self.count_out(n as usize);
         self.ctx
             .metrics
             .frames_out
             .get_or_create(&[("protocol", proto::RTMP)])
-            .inc_by(frames.len() as u64);
-        Ok(())
+            .inc_by((frames.len() - unsent) as u64);
+        Ok(unsent)
     }
 
     /// Writes pending session output.
