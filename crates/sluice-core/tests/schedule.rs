@@ -62,7 +62,7 @@ impl Source {
     /// Video at `ts`: a keyframe every `gop_ms`, every other inter frame disposable; audio
     /// after each video frame.
     fn video_and_audio(&mut self, ts: u64, gop_ms: u64) {
-        let frame_type = if ts % gop_ms == 0 {
+        let frame_type = if ts.is_multiple_of(gop_ms) {
             0x17
         } else if (ts / FRAME_MS) % 2 == 1 {
             0x37
