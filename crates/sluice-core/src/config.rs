@@ -380,6 +380,39 @@ mod tests {
     }
 
     #[test]
+    fn example_configs_load_with_their_schedules() {
+        let low = Config::load(
+            Some(include_str!("../../../config/examples/low-latency.toml")),
+            [],
+        )
+        .unwrap();
+        let live = low.schedule.for_app("live");
+        assert_eq!(live.merge_write, Duration::ZERO);
+        assert_eq!(live.max_latency, Some(Duration::from_millis(1000)));
+        // Other apps keep the default profile.
+        assert_eq!(*low.schedule.for_app("other"), Schedule::default());
+        let efficient = Config::load(
+            Some(include_str!("../../../config/examples/efficient.toml")),
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            efficient.schedule.for_app("live").merge_write,
+            Duration::from_millis(100)
+        );
+        assert_eq!(Config::from_toml(&efficient.to_toml()).unwrap(), efficient);
+    }
+
+    #[test]
+    fn schedule_overrides_are_checked_key_by_key() {
+        let bad = "[schedule.apps.live]\nmax_latency = 5\n";
+        let e = Config::load(Some(bad), []).unwrap_err();
+        assert!(e.to_string().contains("schedule.apps.live"), "{e}");
+        let bad_type = "[schedule.apps.live]\nstart = \"middle\"\n";
+        assert!(Config::load(Some(bad_type), []).is_err());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let e = Config::load(Some("[rtmp]\nchunk_sise = 1\n"), []).unwrap_err();
         assert!(e.to_string().contains("chunk_sise"), "{e}");
