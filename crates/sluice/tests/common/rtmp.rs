@@ -164,8 +164,12 @@ pub fn spawn_paced_publisher(
 /// A TCP connection that completed the RTMP handshake as a client (rml_rtmp's handshake, an
 /// independent implementation), with nothing else sent yet.
 pub async fn handshaken(addr: std::net::SocketAddr) -> TcpStream {
+    handshake_on(TcpStream::connect(addr).await.expect("connect")).await
+}
+
+/// [`handshaken`] on a socket the caller connected (with its own socket options).
+pub async fn handshake_on(mut socket: TcpStream) -> TcpStream {
     use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-    let mut socket = TcpStream::connect(addr).await.expect("connect");
     let mut hs = Handshake::new(PeerType::Client);
     let c0c1 = hs.generate_outbound_p0_and_p1().expect("c0c1");
     socket.write_all(&c0c1).await.expect("write");
