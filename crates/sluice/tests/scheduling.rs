@@ -27,6 +27,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BUDGET_MS: u64 = 800;
 const FRAME_INTERVAL: Duration = Duration::from_millis(40);
+/// Measurement slack: the publisher, the server and the players share one process and two
+/// threads, on a CI machine that may be busy; a late wake-up of any of them shows up as age.
+/// (Without the budget, ages here reach the full 10 s pause.)
+const SLACK: Duration = Duration::from_millis(250);
 /// The viewers' socket buffers: the server's send buffer (the kernel doubles what is set)
 /// and the player's receive buffer.
 const SERVER_SNDBUF: usize = 8 * 1024;
@@ -271,7 +275,7 @@ async fn late_viewers_stay_within_the_budget_and_others_lose_nothing() {
     for r in &fresh {
         if let Some(age) = age(&sent, r) {
             assert!(
-                age <= budget + FRAME_INTERVAL,
+                age <= budget + FRAME_INTERVAL + SLACK,
                 "paused viewer got frame {} aged {age:?}",
                 r.tag.timestamp
             );
@@ -293,7 +297,7 @@ async fn late_viewers_stay_within_the_budget_and_others_lose_nothing() {
                 (IN_FLIGHT + r.tag.payload.len()) as f64 / half_rate as f64,
             );
             assert!(
-                age <= budget + FRAME_INTERVAL + drain,
+                age <= budget + FRAME_INTERVAL + SLACK + drain,
                 "slow viewer got frame {} aged {age:?} (drain allowance {drain:?})",
                 r.tag.timestamp
             );
