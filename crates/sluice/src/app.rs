@@ -10,6 +10,8 @@ use sluice_proto::Context;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::reload;
+
 /// A node with its listeners bound, ready to [`App::run`].
 #[derive(Debug)]
 pub struct App {
@@ -17,6 +19,8 @@ pub struct App {
     rtmp: TcpListener,
     http: TcpListener,
     admin: TcpListener,
+    /// Where config reloads come from; `None` never reloads.
+    reload: Option<reload::Source>,
 }
 
 /// The addresses actually bound (port 0 in the config becomes a real port).
@@ -46,7 +50,17 @@ impl App {
             rtmp,
             http,
             admin,
+            reload: None,
         })
+    }
+
+    /// Reloads the config from `source` while running (SIGHUP, and changes to the file when
+    /// it is watched). See [`crate::reload`].
+    pub fn reload(self, source: reload::Source) -> Self {
+        App {
+            reload: Some(source),
+            ..self
+        }
     }
 
     /// Where the listeners are.
@@ -72,7 +86,13 @@ impl App {
             rtmp,
             http,
             admin,
+            reload,
         } = self;
+        // Before the listening line: once it is logged, SIGHUP must already be handled (its
+        // default action ends the process) and file changes already watched.
+        if let Some(source) = reload {
+            reload::spawn(&ctx, source);
+        }
         info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, admin = %admin.local_addr()?, "sluice listening");
         let rtmp_task = tokio::spawn(sluice_proto::rtmp::serve(rtmp, ctx.clone()));
         let http_task = tokio::spawn(serve_http(

@@ -1,4 +1,4 @@
-//! The command line: `sluice [serve] [--config FILE]`, `sluice check-config FILE`,
+//! The command line: `sluice [serve] [--config FILE] [--no-watch]`, `sluice check-config FILE`,
 //! `sluice print-config [--config FILE]`.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,9 @@ pub struct Cli {
     /// Config file for `serve` when no subcommand is given.
     #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
+    /// Do not watch the config file for changes; `serve` reloads it on SIGHUP only.
+    #[arg(long, global = true)]
+    pub no_watch: bool,
 }
 
 /// Subcommands.
@@ -38,19 +41,27 @@ pub enum Command {
 }
 
 /// Loads the effective config: embedded defaults, the file if given, environment overrides.
+///
+/// `serve` at startup, `check-config`, `print-config` and every reload go through here (or
+/// through its two halves, [`read_config_file`] and [`parse_config`]), so they cannot disagree.
 pub fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
-    let text = match file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading config file {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let text = file.map(read_config_file).transpose()?;
+    parse_config(file, text.as_deref())
+}
+
+/// The text of a config file.
+pub fn read_config_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))
+}
+
+/// The effective config from `text`, the contents of `file` (`None`: the embedded default
+/// only), merged over the defaults, with environment overrides on top.
+pub fn parse_config(file: Option<&Path>, text: Option<&str>) -> anyhow::Result<Config> {
     let what = file.map_or_else(
         || "embedded default config".to_owned(),
         |p| p.display().to_string(),
     );
-    Config::load(text.as_deref(), std::env::vars()).with_context(|| format!("in {what}"))
+    Config::load(text, std::env::vars()).with_context(|| format!("in {what}"))
 }
 
 impl Cli {
@@ -80,7 +91,7 @@ impl Cli {
                     .enable_all()
                     .build()
                     .context("starting the runtime")?
-                    .block_on(serve(config))
+                    .block_on(serve(config, self.config, !self.no_watch))
             }
         }
     }
@@ -98,8 +109,10 @@ fn init_tracing(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = App::bind(config).await?;
+async fn serve(config: Config, file: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
+    let app = App::bind(config)
+        .await?
+        .reload(crate::reload::Source { file, watch });
     let shutdown = app.context().shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

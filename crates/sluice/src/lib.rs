@@ -1,4 +1,4 @@
-//! The Sluice node: wiring of listeners, admin API and shutdown around a config.
+//! The Sluice node: wiring of listeners, admin API, config reload and shutdown around a config.
 //!
 //! `main.rs` only parses the command line and calls into here, so integration tests run the
 //! same [`App`] in-process on port 0.
@@ -6,5 +6,6 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod reload;
 
 pub use app::App;

@@ -1,0 +1,482 @@
+//! Hot reload of the config file: SIGHUP, or a change to the file, re-reads it.
+//!
+//! A reload loads the file exactly as `serve` did at startup ([`crate::cli::load_config`]:
+//! embedded defaults < file < `SLUICE__SECTION__KEY` environment). A file that does not load
+//! (unreadable, not TOML, an unknown key, a bad value) is refused with an error naming the
+//! file, and the running config stays. A good one is swapped whole into
+//! [`Context::config`]; connections read that when they need a value, so nobody is
+//! disconnected and a viewer's scheduling changes under it. Values read per request (CORS,
+//! allowed applications) apply from the next one; values a connection takes when it starts
+//! (chunk size, timeouts, socket options) and a stream when it is created (GOP cache) apply to
+//! the connections and streams that come after.
+//!
+//! Some settings are fixed when the node starts: the listener addresses, the connection
+//! limits (their semaphores are sized once) and the log subscriber. A reload that changes them
+//! keeps their running values in the swapped config, so what the node reports is what it
+//! does, and warns that they need a restart.
+//!
+//! The file's directory is watched rather than the file: editors and config managers that
+//! write a new file and rename it over the old one (and Kubernetes' ConfigMap symlink swaps)
+//! replace the inode a file watch would follow. Events that name the file (or its symlink
+//! target, or a Kubernetes `..data` link) re-read it once they have stopped for [`DEBOUNCE`];
+//! a re-read that finds the same text as the last one does nothing. SIGHUP always reloads and
+//! always logs.
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use sluice_core::Config;
+use sluice_proto::Context;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::cli;
+
+/// How long the config file's directory must be quiet before a change is read, so a file
+/// written in several steps is read once, whole.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Where reloads come from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The file `serve` was started with; `None` (the embedded default) has nothing to reload.
+    pub file: Option<PathBuf>,
+    /// Also reload when the file changes, not only on SIGHUP.
+    pub watch: bool,
+}
+
+/// What a reload does to the running config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The config to swap in: the loaded one, with the settings fixed at startup kept at their
+    /// running values.
+    pub config: Config,
+    /// Keys whose new values take effect, as `section.key` (a nested table is named down to
+    /// its third level, e.g. `schedule.apps.live`).
+    pub changed: Vec<String>,
+    /// Keys whose change needs a restart; their running values are kept.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Decides what a reload from `running` to `loaded` applies and what it leaves for a restart.
+pub fn plan(running: &Config, mut loaded: Config) -> Plan {
+    let mut needs_restart = Vec::new();
+    // Each key read once at startup: app.rs binds the listeners, rtmp.rs and flv.rs size
+    // their connection semaphores, cli.rs installs the log subscriber.
+    macro_rules! fixed {
+        ($($section:ident . $key:ident),* $(,)?) => {$(
+            if loaded.$section.$key != running.$section.$key {
+                needs_restart.push(concat!(stringify!($section), ".", stringify!($key)));
+                loaded.$section.$key = Clone::clone(&running.$section.$key);
+            }
+        )*};
+    }
+    fixed!(
+        rtmp.listen,
+        rtmp.max_connections,
+        http.listen,
+        http.max_connections,
+        admin.listen,
+        log.level,
+        log.format,
+    );
+    let changed = changed_keys(running, &loaded);
+    Plan {
+        config: loaded,
+        changed,
+        needs_restart,
+    }
+}
+
+/// Keys that differ between two configs, compared as TOML tables down to three levels.
+fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    match (toml::Table::try_from(old), toml::Table::try_from(new)) {
+        (Ok(old), Ok(new)) => diff("", &old, &new, 3, &mut keys),
+        // Every config serialises (print-config relies on it); stay truthful if one did not.
+        _ if old != new => keys.push("(config)".to_owned()),
+        _ => {}
+    }
+    keys
+}
+
+fn diff(prefix: &str, old: &toml::Table, new: &toml::Table, depth: u32, out: &mut Vec<String>) {
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for name in names {
+        let (a, b) = (old.get(name), new.get(name));
+        if a == b {
+            continue;
+        }
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match (a, b) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) if depth > 1 => {
+                diff(&path, a, b, depth - 1, out)
+            }
+            _ => out.push(path),
+        }
+    }
+}
+
+/// What set a reload off (the `trigger` field of its log lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Signal,
+    Watch,
+}
+
+impl Trigger {
+    fn label(self) -> &'static str {
+        match self {
+            Trigger::Signal => "sighup",
+            Trigger::Watch => "file_watch",
+        }
+    }
+}
+
+/// Starts reloading from `source`: a task on `ctx.tracker` that handles SIGHUP and, if the
+/// file is watched, its changes, until `ctx.shutdown`. Call it inside the runtime, before
+/// announcing the node: from then on SIGHUP no longer ends the process.
+///
+/// Neither half is essential to serving, so a failure to set one up is logged, not returned.
+pub fn spawn(ctx: &Arc<Context>, source: Source) {
+    let hup = signal(SignalKind::hangup())
+        .inspect_err(|error| warn!(%error, "cannot handle SIGHUP; no config reload by signal"))
+        .ok();
+    let watch = match &source.file {
+        Some(file) if source.watch => watch(file)
+            .inspect_err(|error| {
+                warn!(
+                    file = %file.display(),
+                    %error,
+                    "cannot watch the config file; reload it with SIGHUP"
+                );
+            })
+            .ok(),
+        _ => None,
+    };
+    if let (Some(file), Some(_)) = (&source.file, &watch) {
+        info!(file = %file.display(), "watching the config file for changes");
+    }
+    let reloader = Reloader {
+        ctx: ctx.clone(),
+        file: source.file,
+        last_read: None,
+    };
+    ctx.tracker.spawn(reloader.run(hup, watch));
+}
+
+/// A watch on the file's directory and the receiver of its (coalesced) change signals.
+type Watch = (RecommendedWatcher, mpsc::Receiver<()>);
+
+/// Watches the directory of `file` (and, if `file` is a symlink elsewhere, its target's).
+fn watch(file: &Path) -> notify::Result<Watch> {
+    // Capacity 1: a pending signal already means "re-read after the quiet period", so events
+    // that find it full are dropped, and the notify thread never waits on us.
+    let (tx, rx) = mpsc::channel(1);
+    let target = std::fs::canonicalize(file).ok();
+    let names: BTreeSet<OsString> = [Some(file), target.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.file_name().map(OsStr::to_owned))
+        .collect();
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if may_change_contents(&event.kind) && concerns(&event.paths, &names) => {
+                let _ = tx.try_send(());
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "config file watch error"),
+        })?;
+    let dir = parent(file);
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    // Best effort: the target's directory may go away (a ConfigMap swap), the link's stays.
+    if let Some(target_dir) = target.map(|t| parent(&t))
+        && std::fs::canonicalize(&dir).ok().as_ref() != Some(&target_dir)
+    {
+        let _ = watcher.watch(&target_dir, RecursiveMode::NonRecursive);
+    }
+    Ok((watcher, rx))
+}
+
+/// Whether an event on `paths` may concern the config file, known by its `names` (the link's
+/// and its target's). Other files in the directory are ignored: a log file written there
+/// would otherwise keep the directory from ever being quiet. Kubernetes swaps a mounted
+/// ConfigMap by renaming a `..data` symlink, so `..` names count too; an event without paths
+/// (the kernel's queue overflowed) may concern anything.
+fn concerns(paths: &[PathBuf], names: &BTreeSet<OsString>) -> bool {
+    paths.is_empty()
+        || paths
+            .iter()
+            .filter_map(|p| p.file_name())
+            .any(|name| names.contains(name) || name.as_encoded_bytes().starts_with(b".."))
+}
+
+/// The directory holding `file` (`.` for a bare file name).
+fn parent(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Whether an event may have changed what the file reads as. Opening and reading are not
+/// changes: counting them would make our own reads trigger more reads.
+fn may_change_contents(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// The reload task's state. It alone stores into `ctx.config`, so a load-compare-store
+/// cannot lose another writer's update.
+struct Reloader {
+    ctx: Arc<Context>,
+    file: Option<PathBuf>,
+    /// What the last reload read (its text, or why it could not), so watch events that leave
+    /// the file as it was do nothing.
+    last_read: Option<Result<String, String>>,
+}
+
+impl Reloader {
+    async fn run(mut self, mut hup: Option<Signal>, watch: Option<Watch>) {
+        // The watcher stops when dropped, at the end of this task.
+        let (_watcher, mut changes) = match watch {
+            Some((watcher, rx)) => (Some(watcher), Some(rx)),
+            None => (None, None),
+        };
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = next_signal(&mut hup) => {
+                    info!("SIGHUP received");
+                    self.reload(Trigger::Signal);
+                }
+                () = next_change(&mut changes) => {
+                    let Some(rx) = changes.as_mut() else { continue };
+                    if !settle(rx, &shutdown).await {
+                        return;
+                    }
+                    self.reload(Trigger::Watch);
+                }
+            }
+        }
+    }
+
+    /// Re-reads the file and swaps the config if it loads.
+    fn reload(&mut self, trigger: Trigger) {
+        let Some(path) = &self.file else {
+            warn!("serve was started without --config: no config file to reload");
+            return;
+        };
+        let file = path.display().to_string();
+        let read = cli::read_config_file(path).map_err(|e| format!("{e:#}"));
+        if trigger == Trigger::Watch && self.last_read.as_ref() == Some(&read) {
+            debug!(file, "config file unchanged");
+            return;
+        }
+        self.last_read = Some(read.clone());
+        let loaded = read.and_then(|text| {
+            cli::parse_config(Some(path), Some(&text)).map_err(|e| format!("{e:#}"))
+        });
+        let loaded = match loaded {
+            Ok(config) => config,
+            Err(error) => {
+                self.count("invalid");
+                error!(
+                    file,
+                    trigger = trigger.label(),
+                    error,
+                    "config reload refused; the running config stays"
+                );
+                return;
+            }
+        };
+        let plan = plan(&self.ctx.config.load(), loaded);
+        if !plan.needs_restart.is_empty() {
+            warn!(
+                file,
+                trigger = trigger.label(),
+                keys = plan.needs_restart.join(", "),
+                "config keys changed that apply only after a restart; their running values are kept"
+            );
+        }
+        self.count("ok");
+        if plan.changed.is_empty() {
+            info!(
+                file,
+                trigger = trigger.label(),
+                "config reloaded: no change"
+            );
+            return;
+        }
+        let changed = plan.changed.join(", ");
+        self.ctx.config.store(Arc::new(plan.config));
+        info!(file, trigger = trigger.label(), changed, "config reloaded");
+    }
+
+    fn count(&self, result: &'static str) {
+        self.ctx
+            .metrics
+            .config_reloads
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+}
+
+/// The next SIGHUP; never, without a handler.
+async fn next_signal(hup: &mut Option<Signal>) {
+    if let Some(signal) = hup
+        && signal.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// The next change signal; never, without a watch.
+async fn next_change(changes: &mut Option<mpsc::Receiver<()>>) {
+    if let Some(rx) = changes
+        && rx.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Waits until no change has arrived for [`DEBOUNCE`]. False if shutdown came first.
+async fn settle(
+    rx: &mut mpsc::Receiver<()>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(DEBOUNCE) => return true,
+            more = rx.recv() => {
+                if more.is_none() {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Config {
+        Config::load(Some(text), std::iter::empty()).expect("valid test config")
+    }
+
+    #[test]
+    fn plan_lists_changed_keys_and_swaps_them() {
+        let running = load("");
+        let loaded = load(
+            "[http]\ncors_allow_origin = \"https://a.example\"\n\
+             [streams]\napps = [\"live\"]\n\
+             [schedule.default]\nmax_latency_ms = 900\n\
+             [schedule.apps.live]\nmerge_write_ms = 100\n",
+        );
+        let plan = plan(&running, loaded.clone());
+        assert_eq!(
+            plan.changed,
+            [
+                "http.cors_allow_origin",
+                "schedule.apps.live",
+                "schedule.default.max_latency_ms",
+                "streams.apps"
+            ]
+        );
+        assert!(plan.needs_restart.is_empty());
+        assert_eq!(plan.config, loaded);
+        assert_eq!(
+            plan.config.schedule.for_app("live").merge_write,
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn settings_fixed_at_startup_keep_their_running_values() {
+        let running = load("");
+        let loaded = load(
+            "[rtmp]\nlisten = \"127.0.0.1:1999\"\nmax_connections = 5\nchunk_size = 8192\n\
+             [http]\nmax_connections = 7\n\
+             [admin]\nlisten = \"127.0.0.1:1\"\n\
+             [log]\nlevel = \"debug\"\nformat = \"json\"\n",
+        );
+        let plan = plan(&running, loaded);
+        assert_eq!(
+            plan.needs_restart,
+            [
+                "rtmp.listen",
+                "rtmp.max_connections",
+                "http.max_connections",
+                "admin.listen",
+                "log.level",
+                "log.format"
+            ]
+        );
+        // The rest of the file still applies.
+        assert_eq!(plan.changed, ["rtmp.chunk_size"]);
+        let mut expected = running.clone();
+        expected.rtmp.chunk_size = 8192;
+        assert_eq!(plan.config, expected);
+    }
+
+    #[test]
+    fn an_identical_file_changes_nothing() {
+        let running = load("[streams]\napps = [\"live\"]\n");
+        let plan = plan(&running, running.clone());
+        assert!(plan.changed.is_empty() && plan.needs_restart.is_empty());
+    }
+
+    #[test]
+    fn reads_and_opens_are_not_changes() {
+        use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+        assert!(!may_change_contents(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!may_change_contents(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+        ] {
+            assert!(may_change_contents(&kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn only_events_naming_the_file_count() {
+        let names: BTreeSet<OsString> = [OsString::from("sluice.toml")].into();
+        let p = |s: &str| vec![PathBuf::from(s)];
+        assert!(concerns(&p("/etc/sluice/sluice.toml"), &names));
+        assert!(concerns(&p("/etc/sluice/..data"), &names));
+        assert!(concerns(&[], &names));
+        assert!(!concerns(&p("/etc/sluice/sluice.log"), &names));
+        assert!(!concerns(&p("/etc/sluice/.sluice.toml.swp"), &names));
+    }
+
+    #[test]
+    fn the_directory_of_a_bare_file_name_is_the_current_one() {
+        assert_eq!(parent(Path::new("sluice.toml")), PathBuf::from("."));
+        assert_eq!(parent(Path::new("/etc/sluice.toml")), PathBuf::from("/etc"));
+    }
+}
