@@ -560,7 +560,7 @@ impl Cursor {
     ) -> ReadState {
         // Mark the current version seen before reading, so a change that lands after this
         // read wakes the next `changed()`.
-        self.changed.borrow_and_update();
+        self.changed.mark_unchanged();
         // A clone so the guard does not borrow `self` (one refcount bump per read).
         let stream = self.stream.clone();
         let cache = stream.cache;

@@ -348,8 +348,11 @@ impl ChunkReader {
         let data = self.buf.split_to(take);
 
         let payload = match s.partial.take() {
-            // Whole message in one chunk: hand out the received bytes without copying.
-            None if take == remaining => data.freeze(),
+            // Whole message in one chunk: copied out (once per message) rather than handed
+            // out as a slice of the receive buffer, which would pin that buffer's whole
+            // block for as long as the frame lives in a stream's ring: a 300-byte audio frame
+            // could keep tens of KiB alive, outside the ring's byte budget.
+            None if take == remaining => Bytes::copy_from_slice(&data),
             partial => {
                 let mut p = partial
                     .unwrap_or_else(|| BytesMut::with_capacity((len as usize).min(PREALLOC_CAP)));
