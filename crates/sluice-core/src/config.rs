@@ -158,6 +158,12 @@ struct ResolvedSchedules {
 }
 
 impl ScheduleConfig {
+    /// The default schedule (applications without their own, and connections whose
+    /// application is not known yet).
+    pub fn default_schedule(&self) -> &Schedule {
+        &self.resolved.default
+    }
+
     /// The schedule of application `app`.
     pub fn for_app(&self, app: &str) -> &Schedule {
         self.resolved

@@ -23,7 +23,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info};
 
 use crate::Context;
-use crate::pacing::{Hold, Window};
+use crate::pacing::{Hold, Window, apply_socket_options};
 
 const BATCH_FRAMES: usize = 64;
 
@@ -39,6 +39,16 @@ pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/{app}/{file}", get(play).options(preflight))
         .with_state(AppState { ctx, limit })
+}
+
+/// Sets an accepted HTTP connection's socket options from the default schedule (HTTP-FLV
+/// viewers' application is not known until their request is read).
+pub fn tune_viewer_socket(ctx: &Context, socket: &mut tokio::net::TcpStream) {
+    let cfg = ctx.config.load();
+    apply_socket_options(
+        socket2::SockRef::from(&*socket),
+        cfg.schedule.default_schedule(),
+    );
 }
 
 fn cors(ctx: &Context, headers: &mut HeaderMap) {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt;
 use sluice_core::Config;
 use sluice_proto::Context;
 use tokio::net::TcpListener;
@@ -95,6 +96,10 @@ impl App {
         }
         info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, admin = %admin.local_addr()?, "sluice listening");
         let rtmp_task = tokio::spawn(sluice_proto::rtmp::serve(rtmp, ctx.clone()));
+        // HTTP viewers' sockets get the default schedule's options at accept: the
+        // application is not known before the request is read.
+        let tune_ctx = ctx.clone();
+        let http = http.tap_io(move |tcp| sluice_proto::flv::tune_viewer_socket(&tune_ctx, tcp));
         let http_task = tokio::spawn(serve_http(
             http,
             sluice_proto::flv::router(ctx.clone()),
@@ -130,7 +135,11 @@ impl App {
 
 /// Serves an axum router until shutdown; open responses (HTTP-FLV bodies) end on the same
 /// token, so the graceful shutdown completes.
-async fn serve_http(listener: TcpListener, router: axum::Router, ctx: Arc<Context>) {
+async fn serve_http<L>(listener: L, router: axum::Router, ctx: Arc<Context>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let token = ctx.shutdown.clone();
     if let Err(error) = axum::serve(listener, router)
         .with_graceful_shutdown(token.cancelled_owned())
