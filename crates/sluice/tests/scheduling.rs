@@ -340,3 +340,57 @@ async fn late_viewers_stay_within_the_budget_and_others_lose_nothing() {
     assert!(missing.is_empty(), "the steady viewer missed {missing:?}");
     node.stop().await;
 }
+
+/// A reload that sets a latency budget reaches a viewer that is already connected (and
+/// already late): the schedule is read on every read, not fixed at play time. The reload
+/// here swaps the running config as `sluice::reload` does after reading a good file (the
+/// file and SIGHUP paths are tested in `reload.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_sets_a_budget_applies_to_connected_viewers() {
+    let no_budget = test_config(&format!(
+        "[streams]\ngop_cache_gops = 30\n[schedule.apps.live]\nsend_buffer_bytes = {SERVER_SNDBUF}\n"
+    ));
+    let node = Node::start(no_budget).await;
+    let (sent, publishing) =
+        real_time_publisher(node.rtmp_url("live/sched"), Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paused = player(
+        node.addrs.rtmp,
+        Pace::PauseAt {
+            at: Duration::from_secs(1),
+            pause: Duration::from_secs(5),
+        },
+        Duration::from_secs(9),
+    );
+    let reload = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        node.ctx.config.store(Arc::new(config()));
+    };
+    let ((got, resumed), ()) = tokio::join!(paused, reload);
+    publishing.await.expect("publisher");
+
+    let after: Vec<&Received> = got.iter().filter(|r| r.at >= resumed).collect();
+    let first_byte = after.first().map_or(0, |r| r.bytes_before);
+    let fresh: Vec<&&Received> = after
+        .iter()
+        .filter(|r| r.bytes_before > first_byte + IN_FLIGHT)
+        .collect();
+    assert!(fresh.len() > 20, "{} frames after resuming", fresh.len());
+    let budget = Duration::from_millis(BUDGET_MS);
+    for r in &fresh {
+        if let Some(age) = age(&sent, r) {
+            assert!(
+                age <= budget + FRAME_INTERVAL + SLACK,
+                "frame {} aged {age:?}: the reloaded budget did not apply",
+                r.tag.timestamp
+            );
+        }
+    }
+    assert!(
+        node.metric("sluice_viewer_skips_total{reason=\"latency\"}")
+            .await
+            >= 1.0
+    );
+    assert_resumes_at_keyframes(&got);
+    node.stop().await;
+}
