@@ -42,6 +42,9 @@ pub struct Metrics {
     pub frames_in: Family<Label1, Counter>,
     /// Frames sent to viewers, by protocol.
     pub frames_out: Family<Label1, Counter>,
+    /// Batches of frames handed to viewers' sockets, by protocol: about one write system
+    /// call each, the main cost of fan-out (divide by viewers for writes per viewer-second).
+    pub media_writes: Family<Label1, Counter>,
     /// Connections accepted, by protocol.
     pub connections: Family<Label1, Counter>,
     /// Connections refused, by protocol and reason.
@@ -81,6 +84,7 @@ impl Metrics {
             bytes_out: Family::default(),
             frames_in: Family::default(),
             frames_out: Family::default(),
+            media_writes: Family::default(),
             connections: Family::default(),
             connections_refused: Family::default(),
             connections_closed: Family::default(),
@@ -98,6 +102,11 @@ impl Metrics {
         registry.register("bytes_out", "Bytes sent to peers", m.bytes_out.clone());
         registry.register("frames_in", "Media frames ingested", m.frames_in.clone());
         registry.register("frames_out", "Frames sent to viewers", m.frames_out.clone());
+        registry.register(
+            "media_writes",
+            "Batches of frames written to viewers (about one write system call each)",
+            m.media_writes.clone(),
+        );
         registry.register("connections", "Connections accepted", m.connections.clone());
         registry.register(
             "connections_refused",

@@ -229,11 +229,13 @@ impl FlvBody {
                         .read(&mut self.frames, BATCH_FRAMES, now.into_std(), schedule);
                 self.ctx.metrics.count_drops(&self.cursor.take_drops());
                 if !self.frames.is_empty() {
-                    self.ctx
-                        .metrics
-                        .frames_out
-                        .get_or_create(&[("protocol", proto::HTTP_FLV)])
+                    let m = &self.ctx.metrics;
+                    let labels = [("protocol", proto::HTTP_FLV)];
+                    m.frames_out
+                        .get_or_create(&labels)
                         .inc_by(self.frames.len() as u64);
+                    // Returned back to back, hyper writes these together.
+                    m.media_writes.get_or_create(&labels).inc();
                     self.pending.extend(self.frames.iter().map(|f| f.flv_tag()));
                     continue;
                 }

@@ -443,6 +443,11 @@ impl Handler {
         self.count_out(n as usize);
         self.ctx
             .metrics
+            .media_writes
+            .get_or_create(&[("protocol", proto::RTMP)])
+            .inc();
+        self.ctx
+            .metrics
             .frames_out
             .get_or_create(&[("protocol", proto::RTMP)])
             .inc_by((frames.len() - unsent) as u64);

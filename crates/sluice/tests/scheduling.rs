@@ -394,3 +394,65 @@ async fn a_reload_that_sets_a_budget_applies_to_connected_viewers() {
     assert_resumes_at_keyframes(&got);
     node.stop().await;
 }
+
+/// Batched writes: with a 200 ms window each viewer gets its frames in a few large writes
+/// instead of one per frame, loses none of them, and RTMP and HTTP-FLV alike. Without a
+/// window, writes follow frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_write_batches_frames_into_few_writes_and_loses_none() {
+    for (merge_ms, batched) in [(200u64, true), (0, false)] {
+        let node = Node::start(test_config(&format!(
+            "[schedule.apps.live]\nmerge_write_ms = {merge_ms}\n"
+        )))
+        .await;
+        let mut rtmp = Client::play(&url(&node.rtmp_url("live/sched")), DEADLINE)
+            .await
+            .expect("play");
+        let flv_addr = node.addrs.http;
+        let flv = tokio::spawn(async move {
+            let (status, body) = common::http_get(flv_addr, "/live/sched.flv").await;
+            assert_eq!(status, 200);
+            body.len()
+        });
+        let (sent, publishing) =
+            real_time_publisher(node.rtmp_url("live/sched"), Duration::from_secs(3));
+        let mut media = 0usize;
+        while let Ok(Ok(Some(e))) =
+            tokio::time::timeout(Duration::from_secs(2), rtmp.next_event()).await
+        {
+            if matches!(e, ClientEvent::Media { .. }) {
+                media += 1;
+            }
+        }
+        publishing.await.expect("publisher");
+        assert!(flv.await.expect("flv viewer") > 100_000);
+        let ingested = node.metric("sluice_frames_in_total{kind=\"video\"}").await
+            + node.metric("sluice_frames_in_total{kind=\"audio\"}").await;
+        assert!(sent.lock().expect("lock").len() > 150);
+        assert_eq!(media as f64, ingested, "every frame arrives");
+        for protocol in ["rtmp", "http_flv"] {
+            let frames = node
+                .metric(&format!(
+                    "sluice_frames_out_total{{protocol=\"{protocol}\"}}"
+                ))
+                .await;
+            let writes = node
+                .metric(&format!(
+                    "sluice_media_writes_total{{protocol=\"{protocol}\"}}"
+                ))
+                .await;
+            if batched {
+                assert!(
+                    writes * 4.0 < frames,
+                    "{protocol}: {writes} writes for {frames} frames with {merge_ms} ms batches"
+                );
+            } else {
+                assert!(
+                    writes * 2.0 > frames,
+                    "{protocol}: {writes} writes for {frames} frames unbatched"
+                );
+            }
+        }
+        node.stop().await;
+    }
+}
