@@ -37,7 +37,10 @@ const CSID_DATA: u32 = 5;
 const CSID_VIDEO: u32 = 6;
 /// Most frames read for one vectored write.
 const BATCH_FRAMES: usize = 256;
-const READ_BUF: usize = 16 * 1024;
+/// Read buffer of a publisher; players send little (acks, pings), so theirs stays small:
+/// per-viewer memory is what fan-out at scale pays for.
+const PUBLISHER_READ_BUF: usize = 64 * 1024;
+const PLAYER_READ_BUF: usize = 1024;
 
 /// The RTMP message carrying `frame` on message stream `stream_id`.
 pub fn frame_message(frame: &Frame, stream_id: u32) -> Message {
@@ -267,8 +270,8 @@ impl Handler {
 
     /// The main loop after the handshake.
     async fn serve(&mut self) -> Close {
-        let mut read_buf = BytesMut::with_capacity(READ_BUF);
-        let mut frames: Vec<Arc<Frame>> = Vec::with_capacity(BATCH_FRAMES);
+        let mut read_buf = BytesMut::with_capacity(PLAYER_READ_BUF);
+        let mut frames: Vec<Arc<Frame>> = Vec::new();
         let mut batch: VecDeque<Bytes> = VecDeque::new();
         let idle = self.ctx.config.load().rtmp.idle_timeout();
         let mut idle_deadline = Instant::now() + idle;
@@ -335,6 +338,11 @@ impl Handler {
                         }
                     }
                 }
+            }
+            if matches!(self.role, Role::Publishing { .. })
+                && read_buf.capacity() < PUBLISHER_READ_BUF
+            {
+                read_buf.reserve(PUBLISHER_READ_BUF);
             }
             let wake = {
                 let Handler {
