@@ -6,7 +6,40 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes};
 
 /// Slices handed to one `writev` (Linux allows 1024; a few dozen frames fill a socket buffer).
-const MAX_SLICES: usize = 64;
+pub const MAX_SLICES: usize = 64;
+
+/// Points `slices` at the front of `bufs` (at most [`MAX_SLICES`] buffers, no allocation);
+/// returns how many it filled.
+pub fn fill_slices<'a>(slices: &mut [IoSlice<'a>; MAX_SLICES], bufs: &'a VecDeque<Bytes>) -> usize {
+    let mut count = 0;
+    for (slot, buf) in slices.iter_mut().zip(bufs.iter()) {
+        *slot = IoSlice::new(buf);
+        count += 1;
+    }
+    count
+}
+
+/// Drops the `written` bytes a write took from the front of `bufs`. Returns whether the
+/// front buffer is now partly written.
+pub fn consume(bufs: &mut VecDeque<Bytes>, written: usize) -> bool {
+    let mut left = written;
+    let mut partial = false;
+    while left > 0 {
+        let Some(front) = bufs.front_mut() else { break };
+        if front.len() <= left {
+            left -= front.len();
+            bufs.pop_front();
+        } else {
+            front.advance(left);
+            partial = true;
+            left = 0;
+        }
+    }
+    while bufs.front().is_some_and(Bytes::is_empty) {
+        bufs.pop_front();
+    }
+    partial
+}
 
 /// Writes `bufs` (front first) with non-blocking vectored writes until they are all written
 /// or the socket is full. If it fills in the middle of a buffer, that buffer is finished
@@ -21,11 +54,7 @@ pub async fn write_until_full(
     while !bufs.is_empty() {
         let result = {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut count = 0;
-            for (slot, buf) in slices.iter_mut().zip(bufs.iter()) {
-                *slot = IoSlice::new(buf);
-                count += 1;
-            }
+            let count = fill_slices(&mut slices, bufs);
             socket.try_write_vectored(&slices[..count])
         };
         let n = match result {
@@ -40,22 +69,7 @@ pub async fn write_until_full(
             Err(e) => return Err(e),
         };
         total += n as u64;
-        let mut left = n;
-        while left > 0 {
-            let Some(front) = bufs.front_mut() else { break };
-            if front.len() <= left {
-                left -= front.len();
-                bufs.pop_front();
-                front_started = false;
-            } else {
-                front.advance(left);
-                front_started = true;
-                left = 0;
-            }
-        }
-        while bufs.front().is_some_and(Bytes::is_empty) {
-            bufs.pop_front();
-        }
+        front_started = consume(bufs, n);
     }
     Ok(total)
 }

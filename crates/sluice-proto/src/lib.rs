@@ -7,7 +7,7 @@
 pub mod client;
 mod context;
 pub mod flv;
-mod io;
+pub mod io;
 mod pacing;
 pub mod rtmp;
 
