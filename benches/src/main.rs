@@ -1,0 +1,38 @@
+//! `sluice-bench`: the load generator. One process drives one RTMP publisher, paced in real
+//! time from an FLV fixture and looping with increasing timestamps, and N RTMP or HTTP-FLV
+//! viewers against any server (Sluice, nginx-rtmp, SRS...); it matches every video frame's
+//! send and receive instants by timestamp and prints one JSON report. See
+//! `benches/README.md`.
+//!
+//! It runs on one thread (a current-thread tokio runtime and a `LocalSet`) so that it can be
+//! pinned to one core next to a server pinned to the other; shared state is an
+//! `Rc<RefCell<_>>` that no task borrows across an `.await`.
+
+mod cli;
+mod fixture;
+mod hist;
+mod http;
+mod media;
+mod procfs;
+mod publisher;
+mod report;
+mod ring;
+mod run;
+mod state;
+mod viewer;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let args = cli::Args::parse();
+    let json = args.json;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = tokio::task::LocalSet::new().block_on(&rt, run::run(args))?;
+    report::print(&report, json)?;
+    if report.publisher_error.is_some() || report.viewers_connected == 0 {
+        std::process::exit(2);
+    }
+    Ok(())
+}

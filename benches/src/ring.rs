@@ -1,0 +1,111 @@
+//! What the publisher sent, by timestamp: one ring per kind (audio, video) of the last
+//! [`CAPACITY`] coded frames with their send instants, so a viewer can turn a received
+//! timestamp into a latency. Fixed capacity: old entries fall off, memory stays bounded.
+
+use std::collections::VecDeque;
+
+/// Frames remembered per kind: about 2 minutes of 30 fps video or 44.1 kHz AAC audio.
+pub const CAPACITY: usize = 4096;
+
+/// One sent coded frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// RTMP timestamp as sent (loop offset included), ms.
+    pub ts: u32,
+    /// Tag body size in bytes: a fingerprint that survives a server rewriting timestamps.
+    pub size: u32,
+    /// Sequence number of this frame among the frames of its kind the publisher sent.
+    pub seq: u64,
+    /// Send instant, ns since the run started (taken just before the write).
+    pub at_ns: u64,
+    /// The same instant on the realtime clock (ns since the epoch), the clock of the
+    /// kernel's receive timestamps.
+    pub at_real_ns: u64,
+    /// A video keyframe.
+    pub key: bool,
+}
+
+/// Frames of one kind in send order; timestamps never decrease (the publisher adds a loop
+/// offset each time the fixture restarts).
+#[derive(Debug)]
+pub struct Ring {
+    entries: VecDeque<Sent>,
+    next_seq: u64,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Self {
+            entries: VecDeque::with_capacity(CAPACITY),
+            next_seq: 0,
+        }
+    }
+}
+
+impl Ring {
+    /// Records a frame about to be sent; returns its sequence number.
+    pub fn push(&mut self, ts: u32, size: u32, key: bool, (at_ns, at_real_ns): (u64, u64)) -> u64 {
+        if self.entries.len() == CAPACITY {
+            self.entries.pop_front();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries.push_back(Sent {
+            ts,
+            size,
+            seq,
+            at_ns,
+            at_real_ns,
+            key,
+        });
+        seq
+    }
+
+    /// The sequence number the next frame will get (= frames sent so far).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The frame sent with timestamp `ts` and body size `size`, if still remembered.
+    pub fn find(&self, ts: u32, size: u32) -> Option<Sent> {
+        let from = self.entries.partition_point(|e| e.ts < ts);
+        self.entries
+            .range(from..)
+            .take_while(|e| e.ts == ts)
+            .find(|e| e.size == size)
+            .copied()
+    }
+
+    /// The newest of the last `within` frames with this size and keyframe flag: how a
+    /// viewer whose server rewrote timestamps finds the frame it received.
+    pub fn find_recent_by_size(&self, size: u32, key: bool, within: usize) -> Option<Sent> {
+        self.entries
+            .iter()
+            .rev()
+            .take(within)
+            .find(|e| e.size == size && e.key == key)
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_by_timestamp_and_size_and_forgets_old_frames() {
+        let mut r = Ring::default();
+        for i in 0..(CAPACITY as u32 + 10) {
+            r.push(i * 33, 1000 + i, i % 60 == 0, (u64::from(i), 0));
+        }
+        assert_eq!(r.next_seq(), CAPACITY as u64 + 10);
+        assert!(r.find(0, 1000).is_none(), "fell off the ring");
+        let last = CAPACITY as u32 + 9;
+        let e = r.find(last * 33, 1000 + last).unwrap();
+        assert_eq!(e.seq, u64::from(last));
+        assert!(r.find(last * 33, 7).is_none(), "size must match");
+        let by_size = r.find_recent_by_size(1000 + last - 1, false, 4).unwrap();
+        assert_eq!(by_size.ts, (last - 1) * 33);
+        assert!(r.find_recent_by_size(1000 + last - 10, false, 4).is_none());
+    }
+}

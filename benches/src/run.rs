@@ -1,0 +1,420 @@
+//! One run: warm-up with the publisher alone, viewers ramped in, settle, the measured
+//! window, a drain, then the report. Every phase is bounded in time.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sluice_proto::client::RtmpUrl;
+use tokio::task::{JoinHandle, spawn_local};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Args, Proto, Reader};
+use crate::fixture::{self, Fixture};
+use crate::hist::Hist;
+use crate::http::HttpUrl;
+use crate::procfs::{self, Sample};
+use crate::publisher;
+use crate::report::{Report, note};
+use crate::state::{AUDIO, Clock, Shared, VIDEO, Viewer};
+use crate::viewer::{self, Target};
+
+/// How often the server's RSS is sampled.
+const RSS_EVERY: Duration = Duration::from_millis(200);
+/// How long to wait for tasks to finish once told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Refuses targets that are not on this machine unless `allow_remote`: the generator is
+/// meant for loopback benchmarks, and 1,000 viewers at someone else's server is an attack.
+async fn check_local(addr: &str, allow_remote: bool) -> anyhow::Result<()> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving {addr}"))?
+        .collect();
+    if !allow_remote && addrs.iter().any(|a| !a.ip().is_loopback()) {
+        bail!("{addr} is not a loopback address (pass --allow-remote to target it anyway)");
+    }
+    Ok(())
+}
+
+/// Reads the server's counters if `--server-pid` was given.
+fn server_sample(pid: Option<u32>) -> anyhow::Result<Option<Sample>> {
+    pid.map(|p| procfs::sample(&p.to_string())).transpose()
+}
+
+/// Sleeps until `at` or until interrupted (Ctrl-C): an interrupted run still reports.
+async fn pause_until(at: Instant, interrupted: &CancellationToken) {
+    tokio::select! {
+        _ = sleep_until(at) => {}
+        _ = interrupted.cancelled() => {}
+    }
+}
+
+/// Runs the benchmark described by `args`.
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    let publish = RtmpUrl::parse(&args.publish).context("--publish")?;
+    let play = args.play.clone().unwrap_or_else(|| args.publish.clone());
+    let proto = match (args.proto, play.starts_with("http://")) {
+        (Some(p), _) => p,
+        (None, true) => Proto::Flv,
+        (None, false) => Proto::Rtmp,
+    };
+    let target = match proto {
+        Proto::Rtmp => Target::Rtmp {
+            url: RtmpUrl::parse(&play).context("--play")?,
+            lean: args.rtmp_reader == Reader::Lean,
+        },
+        Proto::Flv => Target::Flv(HttpUrl::parse(&play).context("--play")?),
+    };
+    check_local(&publish.addr, args.allow_remote).await?;
+    match &target {
+        Target::Rtmp { url, .. } => check_local(&url.addr, args.allow_remote).await?,
+        Target::Flv(url) => check_local(&url.addr, args.allow_remote).await?,
+    }
+    let fixture = Rc::new(Fixture::load(&fixture::resolve(&args.fixture))?);
+    let connect_timeout = Duration::from_millis(args.connect_timeout_ms);
+    let stall_ns = args.stall_ms * 1_000_000;
+    let clock = Clock::start();
+    let sh = Rc::new(RefCell::new(Shared::default()));
+
+    let interrupted = CancellationToken::new();
+    {
+        let interrupted = interrupted.clone();
+        spawn_local(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                note("interrupted: ending the window now");
+                interrupted.cancel();
+            }
+        });
+    }
+
+    let server_start = server_sample(args.server_pid)?;
+    let t0 = Instant::now();
+    let warmup_end = t0 + Duration::from_millis(args.warmup_ms);
+    let ramp_end = warmup_end + Duration::from_millis(args.ramp_ms);
+    let window_start = ramp_end + Duration::from_millis(args.settle_ms);
+    let window_end = window_start + Duration::from_secs_f64(args.duration);
+    let drain_end = window_end + Duration::from_millis(args.drain_ms);
+
+    // The publisher.
+    let stop_publisher = CancellationToken::new();
+    let mut publisher = spawn_local(publisher::run(
+        publish,
+        fixture.clone(),
+        clock,
+        sh.clone(),
+        connect_timeout,
+        drain_end + STOP_GRACE,
+        stop_publisher.clone(),
+    ));
+
+    // The server's RSS, sampled until told to stop.
+    let stop_sampler = CancellationToken::new();
+    let rss_max = Rc::new(RefCell::new(None::<u64>));
+    if let Some(pid) = args.server_pid {
+        let (stop, rss_max) = (stop_sampler.clone(), rss_max.clone());
+        spawn_local(async move {
+            while !stop.is_cancelled() {
+                if let Ok(s) = procfs::sample(&pid.to_string()) {
+                    let mut m = rss_max.borrow_mut();
+                    *m = Some(m.unwrap_or(0).max(s.rss_kib));
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = sleep(RSS_EVERY) => {}
+                }
+            }
+        });
+    }
+
+    // Warm-up: the server gets the stream (and fills its GOP cache) before any viewer.
+    let mut publisher_error = None;
+    tokio::select! {
+        _ = pause_until(warmup_end, &interrupted) => {}
+        r = &mut publisher => {
+            bail!("the publisher stopped during warm-up: {}", join_error(r));
+        }
+    }
+    if sh.borrow().keyframes_sent == 0 {
+        bail!("the publisher sent no keyframe during the warm-up; raise --warmup-ms");
+    }
+    let server_before = server_sample(args.server_pid)?;
+
+    // Viewers, spread over the ramp.
+    let cfg = Rc::new(viewer::Config {
+        target,
+        connect_timeout,
+        stall_ns,
+        has_audio: fixture.has_audio,
+        clock,
+    });
+    let stop_viewers = CancellationToken::new();
+    let mut viewers: Vec<JoinHandle<Viewer>> = Vec::with_capacity(args.viewers);
+    let ramp_start = Instant::now();
+    for i in 0..args.viewers {
+        let at = ramp_start
+            + Duration::from_millis(args.ramp_ms) * i as u32 / args.viewers.max(1) as u32;
+        pause_until(at, &interrupted).await;
+        viewers.push(spawn_local(viewer::run(
+            cfg.clone(),
+            sh.clone(),
+            stop_viewers.clone(),
+        )));
+    }
+    pause_until(window_start.max(Instant::now()), &interrupted).await;
+
+    // The measured window.
+    let server_ws = server_sample(args.server_pid)?;
+    let gen_ws = procfs::sample("self")?;
+    let ws = Instant::now();
+    {
+        let mut sh = sh.borrow_mut();
+        sh.window_start = Some(sh.next_seq());
+        sh.in_window = true;
+    }
+    tokio::select! {
+        _ = pause_until(window_end, &interrupted) => {}
+        r = &mut publisher => {
+            let e = join_error(r);
+            note(&format!("the publisher stopped: {e}"));
+            publisher_error = Some(e);
+        }
+    }
+    let window_s = ws.elapsed().as_secs_f64();
+    let server_we = server_sample(args.server_pid)?;
+    let gen_we = procfs::sample("self")?;
+    {
+        let mut sh = sh.borrow_mut();
+        sh.window_end = Some(sh.next_seq());
+        sh.window_end_ns = Some(clock.now_ns());
+        sh.in_window = false;
+    }
+
+    // Drain: frames sent at the end of the window are still on their way.
+    if publisher_error.is_none() {
+        pause_until(drain_end, &interrupted).await;
+    }
+    stop_viewers.cancel();
+    let mut done = Vec::with_capacity(viewers.len());
+    let give_up = Instant::now() + STOP_GRACE;
+    for handle in viewers {
+        let abort = handle.abort_handle();
+        match timeout(give_up.saturating_duration_since(Instant::now()), handle).await {
+            Ok(Ok(v)) => done.push(v),
+            Ok(Err(e)) => note(&format!("a viewer task failed: {e}")),
+            Err(_) => {
+                abort.abort();
+                note("a viewer did not stop in time");
+            }
+        }
+    }
+    stop_publisher.cancel();
+    if publisher_error.is_none() {
+        match timeout(STOP_GRACE, &mut publisher).await {
+            Ok(r) => {
+                if let Err(e) = flatten(r) {
+                    publisher_error = Some(format!("{e:#}"));
+                }
+            }
+            Err(_) => publisher.abort(),
+        }
+    }
+    stop_sampler.cancel();
+    let server_end = server_sample(args.server_pid)?;
+    let gen_end = procfs::sample("self")?;
+
+    let sh = sh.borrow();
+    let mut report = summarise(&sh, &mut done, &args, proto, &fixture, window_s, stall_ns);
+    report.publisher_error = publisher_error;
+    let gen_cpu = procfs::cpu_pct(&gen_ws, &gen_we, window_s);
+    report.generator_cpu_pct = round(gen_cpu, 1);
+    report.generator_hwm_kib = gen_end.hwm_kib;
+    report.generator_saturated = gen_cpu > 90.0;
+    report.publisher_lag_max_ms = round(sh.publisher_lag_max_us as f64 / 1000.0, 1);
+    if let (Some(start), Some(before), Some(a), Some(b), Some(end)) = (
+        server_start,
+        server_before,
+        server_ws,
+        server_we,
+        server_end,
+    ) {
+        let cpu = procfs::cpu_pct(&a, &b, window_s);
+        report.server_cpu_pct = Some(round(cpu, 1));
+        if report.delivered_mbps > 0.0 {
+            report.server_cpu_pct_per_gbps = Some(round(cpu / (report.delivered_mbps / 1000.0), 1));
+        }
+        let viewer_s = report.viewers_connected as f64 * window_s;
+        // syscw counts write/writev only: a server that sends with send()/sendmsg() (nginx-rtmp
+        // does) shows none, which is "not measurable", not zero.
+        if let (Some(w0), Some(w1)) = (a.syscw, b.syscw)
+            && viewer_s > 0.0
+            && w1 > w0
+        {
+            report.server_writes_per_viewer_s = Some(round((w1 - w0) as f64 / viewer_s, 1));
+        }
+        report.server_rss_start_kib = Some(start.rss_kib);
+        report.server_rss_before_viewers_kib = Some(before.rss_kib);
+        report.server_rss_end_kib = Some(b.rss_kib);
+        report.server_rss_max_kib = *rss_max.borrow();
+        report.server_hwm_kib = Some(end.hwm_kib);
+        if report.viewers_connected > 0 {
+            let grown = b.rss_kib as f64 - before.rss_kib as f64;
+            report.server_rss_per_viewer_kib =
+                Some(round(grown / report.viewers_connected as f64, 2));
+        }
+    }
+    Ok(report)
+}
+
+fn flatten(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    r.map_err(anyhow::Error::new)?
+}
+
+fn join_error(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> String {
+    match flatten(r) {
+        Ok(()) => "it ended".to_owned(),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let k = 10f64.powi(digits);
+    (x * k).round() / k
+}
+
+fn ms(us: u64) -> f64 {
+    round(us as f64 / 1000.0, 2)
+}
+
+/// Folds the viewers' counters into the report.
+fn summarise(
+    sh: &Shared,
+    viewers: &mut [Viewer],
+    args: &Args,
+    proto: Proto,
+    fixture: &Fixture,
+    window_s: f64,
+    stall_ns: u64,
+) -> Report {
+    let mut ttff = Hist::default();
+    let mut play_start = Hist::default();
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    let (mut received, mut expected) = ([0u64; 2], [0u64; 2]);
+    let mut r = Report {
+        label: args.label.clone().unwrap_or_default(),
+        proto: match proto {
+            Proto::Rtmp => "rtmp",
+            Proto::Flv => "flv",
+        }
+        .to_owned(),
+        reader: match (proto, args.rtmp_reader) {
+            (Proto::Flv, _) => "http",
+            (Proto::Rtmp, Reader::Lean) => "lean",
+            (Proto::Rtmp, Reader::Client) => "client",
+        }
+        .to_owned(),
+        publish: args.publish.clone(),
+        play: args.play.clone().unwrap_or_else(|| args.publish.clone()),
+        fixture: fixture.path.display().to_string(),
+        fixture_kbps: fixture.kbps,
+        window_s: round(window_s, 3),
+        viewers_requested: args.viewers,
+        ..Report::default()
+    };
+    if let (Some(a), Some(b)) = (sh.window_start, sh.window_end) {
+        r.video_frames_sent = b[VIDEO] - a[VIDEO];
+        r.audio_frames_sent = b[AUDIO] - a[AUDIO];
+    }
+    let mut reads = 0;
+    for v in viewers.iter_mut() {
+        v.close_window(sh, stall_ns);
+        if let Some(e) = &v.error {
+            *errors.entry(e.clone()).or_default() += 1;
+        }
+        if v.started_ns.is_none() {
+            r.viewers_failed += 1;
+            continue;
+        }
+        r.viewers_connected += 1;
+        if let Some(t) = v.started_ns {
+            play_start.record(t.saturating_sub(v.connect_ns) / 1000);
+        }
+        r.viewers_dropped += usize::from(v.error.is_some());
+        for kind in [VIDEO, AUDIO] {
+            received[kind] += v.received[kind];
+            expected[kind] += v.expected(sh, kind);
+        }
+        match v.first_video_ns {
+            Some(t) => {
+                ttff.record(t.saturating_sub(v.connect_ns) / 1000);
+                r.first_frame_ok += usize::from(v.first_ok);
+            }
+            None => r.viewers_without_video += 1,
+        }
+        r.stalls += u64::from(v.stalls);
+        r.stalled_viewers += usize::from(v.stalls > 0);
+        r.stall_ms_total += v.stall_ms;
+        r.ts_offset_viewers += usize::from(v.offset.is_some_and(|o| o != 0));
+        r.unmatched_frames += v.unmatched;
+        r.bytes_received += if v.wire_bytes > 0 {
+            v.wire_bytes
+        } else {
+            v.media_bytes
+        };
+        reads += v.reads;
+    }
+    let ratio = |a: u64, b: u64| {
+        if b == 0 {
+            0.0
+        } else {
+            round(a as f64 / b as f64, 5)
+        }
+    };
+    r.delivery_ratio = ratio(
+        received[VIDEO] + received[AUDIO],
+        expected[VIDEO] + expected[AUDIO],
+    );
+    r.delivery_ratio_video = ratio(received[VIDEO], expected[VIDEO]);
+    let with_video = r.viewers_connected - r.viewers_without_video;
+    r.first_frame_all_ok = with_video > 0 && r.first_frame_ok == with_video;
+    r.latency_p50_ms = ms(sh.latency.quantile(0.5));
+    r.latency_p99_ms = ms(sh.latency.quantile(0.99));
+    r.latency_max_ms = ms(sh.latency.max());
+    r.latency_samples = sh.latency.count();
+    r.latency_clock = match sh.latency_kernel_samples {
+        0 => "user",
+        n if n == sh.latency.count() => "kernel",
+        _ => "mixed",
+    }
+    .to_owned();
+    r.latency_user_p50_ms = ms(sh.latency_user.quantile(0.5));
+    r.latency_user_p99_ms = ms(sh.latency_user.quantile(0.99));
+    r.latency_user_max_ms = ms(sh.latency_user.max());
+    r.ttff_p50_ms = ms(ttff.quantile(0.5));
+    r.ttff_p99_ms = ms(ttff.quantile(0.99));
+    r.ttff_max_ms = ms(ttff.max());
+    r.play_start_p50_ms = ms(play_start.quantile(0.5));
+    r.play_start_p99_ms = ms(play_start.quantile(0.99));
+    r.play_start_max_ms = ms(play_start.max());
+    if window_s > 0.0 {
+        r.delivered_mbps = round(r.bytes_received as f64 * 8.0 / window_s / 1e6, 2);
+        if reads > 0 && r.viewers_connected > 0 {
+            r.viewer_reads_per_viewer_s = Some(round(
+                reads as f64 / (r.viewers_connected as f64 * window_s),
+                1,
+            ));
+        }
+    }
+    let mut errors: Vec<(String, usize)> = errors.into_iter().collect();
+    errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    r.errors = errors
+        .into_iter()
+        .take(5)
+        .map(|(e, n)| format!("{e} (x{n})"))
+        .collect();
+    r
+}
