@@ -35,17 +35,31 @@ pub struct Addrs {
     pub admin: SocketAddr,
 }
 
+/// Accept queue length asked of the kernel (it caps it at `net.core.somaxconn`): a crowd of
+/// viewers arriving at once (a stream going live) must not overflow tokio's default of 1024
+/// or the 128 some kernels default to.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl App {
     /// Binds every listener of `config`.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the {what} listener on {addr}"))
+        let bind = |addr: SocketAddr, what: &'static str| {
+            listen(addr).with_context(|| format!("binding the {what} listener on {addr}"))
         };
-        let rtmp = bind(config.rtmp.listen, "RTMP").await?;
-        let http = bind(config.http.listen, "HTTP").await?;
-        let admin = bind(config.admin.listen, "admin").await?;
+        let rtmp = bind(config.rtmp.listen, "RTMP")?;
+        let http = bind(config.http.listen, "HTTP")?;
+        let admin = bind(config.admin.listen, "admin")?;
         Ok(App {
             ctx: Context::new(config),
             rtmp,
