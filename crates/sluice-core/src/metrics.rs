@@ -66,6 +66,19 @@ pub struct Metrics {
     pub config_reloads: Family<Label1, Counter>,
 }
 
+/// One protocol's counters, looked up once (see [`Metrics::protocol_counters`]).
+#[derive(Debug, Clone)]
+pub struct ProtocolCounters {
+    /// Bytes received.
+    pub bytes_in: Counter,
+    /// Bytes sent.
+    pub bytes_out: Counter,
+    /// Frames sent to viewers.
+    pub frames_out: Counter,
+    /// Batches written to viewers.
+    pub media_writes: Counter,
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -159,6 +172,18 @@ impl Metrics {
         self.connections_closed
             .get_or_create(&[("protocol", protocol), ("reason", reason)])
             .inc();
+    }
+
+    /// Handles on one protocol's per-connection counters, for a connection to keep: a family
+    /// lookup takes a lock and hashes the labels, which adds up on the per-frame path.
+    pub fn protocol_counters(&self, protocol: &'static str) -> ProtocolCounters {
+        let labels: Label1 = [("protocol", protocol)];
+        ProtocolCounters {
+            bytes_in: self.bytes_in.get_or_create(&labels).clone(),
+            bytes_out: self.bytes_out.get_or_create(&labels).clone(),
+            frames_out: self.frames_out.get_or_create(&labels).clone(),
+            media_writes: self.media_writes.get_or_create(&labels).clone(),
+        }
     }
 
     /// Counts what a viewer's cursor left out.

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use sluice_core::metrics::proto;
+use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::{Cursor, ReadState, StreamKey};
 use sluice_media::Frame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -170,6 +170,7 @@ async fn play(
 /// One HTTP-FLV viewer's body: a cursor and the tags to send next.
 struct FlvBody {
     ctx: Arc<Context>,
+    counters: ProtocolCounters,
     cursor: Cursor,
     frames: Vec<Arc<Frame>>,
     pending: VecDeque<Bytes>,
@@ -190,12 +191,11 @@ impl FlvBody {
             .viewers
             .get_or_create(&[("protocol", proto::HTTP_FLV)])
             .inc();
-        ctx.metrics
-            .frames_out
-            .get_or_create(&[("protocol", proto::HTTP_FLV)])
-            .inc_by(first.len() as u64);
+        let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
+        counters.frames_out.inc_by(first.len() as u64);
         pending.extend(first.iter().map(|f| f.flv_tag()));
         FlvBody {
+            counters,
             ctx,
             cursor,
             frames: Vec::with_capacity(BATCH_FRAMES),
@@ -211,10 +211,7 @@ impl FlvBody {
     async fn next(&mut self) -> Option<Bytes> {
         loop {
             if let Some(bytes) = self.pending.pop_front() {
-                let m = &self.ctx.metrics;
-                m.bytes_out
-                    .get_or_create(&[("protocol", proto::HTTP_FLV)])
-                    .inc_by(bytes.len() as u64);
+                self.counters.bytes_out.inc_by(bytes.len() as u64);
                 return Some(bytes);
             }
             let cfg = self.ctx.config.load();
@@ -229,13 +226,9 @@ impl FlvBody {
                         .read(&mut self.frames, BATCH_FRAMES, now.into_std(), schedule);
                 self.ctx.metrics.count_drops(&self.cursor.take_drops());
                 if !self.frames.is_empty() {
-                    let m = &self.ctx.metrics;
-                    let labels = [("protocol", proto::HTTP_FLV)];
-                    m.frames_out
-                        .get_or_create(&labels)
-                        .inc_by(self.frames.len() as u64);
+                    self.counters.frames_out.inc_by(self.frames.len() as u64);
                     // Returned back to back, hyper writes these together.
-                    m.media_writes.get_or_create(&labels).inc();
+                    self.counters.media_writes.inc();
                     self.pending.extend(self.frames.iter().map(|f| f.flv_tag()));
                     continue;
                 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sluice_core::metrics::{Label1, proto};
+use sluice_core::metrics::{Label1, ProtocolCounters, proto};
 use sluice_core::stream::PublishError;
 use sluice_core::{Cursor, Publisher, ReadState, StreamKey};
 use sluice_media::{Frame, FrameKind};
@@ -175,6 +175,7 @@ struct Handler {
     close_after_flush: Option<Close>,
     /// Session drop counters already reported to metrics.
     reported: SessionStats,
+    counters: ProtocolCounters,
 }
 
 impl Handler {
@@ -202,6 +203,7 @@ impl Handler {
             out: BytesMut::new(),
             close_after_flush: None,
             reported: SessionStats::default(),
+            counters: ctx.metrics.protocol_counters(proto::RTMP),
         }
     }
 
@@ -253,19 +255,11 @@ impl Handler {
     }
 
     fn count_in(&self, n: usize) {
-        self.ctx
-            .metrics
-            .bytes_in
-            .get_or_create(&[("protocol", proto::RTMP)])
-            .inc_by(n as u64);
+        self.counters.bytes_in.inc_by(n as u64);
     }
 
     fn count_out(&self, n: usize) {
-        self.ctx
-            .metrics
-            .bytes_out
-            .get_or_create(&[("protocol", proto::RTMP)])
-            .inc_by(n as u64);
+        self.counters.bytes_out.inc_by(n as u64);
     }
 
     /// The main loop after the handshake.
@@ -449,15 +443,9 @@ impl Handler {
         let unsent = batch.len();
         batch.clear();
         self.count_out(n as usize);
-        self.ctx
-            .metrics
-            .media_writes
-            .get_or_create(&[("protocol", proto::RTMP)])
-            .inc();
-        self.ctx
-            .metrics
+        self.counters.media_writes.inc();
+        self.counters
             .frames_out
-            .get_or_create(&[("protocol", proto::RTMP)])
             .inc_by((frames.len() - unsent) as u64);
         Ok(unsent)
     }
