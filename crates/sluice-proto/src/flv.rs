@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
@@ -20,10 +21,11 @@ use sluice_core::{Cursor, ReadState, StreamKey};
 use sluice_media::Frame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::{debug, info};
 
 use crate::Context;
-use crate::pacing::{Hold, Window, apply_socket_options};
+use crate::pacing::{Hold, ScheduleCache, Window, apply_socket_options};
 
 const BATCH_FRAMES: usize = 64;
 
@@ -176,6 +178,9 @@ struct FlvBody {
     pending: VecDeque<Bytes>,
     close_reason: &'static str,
     window: Window,
+    schedule: ScheduleCache,
+    /// Held across waits rather than re-registered on each.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -192,6 +197,7 @@ impl FlvBody {
             .get_or_create(&[("protocol", proto::HTTP_FLV)])
             .inc();
         let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
+        let ctx_shutdown = ctx.shutdown.clone().cancelled_owned();
         counters.frames_out.inc_by(first.len() as u64);
         pending.extend(first.iter().map(|f| f.flv_tag()));
         FlvBody {
@@ -202,6 +208,8 @@ impl FlvBody {
             pending,
             close_reason: "peer_closed",
             window: Window::default(),
+            schedule: ScheduleCache::default(),
+            shutdown: Box::pin(ctx_shutdown),
             _permit: permit,
         }
     }
@@ -215,7 +223,9 @@ impl FlvBody {
                 return Some(bytes);
             }
             let cfg = self.ctx.config.load();
-            let schedule = cfg.schedule.for_app(&self.cursor.stream().key().app);
+            let schedule = &self
+                .schedule
+                .get(&cfg, Some(&self.cursor.stream().key().app));
             let now = Instant::now();
             let mut give_up = None;
             let hold = self.window.hold(now, schedule, self.cursor.stream());
@@ -230,6 +240,8 @@ impl FlvBody {
                     // Returned back to back, hyper writes these together.
                     self.counters.media_writes.inc();
                     self.pending.extend(self.frames.iter().map(|f| f.flv_tag()));
+                    // With batching, the next batch is a window after this one.
+                    self.window.on_change(now, schedule, self.cursor.stream());
                     continue;
                 }
                 give_up = match state {
@@ -264,22 +276,24 @@ impl FlvBody {
                 }
             };
             tokio::select! {
-                changed = woken => {
-                    if changed && !batching.is_zero() {
-                        let cfg = self.ctx.config.load();
-                        let schedule = cfg.schedule.for_app(&self.cursor.stream().key().app);
-                        self.window.on_change(Instant::now(), schedule, self.cursor.stream());
+                    changed = woken => {
+            if changed && !batching.is_zero() {
+                            let cfg = self.ctx.config.load();
+                            let schedule = self
+                                .schedule
+                                .get(&cfg, Some(&self.cursor.stream().key().app));
+                            self.window.on_change(Instant::now(), &schedule, self.cursor.stream());
+                        }
+                    }
+                    _ = expired => {
+                        self.close_reason = "stream_ended";
+                        return None;
+                    }
+                    _ = &mut self.shutdown => {
+                        self.close_reason = "shutdown";
+                        return None;
                     }
                 }
-                _ = expired => {
-                    self.close_reason = "stream_ended";
-                    return None;
-                }
-                _ = self.ctx.shutdown.cancelled() => {
-                    self.close_reason = "shutdown";
-                    return None;
-                }
-            }
         }
     }
 }

@@ -7,11 +7,35 @@
 //! wait on the stream's change signal at all (unless a byte trigger needs it to count), so
 //! it is woken once per window instead of once per frame.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use sluice_core::{Schedule, Stream};
+use sluice_core::{Config, Schedule, Stream};
 use tokio::time::Instant;
 use tracing::debug;
+
+/// A viewer's schedule, looked up again only when the running config changed (the lookup
+/// compares application names; the check compares pointers). It holds the config it was
+/// taken from, so a new config can never reuse that address unnoticed.
+#[derive(Debug, Default)]
+pub(crate) struct ScheduleCache {
+    config: Option<Arc<Config>>,
+    schedule: Schedule,
+}
+
+impl ScheduleCache {
+    /// The schedule of `app` (the default one for `None`) under `config`.
+    pub(crate) fn get(&mut self, config: &Arc<Config>, app: Option<&str>) -> Schedule {
+        if !self.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, config)) {
+            self.schedule = match app {
+                Some(app) => *config.schedule.for_app(app),
+                None => *config.schedule.default_schedule(),
+            };
+            self.config = Some(config.clone());
+        }
+        self.schedule
+    }
+}
 
 /// A viewer's batching window.
 #[derive(Debug, Default)]

@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Context;
 use crate::io::write_until_full;
-use crate::pacing::{Hold, Window, apply_socket_options};
+use crate::pacing::{Hold, ScheduleCache, Window, apply_socket_options};
 
 /// The message stream id every shared media serialisation uses: the first (and with ffmpeg,
 /// OBS-style players and VLC, the only) stream a client creates.
@@ -107,6 +107,8 @@ enum Close {
     HandshakeError,
     ProtocolError,
     IdleTimeout,
+    /// A player's socket took nothing for the idle timeout.
+    WriteStalled,
     Io,
     Shutdown,
     Rejected,
@@ -123,6 +125,7 @@ impl Close {
             Close::HandshakeError => "handshake_error",
             Close::ProtocolError => "protocol_error",
             Close::IdleTimeout => "idle_timeout",
+            Close::WriteStalled => "write_stalled",
             Close::Io => "io_error",
             Close::Shutdown => "shutdown",
             Close::Rejected => "rejected",
@@ -152,13 +155,15 @@ enum Role {
         publisher: Publisher,
         stream_id: u32,
     },
-    Playing(Player),
+    /// Boxed: a player's state is several times a publisher's.
+    Playing(Box<Player>),
 }
 
 struct Player {
     cursor: Cursor,
     stream_id: u32,
     window: Window,
+    schedule: ScheduleCache,
     /// When this viewer started waiting (for a first publisher).
     since: Instant,
 }
@@ -268,7 +273,13 @@ impl Handler {
         let mut frames: Vec<Arc<Frame>> = Vec::new();
         let mut batch: VecDeque<Bytes> = VecDeque::new();
         let idle = self.ctx.config.load().rtmp.idle_timeout();
-        let mut idle_deadline = Instant::now() + idle;
+        // Created once, not per wake: registering and dropping a timer and a cancellation
+        // waiter on every frame was measurable at a thousand viewers.
+        let shutdown = self.ctx.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let idle_sleep = sleep_until(Instant::now() + idle);
+        tokio::pin!(idle_sleep);
         loop {
             if let Err(close) = self.flush().await {
                 return close;
@@ -281,9 +292,7 @@ impl Handler {
             let mut hold = Hold::No;
             if let Role::Playing(player) = &mut self.role {
                 let cfg = self.ctx.config.load();
-                let schedule = cfg
-                    .schedule
-                    .for_app(self.app.as_deref().unwrap_or_default());
+                let schedule = &player.schedule.get(&cfg, self.app.as_deref());
                 let now = Instant::now();
                 hold = player.window.hold(now, schedule, player.cursor.stream());
                 if matches!(hold, Hold::No) {
@@ -301,14 +310,24 @@ impl Handler {
                             Ok(unsent) => unsent,
                             Err(close) => return close,
                         };
-                        if unsent > 0 {
-                            // The socket is full: give the rest back, so it is decided again
-                            // (and skipped if it grew too old) once the socket drains.
-                            if let Role::Playing(player) = &mut self.role {
+                        if let Role::Playing(player) = &mut self.role {
+                            if unsent > 0 {
+                                // The socket is full: give the rest back, so it is decided
+                                // again (and skipped if it grew too old) once it drains.
                                 player.cursor.unread(&frames[frames.len() - unsent..]);
                             }
+                            // With batching, the next write is a window after this one: one
+                            // timer wake per window, none per frame.
+                            let cfg = self.ctx.config.load();
+                            let schedule = player.schedule.get(&cfg, self.app.as_deref());
+                            player
+                                .window
+                                .on_change(now, &schedule, player.cursor.stream());
+                        }
+                        if unsent > 0 {
                             tokio::select! {
-                                _ = self.ctx.shutdown.cancelled() => return Close::Shutdown,
+                                _ = &mut cancelled => return Close::Shutdown,
+                                _ = sleep(idle) => return Close::WriteStalled,
                                 writable = self.socket.writable() => {
                                     if writable.is_err() {
                                         return Close::Io;
@@ -338,10 +357,11 @@ impl Handler {
             {
                 read_buf.reserve(PUBLISHER_READ_BUF);
             }
+            // Players may say nothing for minutes (an acknowledgement per window); a stuck
+            // one is caught by the write deadline instead.
+            let receive_idle = !matches!(self.role, Role::Playing(_));
             let wake = {
-                let Handler {
-                    socket, role, ctx, ..
-                } = &mut *self;
+                let Handler { socket, role, .. } = &mut *self;
                 let changed = async {
                     match role {
                         Role::Playing(player) => match hold {
@@ -371,8 +391,8 @@ impl Handler {
                     }
                 };
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => Wake::Shutdown,
-                    _ = sleep_until(idle_deadline) => Wake::Idle,
+                    _ = &mut cancelled => Wake::Shutdown,
+                    _ = &mut idle_sleep, if receive_idle => Wake::Idle,
                     wake = changed => wake,
                     _ = give_up => Wake::GiveUp,
                     read = socket.read_buf(&mut read_buf) => Wake::Read(read),
@@ -384,12 +404,10 @@ impl Handler {
                 Wake::Changed => {
                     if let Role::Playing(player) = &mut self.role {
                         let cfg = self.ctx.config.load();
-                        let schedule = cfg
-                            .schedule
-                            .for_app(self.app.as_deref().unwrap_or_default());
+                        let schedule = player.schedule.get(&cfg, self.app.as_deref());
                         player
                             .window
-                            .on_change(Instant::now(), schedule, player.cursor.stream());
+                            .on_change(Instant::now(), &schedule, player.cursor.stream());
                     }
                 }
                 Wake::Batch => {}
@@ -406,7 +424,7 @@ impl Handler {
                 Wake::Read(Ok(0)) => return Close::PeerClosed,
                 Wake::Read(Ok(n)) => {
                     self.count_in(n);
-                    idle_deadline = Instant::now() + idle;
+                    idle_sleep.as_mut().reset(Instant::now() + idle);
                     let result = self.input(&read_buf);
                     read_buf.clear();
                     if let Err(close) = result {
@@ -437,8 +455,10 @@ impl Handler {
             };
             batch.push_back(bytes);
         }
-        let n = write_until_full(&self.socket, batch)
+        let idle = self.ctx.config.load().rtmp.idle_timeout();
+        let n = timeout(idle, write_until_full(&self.socket, batch))
             .await
+            .map_err(|_| Close::WriteStalled)?
             .map_err(|_| Close::Io)?;
         let unsent = batch.len();
         batch.clear();
@@ -713,12 +733,13 @@ impl Handler {
             socket2::SockRef::from(&self.socket),
             cfg.schedule.for_app(&key.app),
         );
-        self.role = Role::Playing(Player {
+        self.role = Role::Playing(Box::new(Player {
             cursor,
             stream_id,
             window: Window::default(),
+            schedule: ScheduleCache::default(),
             since: Instant::now(),
-        });
+        }));
     }
 
     /// Leaves the current role, keeping gauges in step.
