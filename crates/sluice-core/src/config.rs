@@ -76,7 +76,8 @@ pub struct RtmpConfig {
     pub max_connections: usize,
     /// Deadline for the handshake and the connect command.
     pub handshake_timeout_ms: u64,
-    /// A connection that sends nothing for this long is closed (publishers and players).
+    /// A publisher silent this long, or a player whose socket takes nothing this long, is
+    /// closed.
     pub idle_timeout_ms: u64,
     /// Outgoing chunk size announced to every peer (128..=65536).
     pub chunk_size: u32,

@@ -45,9 +45,14 @@ pub fn consume(bufs: &mut VecDeque<Bytes>, written: usize) -> bool {
 /// or the socket is full. If it fills in the middle of a buffer, that buffer is finished
 /// (waiting for the socket, so the stream never ends mid-message) and writing stops there;
 /// buffers not started stay in `bufs` for the caller to give back. Returns the bytes written.
+///
+/// Finishing a started buffer waits at most `stall` for the socket; longer is a `TimedOut`
+/// error (a stuck or vanished peer). The common path, where the socket takes everything,
+/// reads no clock.
 pub async fn write_until_full(
     socket: &tokio::net::TcpStream,
     bufs: &mut VecDeque<Bytes>,
+    stall: std::time::Duration,
 ) -> std::io::Result<u64> {
     let mut total = 0u64;
     let mut front_started = false;
@@ -62,7 +67,9 @@ pub async fn write_until_full(
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if front_started {
-                    total += finish_front(socket, bufs).await?;
+                    total += tokio::time::timeout(stall, finish_front(socket, bufs))
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                 }
                 return Ok(total);
             }
@@ -114,7 +121,12 @@ mod tests {
             .into_iter()
             .map(Bytes::from_static)
             .collect();
-        assert_eq!(write_until_full(&a, &mut bufs).await.unwrap(), 20);
+        assert_eq!(
+            write_until_full(&a, &mut bufs, std::time::Duration::from_secs(10))
+                .await
+                .unwrap(),
+            20
+        );
         assert!(bufs.is_empty());
         drop(a);
         let mut out = Vec::new();
@@ -140,7 +152,9 @@ mod tests {
             b.read_to_end(&mut out).await.unwrap();
             out.len()
         });
-        let written = write_until_full(&a, &mut bufs).await.unwrap();
+        let written = write_until_full(&a, &mut bufs, std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(!bufs.is_empty(), "4 MB does not fit small socket buffers");
         assert_eq!(written % 1000, 0, "whole buffers only: {written}");
         assert_eq!(written as usize + bufs.len() * 1000, 4_000_000);

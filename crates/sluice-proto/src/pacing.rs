@@ -7,8 +7,9 @@
 //! wait on the stream's change signal at all (unless a byte trigger needs it to count), so
 //! it is woken once per window instead of once per frame.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use sluice_core::{Config, Schedule, Stream};
 use tokio::time::Instant;
@@ -55,10 +56,11 @@ pub(crate) enum Hold {
 }
 
 impl Window {
-    /// New frames were signalled: opens a window if the schedule batches.
+    /// New frames were signalled, or a batch was just written: opens a window if the
+    /// schedule batches.
     pub(crate) fn on_change(&mut self, now: Instant, schedule: &Schedule, stream: &Stream) {
         if self.until.is_none() && !schedule.merge_write.is_zero() {
-            self.until = Some(now + schedule.merge_write);
+            self.until = Some(on_grid(now + schedule.merge_write, schedule.merge_write));
             self.bytes_at_open = stream.stats.bytes_in.load(Ordering::Relaxed);
         }
     }
@@ -77,13 +79,28 @@ impl Window {
                 .saturating_sub(self.bytes_at_open)
                 >= schedule.merge_write_bytes as u64;
         // A reload that shortened or removed the window applies at once.
-        let due = now >= at || now + schedule.merge_write <= at;
+        let due = now >= at || at > on_grid(now + schedule.merge_write, schedule.merge_write);
         if filled || due {
             self.until = None;
             return Hold::No;
         }
         Hold::Until { at, count_bytes }
     }
+}
+
+/// Rounds a window's end up to a process-wide grid (a tenth of the window, at most 10 ms),
+/// so that viewers' windows end together: the runtime then wakes once per grid step for
+/// many viewers instead of once per millisecond for a few, and the thread sleeps in
+/// between. Measured at 1,000 viewers with 100 ms windows, unaligned windows kept the
+/// server waking every millisecond. Adds at most one grid step to the window.
+fn on_grid(at: Instant, window: Duration) -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let grid = (window / 10).clamp(Duration::from_millis(1), Duration::from_millis(10));
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let step = grid.as_nanos();
+    let rounded = since.div_ceil(step) * step;
+    epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
 }
 
 /// Sets a viewer socket's options from its schedule. Failures are logged, not fatal: the

@@ -181,6 +181,9 @@ struct Handler {
     /// Session drop counters already reported to metrics.
     reported: SessionStats,
     counters: ProtocolCounters,
+    /// `rtmp.idle_timeout_ms` when the connection started (per-connection settings do not
+    /// change under it).
+    idle: Duration,
 }
 
 impl Handler {
@@ -209,6 +212,7 @@ impl Handler {
             close_after_flush: None,
             reported: SessionStats::default(),
             counters: ctx.metrics.protocol_counters(proto::RTMP),
+            idle: cfg.rtmp.idle_timeout(),
         }
     }
 
@@ -272,7 +276,7 @@ impl Handler {
         let mut read_buf = BytesMut::with_capacity(PLAYER_READ_BUF);
         let mut frames: Vec<Arc<Frame>> = Vec::new();
         let mut batch: VecDeque<Bytes> = VecDeque::new();
-        let idle = self.ctx.config.load().rtmp.idle_timeout();
+        let idle = self.idle;
         // Created once, not per wake: registering and dropping a timer and a cancellation
         // waiter on every frame was measurable at a thousand viewers.
         let shutdown = self.ctx.shutdown.clone();
@@ -293,6 +297,7 @@ impl Handler {
             if let Role::Playing(player) = &mut self.role {
                 let cfg = self.ctx.config.load();
                 let schedule = &player.schedule.get(&cfg, self.app.as_deref());
+                let after_write = *schedule;
                 let now = Instant::now();
                 hold = player.window.hold(now, schedule, player.cursor.stream());
                 if matches!(hold, Hold::No) {
@@ -318,11 +323,9 @@ impl Handler {
                             }
                             // With batching, the next write is a window after this one: one
                             // timer wake per window, none per frame.
-                            let cfg = self.ctx.config.load();
-                            let schedule = player.schedule.get(&cfg, self.app.as_deref());
                             player
                                 .window
-                                .on_change(now, &schedule, player.cursor.stream());
+                                .on_change(now, &after_write, player.cursor.stream());
                         }
                         if unsent > 0 {
                             tokio::select! {
@@ -455,11 +458,12 @@ impl Handler {
             };
             batch.push_back(bytes);
         }
-        let idle = self.ctx.config.load().rtmp.idle_timeout();
-        let n = timeout(idle, write_until_full(&self.socket, batch))
+        let n = write_until_full(&self.socket, batch, self.idle)
             .await
-            .map_err(|_| Close::WriteStalled)?
-            .map_err(|_| Close::Io)?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => Close::WriteStalled,
+                _ => Close::Io,
+            })?;
         let unsent = batch.len();
         batch.clear();
         self.count_out(n as usize);
