@@ -405,7 +405,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             efficient.schedule.for_app("live").merge_write,
-            Duration::from_millis(100)
+            Duration::from_millis(130)
         );
         assert_eq!(Config::from_toml(&efficient.to_toml()).unwrap(), efficient);
     }

@@ -37,6 +37,8 @@ const CSID_DATA: u32 = 5;
 const CSID_VIDEO: u32 = 6;
 /// Most frames read for one vectored write.
 const BATCH_FRAMES: usize = 256;
+/// Batch capacity kept between writes (a 100 ms window of a 30 fps stream with audio is ~8).
+const STEADY_BATCH: usize = 32;
 /// Read buffer of a publisher; players send little (acks, pings), so theirs stays small:
 /// per-viewer memory is what fan-out at scale pays for.
 const PUBLISHER_READ_BUF: usize = 64 * 1024;
@@ -296,17 +298,19 @@ impl Handler {
             let mut hold = Hold::No;
             if let Role::Playing(player) = &mut self.role {
                 let cfg = self.ctx.config.load();
-                let schedule = &player.schedule.get(&cfg, self.app.as_deref());
-                let after_write = *schedule;
+                let schedule = player.schedule.get(&cfg, self.app.as_deref());
                 let now = Instant::now();
-                hold = player.window.hold(now, schedule, player.cursor.stream());
+                hold = player.window.hold(now, &schedule, player.cursor.stream());
                 if matches!(hold, Hold::No) {
                     frames.clear();
+                    if frames.capacity() > STEADY_BATCH {
+                        frames.shrink_to(STEADY_BATCH);
+                    }
                     // Everything due, up to a cap, goes out in one vectored write.
                     let state =
                         player
                             .cursor
-                            .read(&mut frames, BATCH_FRAMES, now.into_std(), schedule);
+                            .read(&mut frames, BATCH_FRAMES, now.into_std(), &schedule);
                     self.ctx.metrics.count_drops(&player.cursor.take_drops());
                     if !frames.is_empty() {
                         let stream_id = player.stream_id;
@@ -325,7 +329,7 @@ impl Handler {
                             // timer wake per window, none per frame.
                             player
                                 .window
-                                .on_change(now, &after_write, player.cursor.stream());
+                                .on_change(now, &schedule, player.cursor.stream());
                         }
                         if unsent > 0 {
                             tokio::select! {
@@ -466,6 +470,11 @@ impl Handler {
             })?;
         let unsent = batch.len();
         batch.clear();
+        // A start or catch-up burst grows the batch to hundreds of frames; keep only what a
+        // steady viewer uses, since this is per-viewer memory.
+        if batch.capacity() > STEADY_BATCH {
+            batch.shrink_to(STEADY_BATCH);
+        }
         self.count_out(n as usize);
         self.counters.media_writes.inc();
         self.counters
