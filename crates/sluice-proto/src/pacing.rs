@@ -3,9 +3,10 @@
 //! holds for a viewer small.
 //!
 //! Fan-out cost is set by writes per viewer-second, almost all of it kernel time; the window
-//! turns one write per frame into one per window. While a window is open the viewer does not
-//! wait on the stream's change signal at all (unless a byte trigger needs it to count), so
-//! it is woken once per window instead of once per frame.
+//! turns one write per frame into one per window. A window opens when frames arrive for an
+//! idle viewer and again after each write, and ends on a grid shared by all viewers; while
+//! it is open the viewer does not wait on the stream's change signal at all (unless a byte
+//! trigger needs it to count), so it is woken once per window instead of once per frame.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -129,5 +130,64 @@ pub(crate) fn apply_socket_options(socket: socket2::SockRef<'_>, schedule: &Sche
         if let Err(error) = result {
             debug!(option, %error, "socket option not applied");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::schedule::ScheduleSettings;
+    use sluice_core::{CacheSettings, Registry, StreamKey};
+
+    fn schedule(merge_ms: u64) -> Schedule {
+        ScheduleSettings {
+            merge_write_ms: merge_ms,
+            ..ScheduleSettings::default()
+        }
+        .resolve()
+    }
+
+    #[test]
+    fn a_window_holds_reads_until_its_end_on_the_grid() {
+        let reg = Registry::new();
+        let cache = CacheSettings {
+            gop_cache: true,
+            gops: 1,
+            max_bytes: 1 << 20,
+        };
+        let publisher = reg
+            .publish(
+                &StreamKey::new("live", "w"),
+                cache,
+                false,
+                std::time::Instant::now(),
+            )
+            .expect("publish");
+        let stream = publisher.stream();
+        let batching = schedule(100);
+        let mut w = Window::default();
+        let t0 = Instant::now();
+        assert!(
+            matches!(w.hold(t0, &batching, stream), Hold::No),
+            "no window yet"
+        );
+        w.on_change(t0, &batching, stream);
+        let Hold::Until { at, count_bytes } = w.hold(t0, &batching, stream) else {
+            panic!("a window is open");
+        };
+        assert!(!count_bytes);
+        // Ends 100 ms on, rounded up to the 10 ms grid, shared by every viewer.
+        assert!(at >= t0 + Duration::from_millis(100) && at <= t0 + Duration::from_millis(110));
+        assert_eq!(at, on_grid(at, batching.merge_write), "on the grid");
+        assert!(
+            matches!(w.hold(at, &batching, stream), Hold::No),
+            "due at its end"
+        );
+        // Opened again, then a reload removes batching: reads resume at once.
+        w.on_change(at, &batching, stream);
+        assert!(matches!(w.hold(at, &schedule(0), stream), Hold::No));
+        // Without batching no window opens.
+        w.on_change(at, &schedule(0), stream);
+        assert!(matches!(w.hold(at, &schedule(0), stream), Hold::No));
     }
 }
