@@ -223,17 +223,17 @@ impl FlvBody {
                 return Some(bytes);
             }
             let cfg = self.ctx.config.load();
-            let schedule = &self
+            let schedule = self
                 .schedule
                 .get(&cfg, Some(&self.cursor.stream().key().app));
             let now = Instant::now();
             let mut give_up = None;
-            let hold = self.window.hold(now, schedule, self.cursor.stream());
+            let hold = self.window.hold(now, &schedule, self.cursor.stream());
             if matches!(hold, Hold::No) {
                 self.frames.clear();
                 let state =
                     self.cursor
-                        .read(&mut self.frames, BATCH_FRAMES, now.into_std(), schedule);
+                        .read(&mut self.frames, BATCH_FRAMES, now.into_std(), &schedule);
                 self.ctx.metrics.count_drops(&self.cursor.take_drops());
                 if !self.frames.is_empty() {
                     self.counters.frames_out.inc_by(self.frames.len() as u64);
@@ -241,7 +241,7 @@ impl FlvBody {
                     self.counters.media_writes.inc();
                     self.pending.extend(self.frames.iter().map(|f| f.flv_tag()));
                     // With batching, the next batch is a window after this one.
-                    self.window.on_change(now, schedule, self.cursor.stream());
+                    self.window.on_change(now, &schedule, self.cursor.stream());
                     continue;
                 }
                 give_up = match state {
@@ -252,7 +252,6 @@ impl FlvBody {
                     ReadState::WaitingForPublisher => Some(now + cfg.streams.wait_for_publisher()),
                 };
             }
-            let batching = schedule.merge_write;
             drop(cfg);
             let expired = async {
                 match give_up {
@@ -276,24 +275,20 @@ impl FlvBody {
                 }
             };
             tokio::select! {
-                    changed = woken => {
-            if changed && !batching.is_zero() {
-                            let cfg = self.ctx.config.load();
-                            let schedule = self
-                                .schedule
-                                .get(&cfg, Some(&self.cursor.stream().key().app));
-                            self.window.on_change(Instant::now(), &schedule, self.cursor.stream());
-                        }
-                    }
-                    _ = expired => {
-                        self.close_reason = "stream_ended";
-                        return None;
-                    }
-                    _ = &mut self.shutdown => {
-                        self.close_reason = "shutdown";
-                        return None;
+                changed = woken => {
+                    if changed {
+                        self.window.on_change(Instant::now(), &schedule, self.cursor.stream());
                     }
                 }
+                _ = expired => {
+                    self.close_reason = "stream_ended";
+                    return None;
+                }
+                _ = &mut self.shutdown => {
+                    self.close_reason = "shutdown";
+                    return None;
+                }
+            }
         }
     }
 }
