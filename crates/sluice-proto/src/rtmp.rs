@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sluice_core::metrics::{Label1, ProtocolCounters, proto};
-use sluice_core::stream::PublishError;
+use sluice_core::stream::{IngestError, PublishError};
 use sluice_core::{Cursor, Publisher, ReadState, StreamKey};
 use sluice_media::{Frame, FrameKind};
 use sluice_rtmp::Message;
@@ -603,70 +603,65 @@ impl Handler {
                 timestamp,
                 payload,
             } => {
-                if let Role::Publishing {
-                    publisher,
-                    stream_id: sid,
-                } = &mut self.role
-                    && *sid == stream_id
-                {
-                    let kind = if type_id == 8 {
-                        FrameKind::Audio
-                    } else {
-                        FrameKind::Video
-                    };
-                    let label = if type_id == 8 { "audio" } else { "video" };
-                    match publisher.push_media(kind, timestamp, payload, std::time::Instant::now())
-                    {
-                        Ok(()) => {
-                            self.ctx
-                                .metrics
-                                .frames_in
-                                .get_or_create(&[("kind", label)])
-                                .inc();
-                        }
-                        Err(sluice_core::stream::IngestError::Displaced) => {
-                            info!("publisher displaced by a newer one");
-                            self.stop_role();
-                            return Err(Close::Displaced);
-                        }
-                        Err(error) => {
-                            debug!(%error, "media message dropped");
-                            self.ctx
-                                .metrics
-                                .frames_in
-                                .get_or_create(&[("kind", "invalid")])
-                                .inc();
-                        }
-                    }
-                }
+                let (kind, label) = if type_id == 8 {
+                    (FrameKind::Audio, "audio")
+                } else {
+                    (FrameKind::Video, "video")
+                };
+                self.ingest(stream_id, label, |p, now| {
+                    p.push_media(kind, timestamp, payload, now)
+                })?;
             }
             ServerEvent::Metadata {
                 stream_id,
                 timestamp,
                 payload,
             } => {
-                if let Role::Publishing {
-                    publisher,
-                    stream_id: sid,
-                } = &mut self.role
-                    && *sid == stream_id
-                {
-                    if publisher
-                        .push_metadata(timestamp, payload, std::time::Instant::now())
-                        .is_err()
-                    {
-                        self.stop_role();
-                        return Err(Close::Displaced);
-                    }
-                    self.ctx
-                        .metrics
-                        .frames_in
-                        .get_or_create(&[("kind", "script")])
-                        .inc();
-                }
+                self.ingest(stream_id, "script", |p, now| {
+                    p.push_metadata(timestamp, payload, now)
+                })?;
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Hands a message on `stream_id` to this connection's publisher, if it publishes there,
+    /// counting it as `kind`. A payload that does not parse is dropped and counted as
+    /// `invalid`; a publisher displaced by a newer one ends the connection.
+    fn ingest(
+        &mut self,
+        stream_id: u32,
+        kind: &'static str,
+        push: impl FnOnce(&mut Publisher, std::time::Instant) -> Result<(), IngestError>,
+    ) -> Result<(), Close> {
+        let Role::Publishing {
+            publisher,
+            stream_id: publishing_on,
+        } = &mut self.role
+        else {
+            return Ok(());
+        };
+        if *publishing_on != stream_id {
+            return Ok(());
+        }
+        let counted = match push(publisher, std::time::Instant::now()) {
+            Ok(()) => kind,
+            Err(IngestError::Displaced) => {
+                info!("publisher displaced by a newer one");
+                self.stop_role();
+                return Err(Close::Displaced);
+            }
+            Err(error) => {
+                debug!(%error, kind, "message dropped");
+                "invalid"
+            }
+        };
+        self.ctx
+            .metrics
+            .frames_in
+            .get_or_create(&[("kind", counted)])
+            .inc();
         Ok(())
     }
 
