@@ -18,7 +18,8 @@ use axum::routing::get;
 use bytes::Bytes;
 use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::{Cursor, ReadState, StreamKey};
-use sluice_media::Frame;
+use sluice_media::{Frame, FrameKind};
+use sluice_rtmp::command::Amf0Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -159,7 +160,8 @@ async fn play(
     }
 
     let mut pending = VecDeque::with_capacity(BATCH_FRAMES + 1);
-    pending.push_back(sluice_media::flv::encode_file_header(true, true));
+    let (has_audio, has_video) = tracks(&frames);
+    pending.push_back(sluice_media::flv::encode_file_header(has_audio, has_video));
     let body = FlvBody::new(ctx, cursor, permit, pending, &frames);
     let stream = futures_util::stream::unfold(body, |mut body| async move {
         body.next()
@@ -167,6 +169,39 @@ async fn play(
             .map(|bytes| (Ok::<_, Infallible>(bytes), body))
     });
     (StatusCode::OK, headers, Body::from_stream(stream)).into_response()
+}
+
+/// Which tracks the FLV file header announces, from what a viewer starts with: its media,
+/// sequence headers and onMetaData (`audiocodecid` / `videocodecid`). Web players (flv.js,
+/// mpegts.js) wait for every announced track before playing, so an audio-only stream
+/// announced with video never starts. Without metadata, a track not seen yet is announced
+/// anyway (its header may come later).
+fn tracks(frames: &[Arc<Frame>]) -> (bool, bool) {
+    let (mut audio, mut video) = (false, false);
+    let mut described = false;
+    for frame in frames {
+        match frame.kind {
+            FrameKind::Audio => audio = true,
+            FrameKind::Video => video = true,
+            FrameKind::Script => {
+                let Ok(values) = sluice_rtmp::command::decode_data(&frame.payload) else {
+                    continue;
+                };
+                for value in values {
+                    if let Amf0Value::Object(props) = value {
+                        described = true;
+                        audio |= props.contains_key("audiocodecid");
+                        video |= props.contains_key("videocodecid");
+                    }
+                }
+            }
+        }
+    }
+    if described {
+        (audio, video)
+    } else {
+        (true, true)
+    }
 }
 
 /// One HTTP-FLV viewer's body: a cursor and the tags to send next.
@@ -302,5 +337,51 @@ impl Drop for FlvBody {
             .get_or_create(&[("protocol", proto::HTTP_FLV)])
             .dec();
         self.ctx.metrics.closed(proto::HTTP_FLV, self.close_reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use sluice_rtmp::command::write_value;
+
+    use super::*;
+
+    fn metadata(keys: &[&str]) -> Arc<Frame> {
+        let mut body = BytesMut::new();
+        write_value(&Amf0Value::Utf8String("onMetaData".into()), &mut body);
+        let props = keys
+            .iter()
+            .map(|k| ((*k).to_owned(), Amf0Value::Number(7.0)))
+            .collect();
+        write_value(&Amf0Value::Object(props), &mut body);
+        Arc::new(Frame::script(0, body.freeze()))
+    }
+
+    fn media(kind: FrameKind, body: &'static [u8]) -> Arc<Frame> {
+        Arc::new(Frame::parse(kind, 0, Bytes::from_static(body)).expect("frame"))
+    }
+
+    #[test]
+    fn the_header_announces_the_tracks_the_stream_has() {
+        let aac = media(FrameKind::Audio, &[0xaf, 0, 0x12, 0x10]);
+        let avc = media(FrameKind::Video, &[0x17, 0, 0, 0, 0]);
+        // Audio only, described by its metadata: no video announced.
+        assert_eq!(
+            tracks(&[metadata(&["audiocodecid"]), aac.clone()]),
+            (true, false)
+        );
+        // Video only, described: no audio.
+        assert_eq!(
+            tracks(&[metadata(&["videocodecid", "width"]), avc.clone()]),
+            (false, true)
+        );
+        // Metadata names both before either header came.
+        assert_eq!(
+            tracks(&[metadata(&["audiocodecid", "videocodecid"])]),
+            (true, true)
+        );
+        // No metadata: a track not seen yet may still come, so both are announced.
+        assert_eq!(tracks(&[avc]), (true, true));
     }
 }
