@@ -448,7 +448,7 @@ async fn merge_write_batches_frames_into_few_writes_and_loses_none() {
                 );
             } else {
                 assert!(
-                    writes * 2.0 > frames,
+                    writes * 3.0 > frames,
                     "{protocol}: {writes} writes for {frames} frames unbatched"
                 );
             }
