@@ -74,6 +74,11 @@ pub struct Args {
     /// The server's PID: report its CPU, RSS and write syscalls from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Read at most this many kbit/s per viewer (lean RTMP viewers only), with a small socket
+    /// receive buffer: slow viewers, to measure how a server keeps them within its latency
+    /// budget. 0 reads as fast as the server sends.
+    #[arg(long, default_value_t = 0)]
+    pub read_kbps: u64,
     /// RTMP viewer implementation.
     #[arg(long, value_enum, default_value_t = Reader::Lean)]
     pub rtmp_reader: Reader,

@@ -151,6 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         stall_ns,
         has_audio: fixture.has_audio,
         clock,
+        read_bytes_per_sec: args.read_kbps * 1000 / 8,
     });
     let stop_viewers = CancellationToken::new();
     let mut viewers: Vec<JoinHandle<Viewer>> = Vec::with_capacity(args.viewers);

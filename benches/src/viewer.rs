@@ -105,6 +105,16 @@ pub struct Config {
     pub has_audio: bool,
     /// The run's clock.
     pub clock: Clock,
+    /// Lean RTMP viewers read no faster than this (0: no limit).
+    pub read_bytes_per_sec: u64,
+}
+
+/// Socket receive buffer of rate-limited viewers (the kernel doubles it): what piles up in a
+/// slow viewer's own buffer is latency the server cannot see.
+const SLOW_VIEWER_RCVBUF: u32 = 8 * 1024;
+
+fn slow_rcvbuf(cfg: &Config) -> Option<u32> {
+    (cfg.read_bytes_per_sec > 0).then_some(SLOW_VIEWER_RCVBUF)
 }
 
 /// Runs one viewer until `stop`; returns its counters.
@@ -164,8 +174,27 @@ async fn rtmp_client(
 
 /// Connects and handshakes; returns the socket, a connection asked to play, and the bytes
 /// that followed the handshake.
-async fn rtmp_connect(url: &RtmpUrl) -> anyhow::Result<(TcpStream, ClientConnection, Vec<u8>)> {
-    let mut socket = TcpStream::connect(&url.addr).await.context("connect")?;
+async fn rtmp_connect(
+    url: &RtmpUrl,
+    rcvbuf: Option<u32>,
+) -> anyhow::Result<(TcpStream, ClientConnection, Vec<u8>)> {
+    let mut socket = match rcvbuf {
+        // Set before connecting, so the window the peer sees is small from the start.
+        Some(size) => {
+            let addr = tokio::net::lookup_host(&url.addr)
+                .await?
+                .next()
+                .context("no address")?;
+            let s = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            s.set_recv_buffer_size(size)?;
+            s.connect(addr).await.context("connect")?
+        }
+        None => TcpStream::connect(&url.addr).await.context("connect")?,
+    };
     socket.set_nodelay(true)?;
     enable_rx_timestamps(&socket);
     let mut hs = Handshake::new(Role::Client);
@@ -248,12 +277,24 @@ async fn rtmp_lean(
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let connected = tokio::select! {
         _ = stop.cancelled() => bail!("stopped while connecting"),
-        c = timeout(cfg.connect_timeout, rtmp_connect(url)) => c,
+        c = timeout(cfg.connect_timeout, rtmp_connect(url, slow_rcvbuf(cfg))) => c,
     };
     let (mut socket, mut conn, remaining) = connected.context("timed out connecting")??;
     rtmp_input(cfg, &mut conn, sh, v, &remaining, None)?;
     let mut out = BytesMut::new();
+    let reading_since = tokio::time::Instant::now();
+    let mut read_total = 0u64;
     loop {
+        if cfg.read_bytes_per_sec > 0 {
+            // Token bucket: sleep until the bytes read so far are within the rate.
+            let due = reading_since
+                + Duration::from_secs_f64(read_total as f64 / cfg.read_bytes_per_sec as f64);
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        }
         conn.drain_output(&mut out);
         if !out.is_empty() {
             socket.write_all(&out).await.context("writing")?;
@@ -269,7 +310,10 @@ async fn rtmp_lean(
         }
         let read = SCRATCH_BUF.with_borrow_mut(|scratch| match recv(&socket, scratch) {
             Ok((0, _)) => Err(anyhow::anyhow!("closed by the server")),
-            Ok((n, stamp)) => rtmp_input(cfg, &mut conn, sh, v, &scratch.buf[..n], stamp),
+            Ok((n, stamp)) => {
+                read_total += n as u64;
+                rtmp_input(cfg, &mut conn, sh, v, &scratch.buf[..n], stamp)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(anyhow::Error::new(e).context("reading")),
         });

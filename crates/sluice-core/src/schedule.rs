@@ -98,7 +98,7 @@ impl Default for ScheduleSettings {
             merge_write_bytes: 0,
             tcp_nodelay: true,
             send_buffer_bytes: 0,
-            notsent_lowat_bytes: 0,
+            notsent_lowat_bytes: 65536,
         }
     }
 }
