@@ -12,7 +12,7 @@ use crate::command::{self, Amf0Value, Command, metadata_from_set_data_frame, obj
 use crate::control::{Control, UserControl};
 use crate::message::{Message, MessageType};
 pub use crate::server::SessionError;
-use crate::server::{COMMAND_CSID, amf0_body};
+use crate::server::amf0_body;
 
 /// Chunk stream id for audio we publish.
 pub const AUDIO_CSID: u32 = 4;
@@ -482,13 +482,7 @@ impl ClientSession {
     }
 
     fn send_command(&mut self, stream_id: u32, cmd: Command) {
-        self.output.push_back(Message {
-            csid: COMMAND_CSID,
-            type_id: MessageType::CommandAmf0 as u8,
-            timestamp: 0,
-            stream_id,
-            payload: cmd.encode(),
-        });
+        self.output.push_back(cmd.to_message(stream_id));
     }
 }
 

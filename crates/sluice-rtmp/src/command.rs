@@ -165,6 +165,18 @@ impl Command {
         })
     }
 
+    /// This command as an AMF0 command message on `stream_id`, on the chunk stream both our
+    /// sessions send commands on ([`COMMAND_CSID`](crate::server::COMMAND_CSID)).
+    pub fn to_message(&self, stream_id: u32) -> crate::message::Message {
+        crate::message::Message {
+            csid: crate::server::COMMAND_CSID,
+            type_id: crate::message::MessageType::CommandAmf0 as u8,
+            timestamp: 0,
+            stream_id,
+            payload: self.encode(),
+        }
+    }
+
     /// The AMF0 payload of this command.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(128);

@@ -890,13 +890,7 @@ impl ServerSession {
     }
 
     fn send_command(&mut self, stream_id: u32, cmd: Command) {
-        self.output.push_back(Message {
-            csid: COMMAND_CSID,
-            type_id: MessageType::CommandAmf0 as u8,
-            timestamp: 0,
-            stream_id,
-            payload: cmd.encode(),
-        });
+        self.output.push_back(cmd.to_message(stream_id));
     }
 
     fn send_data(&mut self, stream_id: u32, values: &[Amf0Value]) {
