@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ClusterConfig;
 use crate::schedule::{Schedule, ScheduleSettings};
 
 /// The documented default configuration, embedded in the binary.
@@ -54,6 +55,8 @@ pub struct Config {
     pub streams: StreamsConfig,
     /// Frame scheduling for viewers: latency budget, drops, start position, write batching.
     pub schedule: ScheduleConfig,
+    /// This node's part in a cluster: role, upstreams to pull from, the QUIC relay.
+    pub cluster: ClusterConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -259,6 +262,7 @@ impl Config {
     /// Checks values that parse but cannot work, and resolves derived settings.
     fn validate(&mut self) -> Result<(), ConfigError> {
         self.schedule.resolve()?;
+        self.cluster.resolve(self.rtmp.listen)?;
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if !(128..=65536).contains(&self.rtmp.chunk_size) {
             return invalid("rtmp.chunk_size must be within 128..=65536");

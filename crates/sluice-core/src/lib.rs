@@ -20,6 +20,7 @@
 //! ingest is slowed by TCP flow control, because its connection reads only as fast as it
 //! appends, and memory is bounded by the ring's byte budget.
 
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod registry;

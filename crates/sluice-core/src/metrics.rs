@@ -64,6 +64,26 @@ pub struct Metrics {
     pub rtmp_messages_dropped: Family<Label1, Counter>,
     /// Config reloads (SIGHUP or file change), by result (`ok`, `invalid`).
     pub config_reloads: Family<Label1, Counter>,
+    /// Pulls from upstream running now (one per stream at most).
+    pub pulls: Gauge,
+    /// Pull attempts that reached an upstream and started the stream, by transport.
+    pub pull_starts: Family<Label1, Counter>,
+    /// Pull attempts that failed, by reason (`not_found`, `refused`, `timeout`, `connect`,
+    /// `protocol`, `closed`, `ended`, `silent`).
+    pub pull_failures: Family<Label1, Counter>,
+    /// Switches of a live pull to another upstream (or back), by reason.
+    pub pull_switches: Family<Label1, Counter>,
+    /// Viewers answered "not found" from the remembered misses without asking upstream.
+    pub pull_misses_cached: Counter,
+    /// Payload bytes received by pulls, by transport.
+    pub pull_bytes: Family<Label1, Counter>,
+    /// QUIC relay connections from other nodes open now.
+    pub relay_connections: Gauge,
+    /// Streams served to other nodes over the QUIC relay now.
+    pub relay_streams: Gauge,
+    /// GOPs sent over the QUIC relay, by outcome (`sent`, `cancelled`: a newer GOP began
+    /// before the peer took this one).
+    pub relay_gops: Family<Label1, Counter>,
 }
 
 /// One protocol's counters, looked up once (see [`Metrics::protocol_counters`]).
@@ -106,6 +126,15 @@ impl Metrics {
             rtmp_private_serialisations: Counter::default(),
             rtmp_messages_dropped: Family::default(),
             config_reloads: Family::default(),
+            pulls: Gauge::default(),
+            pull_starts: Family::default(),
+            pull_failures: Family::default(),
+            pull_switches: Family::default(),
+            pull_misses_cached: Counter::default(),
+            pull_bytes: Family::default(),
+            relay_connections: Gauge::default(),
+            relay_streams: Gauge::default(),
+            relay_gops: Family::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
@@ -155,6 +184,47 @@ impl Metrics {
             "config_reloads",
             "Config reloads by result",
             m.config_reloads.clone(),
+        );
+        registry.register("pulls", "Pulls from upstream running", m.pulls.clone());
+        registry.register(
+            "pull_starts",
+            "Pull attempts that started the stream, by transport",
+            m.pull_starts.clone(),
+        );
+        registry.register(
+            "pull_failures",
+            "Pull attempts that failed, by reason",
+            m.pull_failures.clone(),
+        );
+        registry.register(
+            "pull_switches",
+            "Switches of a live pull to another upstream, by reason",
+            m.pull_switches.clone(),
+        );
+        registry.register(
+            "pull_misses_cached",
+            "Viewers answered not found from remembered misses",
+            m.pull_misses_cached.clone(),
+        );
+        registry.register(
+            "pull_bytes",
+            "Payload bytes received by pulls, by transport",
+            m.pull_bytes.clone(),
+        );
+        registry.register(
+            "relay_connections",
+            "QUIC relay connections from other nodes",
+            m.relay_connections.clone(),
+        );
+        registry.register(
+            "relay_streams",
+            "Streams served over the QUIC relay",
+            m.relay_streams.clone(),
+        );
+        registry.register(
+            "relay_gops",
+            "GOPs sent over the QUIC relay, by outcome",
+            m.relay_gops.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -158,6 +158,15 @@ impl Publisher {
         }
     }
 
+    /// Starts a new source timeline (an upstream switch): the next timestamps are rebased to
+    /// continue just after the stream's newest frame, as a returning publisher's are, so
+    /// viewers see one monotonic timeline across the switch.
+    pub fn restart_timeline(&mut self) {
+        self.extender = TimestampExtender::default();
+        self.rebase_from = self.stream.last_dts();
+        self.offset = None;
+    }
+
     fn dts(&mut self, timestamp: u32) -> u64 {
         let ext = self.extender.extend(timestamp) as i64;
         let offset = *self

@@ -1,11 +1,12 @@
 //! What every connection task shares: the registry, the live config, metrics, shutdown.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
+use sluice_core::cluster::{PullTicket, Puller, Via};
 use sluice_core::metrics::Metrics;
-use sluice_core::{CacheSettings, Config, Registry};
+use sluice_core::{CacheSettings, Config, Cursor, Registry, StreamKey};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,6 +23,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The pull machinery, when this node pulls streams it lacks (set once at start-up).
+    pub puller: OnceLock<Arc<dyn Puller>>,
     next_conn_id: AtomicU64,
 }
 
@@ -34,6 +37,7 @@ impl Context {
             metrics: Metrics::new(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            puller: OnceLock::new(),
             next_conn_id: AtomicU64::new(1),
         })
     }
@@ -51,6 +55,17 @@ impl Context {
             gops: c.streams.gop_cache_gops,
             max_bytes: c.streams.gop_cache_max_bytes,
         }
+    }
+
+    /// A viewer's cursor on `key`, and the ticket of the pull that brings the stream when no
+    /// local publisher has it and this node pulls it from upstream.
+    pub fn watch(&self, key: &StreamKey, via: &Via) -> (Cursor, Option<PullTicket>) {
+        let cursor = self.registry.subscribe(key, self.cache_settings());
+        let ticket = match self.puller.get() {
+            Some(puller) if !cursor.stream().is_publishing() => puller.demand(key, via),
+            _ => None,
+        };
+        (cursor, ticket)
     }
 
     /// Sets the streams gauge from the registry (called when metrics are scraped).

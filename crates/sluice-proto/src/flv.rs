@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use sluice_core::cluster::{PullTicket, Via};
 use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::{Cursor, ReadState, StreamKey};
 use sluice_media::{Frame, FrameKind};
@@ -111,12 +112,22 @@ async fn play(
         .get_or_create(&[("protocol", proto::HTTP_FLV)])
         .inc();
     let key = StreamKey::new(&app, name);
-    let mut cursor = ctx.registry.subscribe(&key, ctx.cache_settings());
+    let (mut cursor, mut pull) = ctx.watch(&key, &Via::default());
 
     // Wait for the first frames before answering, so a missing stream is a 404.
     let mut frames = Vec::with_capacity(BATCH_FRAMES);
-    let give_up = Instant::now() + ctx.config.load().streams.wait_for_publisher();
+    let wait = match &pull {
+        Some(pull) => pull.wait,
+        None => ctx.config.load().streams.wait_for_publisher(),
+    };
+    let give_up = Instant::now() + wait;
     loop {
+        if let Some(reason) = pull.as_ref().and_then(PullTicket::failure) {
+            drop(cursor);
+            info!(%key, %reason, "http-flv: stream not found upstream");
+            ctx.metrics.closed(proto::HTTP_FLV, "no_publisher");
+            return not_found(&ctx, "stream not found\n");
+        }
         let state = {
             let cfg = ctx.config.load();
             let schedule = cfg.schedule.for_app(&key.app);
@@ -130,8 +141,15 @@ async fn play(
         match state {
             ReadState::Frames => break,
             _ => {
+                let pull_changed = async {
+                    match &mut pull {
+                        Some(pull) => pull.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = cursor.changed() => {}
+                    _ = pull_changed => {}
                     _ = sleep_until(give_up) => {
                         drop(cursor);
                         ctx.metrics.closed(proto::HTTP_FLV, "no_publisher");

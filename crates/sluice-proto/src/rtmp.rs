@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use sluice_core::cluster::{PullTicket, Via};
 use sluice_core::metrics::{Label1, ProtocolCounters, proto};
 use sluice_core::stream::{IngestError, PublishError};
 use sluice_core::{Cursor, Publisher, ReadState, StreamKey};
@@ -168,6 +169,8 @@ struct Player {
     schedule: ScheduleCache,
     /// When this viewer started waiting (for a first publisher).
     since: Instant,
+    /// The pull bringing this stream from upstream, while the viewer waits for it.
+    pull: Option<PullTicket>,
 }
 
 struct Handler {
@@ -347,10 +350,17 @@ impl Handler {
                     match state {
                         ReadState::Frames | ReadState::Pending => {}
                         ReadState::WaitingForPublisher => {
-                            give_up_at = Some((
-                                player.since + cfg.streams.wait_for_publisher(),
-                                Close::NoPublisher,
-                            ));
+                            let wait = match &player.pull {
+                                Some(pull) => {
+                                    if let Some(reason) = pull.failure() {
+                                        info!(%reason, "stream not found upstream");
+                                        return Close::NoPublisher;
+                                    }
+                                    pull.wait
+                                }
+                                None => cfg.streams.wait_for_publisher(),
+                            };
+                            give_up_at = Some((player.since + wait, Close::NoPublisher));
                         }
                         ReadState::Unpublished(at) => {
                             let grace = cfg.streams.republish_grace();
@@ -372,7 +382,14 @@ impl Handler {
                 let changed = async {
                     match role {
                         Role::Playing(player) => match hold {
-                            Hold::No => player.cursor.changed().await,
+                            Hold::No => match &mut player.pull {
+                                // Waiting on a pull: its failure ends the wait early.
+                                Some(pull) if give_up_at.is_some() => tokio::select! {
+                                    _ = player.cursor.changed() => {}
+                                    _ = pull.changed() => {}
+                                },
+                                _ => player.cursor.changed().await,
+                            },
                             Hold::Until { at, count_bytes } => {
                                 // Inside a batching window only its end (or, with a byte
                                 // trigger, a change to count) wakes the viewer.
@@ -679,6 +696,14 @@ impl Handler {
             return;
         };
         let cfg = self.ctx.config.load();
+        if !cfg.cluster.role.accepts_publishers() {
+            self.refuse_publish(
+                stream_id,
+                "edge_node",
+                "this node is an edge: publish to an origin",
+            );
+            return;
+        }
         let takeover =
             cfg.streams.publish_conflict == sluice_core::config::PublishConflict::Takeover;
         match self.ctx.registry.publish(
@@ -729,7 +754,8 @@ impl Handler {
             return;
         };
         info!(app = %key.app, stream = %key.name, "playing");
-        let cursor = self.ctx.registry.subscribe(&key, self.ctx.cache_settings());
+        let via = Via::from_query(name.split_once('?').map_or("", |(_, q)| q));
+        let (cursor, pull) = self.ctx.watch(&key, &via);
         self.conn.session.accept_play(stream_id);
         self.ctx
             .metrics
@@ -747,6 +773,7 @@ impl Handler {
             window: Window::default(),
             schedule: ScheduleCache::default(),
             since: Instant::now(),
+            pull,
         }));
     }
 
@@ -770,11 +797,14 @@ impl Handler {
             let stream_id = player.stream_id;
             match close {
                 Close::StreamEnded | Close::Shutdown => self.conn.session.stream_eof(stream_id),
-                Close::NoPublisher => self.conn.session.reject_play(
-                    stream_id,
-                    "NetStream.Play.StreamNotFound",
-                    "no publisher for this stream",
-                ),
+                Close::NoPublisher => {
+                    let reason = player.pull.as_ref().and_then(PullTicket::failure);
+                    self.conn.session.reject_play(
+                        stream_id,
+                        "NetStream.Play.StreamNotFound",
+                        reason.as_deref().unwrap_or("no publisher for this stream"),
+                    )
+                }
                 _ => {}
             }
         }
