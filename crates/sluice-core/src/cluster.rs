@@ -128,6 +128,14 @@ impl PullConfig {
     pub fn miss_ttl(&self) -> Duration {
         Duration::from_millis(self.miss_ttl_ms)
     }
+    /// See the field.
+    pub fn backoff_initial(&self) -> Duration {
+        Duration::from_millis(self.backoff_initial_ms)
+    }
+    /// See the field.
+    pub fn backoff_max(&self) -> Duration {
+        Duration::from_millis(self.backoff_max_ms)
+    }
 }
 
 /// `[cluster.apps.NAME]`.
@@ -294,8 +302,16 @@ impl ClusterConfig {
                 Err(e) => return invalid(format!("cluster.quic_listen: {e}")),
             }
         };
-        if quic_listen.is_some() && (self.tls_cert.is_empty() || self.tls_key.is_empty()) {
-            return invalid("cluster.quic_listen needs cluster.tls_cert and tls_key".to_owned());
+        if quic_listen.is_some()
+            && [&self.tls_ca, &self.tls_cert, &self.tls_key]
+                .iter()
+                .any(|f| f.is_empty())
+        {
+            return invalid(
+                "cluster.quic_listen needs cluster.tls_cert, tls_key and tls_ca (the relay \
+                 checks both ends)"
+                    .to_owned(),
+            );
         }
         let mut apps = BTreeMap::new();
         for (app, conf) in &self.apps {
@@ -318,9 +334,14 @@ impl ClusterConfig {
                         "cluster.apps.{app}.upstreams: {url} is this node itself (a pull loop)"
                     ));
                 }
-                if up.transport == Transport::Quic && self.tls_ca.is_empty() {
+                if up.transport == Transport::Quic
+                    && [&self.tls_ca, &self.tls_cert, &self.tls_key]
+                        .iter()
+                        .any(|f| f.is_empty())
+                {
                     return invalid(format!(
-                        "cluster.apps.{app}.upstreams: {url} needs cluster.tls_ca to verify the peer"
+                        "cluster.apps.{app}.upstreams: {url} needs cluster.tls_ca (to check the \
+                         peer) and tls_cert/tls_key (the relay checks both ends)"
                     ));
                 }
                 list.push(up);

@@ -77,10 +77,10 @@ pub struct RtmpConfig {
     pub listen: SocketAddr,
     /// Connections accepted at once; more are refused at accept.
     pub max_connections: usize,
-    /// Deadline for the handshake and the connect command.
+    /// Deadline for the handshake and the connect command (and an HTTP-FLV request head).
     pub handshake_timeout_ms: u64,
-    /// A publisher silent this long, or a player whose socket takes nothing this long, is
-    /// closed.
+    /// A publisher silent this long, or a player (RTMP or HTTP-FLV) whose socket takes
+    /// nothing this long, is closed.
     pub idle_timeout_ms: u64,
     /// Outgoing chunk size announced to every peer (128..=65536).
     pub chunk_size: u32,
@@ -259,8 +259,9 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Checks values that parse but cannot work, and resolves derived settings.
-    fn validate(&mut self) -> Result<(), ConfigError> {
+    /// Checks values that parse but cannot work, and resolves derived settings (schedules,
+    /// upstreams, the node id). Loading does this; call it again after editing fields.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
         self.schedule.resolve()?;
         self.cluster.resolve(self.rtmp.listen)?;
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
@@ -412,6 +413,63 @@ mod tests {
             Duration::from_millis(130)
         );
         assert_eq!(Config::from_toml(&efficient.to_toml()).unwrap(), efficient);
+    }
+
+    #[test]
+    fn cluster_example_configs_load_and_use_their_documented_ports() {
+        use crate::cluster::{Role, Transport};
+        let load = |text: &str| Config::load(Some(text), []).unwrap();
+        let origin = load(include_str!("../../../config/examples/origin.toml"));
+        assert_eq!(origin.cluster.role, Role::Origin);
+        assert_eq!(origin.rtmp.listen.port(), 1935);
+        assert_eq!(origin.cluster.quic_listen().map(|a| a.port()), Some(1937));
+        for (text, transport) in [
+            (
+                include_str!("../../../config/examples/edge.toml"),
+                Transport::Rtmp,
+            ),
+            (
+                include_str!("../../../config/examples/edge-quic.toml"),
+                Transport::Quic,
+            ),
+        ] {
+            let edge = load(text);
+            assert_eq!(edge.cluster.role, Role::Edge);
+            assert_eq!(
+                (
+                    edge.rtmp.listen.port(),
+                    edge.http.listen.port(),
+                    edge.admin.listen.port()
+                ),
+                (1936, 8081, 9581)
+            );
+            let ups = edge.cluster.upstreams("live").unwrap();
+            assert_eq!(ups[0].transport, transport);
+            assert!(edge.cluster.upstreams("other").is_none());
+            assert_eq!(Config::from_toml(&edge.to_toml()).unwrap(), edge);
+        }
+    }
+
+    #[test]
+    fn cluster_settings_that_cannot_work_are_refused() {
+        let err = |text: &str| Config::load(Some(text), []).unwrap_err().to_string();
+        let own = "[rtmp]\nlisten = \"127.0.0.1:1935\"\n[cluster.apps.live]\nupstreams = [\"rtmp://127.0.0.1:1935/live\"]\n";
+        assert!(err(own).contains("pull loop"), "{}", err(own));
+        // The same listener under another application is a different stream: allowed.
+        let other_app = "[cluster.apps.live]\nupstreams = [\"rtmp://127.0.0.1:1935/ingest\"]\n";
+        assert!(Config::load(Some(other_app), []).is_ok());
+        let no_ca = "[cluster.apps.live]\nupstreams = [\"quic://10.0.0.1:1937\"]\n";
+        assert!(err(no_ca).contains("tls_ca"), "{}", err(no_ca));
+        let bad_url = "[cluster.apps.live]\nupstreams = [\"http://x/live\"]\n";
+        assert!(
+            err(bad_url).contains("cluster.apps.live"),
+            "{}",
+            err(bad_url)
+        );
+        let empty = "[cluster.apps.live]\nupstreams = []\n";
+        assert!(err(empty).contains("empty"));
+        assert!(err("[cluster]\nnode_id = \"a,b\"\n").contains("node_id"));
+        assert!(err("[cluster]\nquic_listen = \"127.0.0.1:1937\"\n").contains("tls_cert"));
     }
 
     #[test]

@@ -167,11 +167,25 @@ impl Publisher {
         self.offset = None;
     }
 
-    fn dts(&mut self, timestamp: u32) -> u64 {
+    /// The stream-timeline dts of a frame with RTMP `timestamp`. When continuing another
+    /// source's timeline, the offset is fixed by the first coded frame (`coded`): sequence
+    /// headers and metadata often come first with timestamp 0 (an origin starting a viewer
+    /// at its cached GOP does so), and fixing it there would push the media ahead by the
+    /// GOP's own timestamp. Until then they take the provisional offset (just after the
+    /// old timeline).
+    fn dts(&mut self, timestamp: u32, coded: bool) -> u64 {
         let ext = self.extender.extend(timestamp) as i64;
-        let offset = *self
-            .offset
-            .get_or_insert_with(|| self.rebase_from.map_or(0, |last| last as i64 + 1 - ext));
+        let offset = match (self.offset, self.rebase_from) {
+            (Some(offset), _) => offset,
+            (None, None) => *self.offset.insert(0),
+            (None, Some(last)) => {
+                let offset = last as i64 + 1 - ext;
+                if coded {
+                    self.offset = Some(offset);
+                }
+                offset
+            }
+        };
         (ext + offset).max(0) as u64
     }
 
@@ -183,9 +197,9 @@ impl Publisher {
         payload: Bytes,
         now: Instant,
     ) -> Result<(), IngestError> {
-        let dts = self.dts(timestamp);
-        let frame =
-            Frame::parse(kind, dts, payload).map_err(|e| IngestError::BadPayload(e.to_string()))?;
+        let mut frame =
+            Frame::parse(kind, 0, payload).map_err(|e| IngestError::BadPayload(e.to_string()))?;
+        frame.dts = self.dts(timestamp, !frame.seq_header);
         self.stream.append(self.id, frame, now)
     }
 
@@ -196,7 +210,7 @@ impl Publisher {
         payload: Bytes,
         now: Instant,
     ) -> Result<(), IngestError> {
-        let dts = self.dts(timestamp);
+        let dts = self.dts(timestamp, false);
         self.stream
             .append(self.id, Frame::script(dts, payload), now)
     }

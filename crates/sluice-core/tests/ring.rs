@@ -242,6 +242,35 @@ fn a_returning_publisher_continues_the_timeline_and_viewers_carry_on() {
 }
 
 #[test]
+fn a_restarted_timeline_continues_from_the_first_coded_frame_not_the_headers() {
+    // An upstream switch: the new source starts a viewer at its cached GOP, sending the
+    // headers at timestamp 0 and the GOP at its own, much later, timestamps.
+    let reg = Registry::new();
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 1);
+    video(&mut p, 0, true, 10);
+    video(&mut p, 4000, false, 11);
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    read_all(&mut viewer);
+    p.restart_timeline();
+    headers(&mut p, 0, 1);
+    video(&mut p, 8600, true, 20);
+    video(&mut p, 8640, false, 21);
+    let (frames, _) = read_all(&mut viewer);
+    let dts: Vec<_> = frames.iter().map(|f| f.dts).collect();
+    let keyframe = frames.iter().find(|f| f.keyframe && !f.seq_header).unwrap();
+    assert_eq!(
+        keyframe.dts, 4001,
+        "continues right after the old timeline: {dts:?}"
+    );
+    assert_eq!(dts.last(), Some(&4041), "{dts:?}");
+    assert!(
+        dts.iter().all(|&d| d == 4001 || d == 4041),
+        "headers too: {dts:?}"
+    );
+}
+
+#[test]
 fn timestamps_unwrap_past_32_bits() {
     let reg = Registry::new();
     let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();

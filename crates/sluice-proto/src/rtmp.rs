@@ -756,6 +756,18 @@ impl Handler {
         info!(app = %key.app, stream = %key.name, "playing");
         let via = Via::from_query(name.split_once('?').map_or("", |(_, q)| q));
         let (cursor, pull) = self.ctx.watch(&key, &via);
+        if !via.0.is_empty() && pull.is_none() && !cursor.stream().is_publishing() {
+            // Another node pulling: it does not wait for a publisher here, it asks its next
+            // upstream.
+            self.ctx.metrics.refused(proto::RTMP, "pull_not_found");
+            self.conn.session.reject_play(
+                stream_id,
+                "NetStream.Play.StreamNotFound",
+                "not published on this node",
+            );
+            self.close_after_flush = Some(Close::Rejected);
+            return;
+        }
         self.conn.session.accept_play(stream_id);
         self.ctx
             .metrics

@@ -1,0 +1,543 @@
+//! The pull manager: at most one pull per stream, started by the first viewer that asks for a
+//! stream this node lacks, joined by every later one, stopped once nobody watches.
+//!
+//! A pull is a task that tries the application's upstreams in order (health first), attaches
+//! as the stream's publisher when the first frame arrives — so the GOP cache and scheduling
+//! apply exactly as for a local publisher — and, when its upstream fails or falls silent,
+//! switches to the next candidate. A switch keeps the publisher attached, so viewers stay
+//! connected; the new upstream's frames are taken from its first keyframe (sequence headers
+//! pass) and rebased to continue the timeline, so players see one continuous stream.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde::Serialize;
+use sluice_core::cluster::{PullConfig, PullStatus, PullTicket, Puller, Upstream, Via};
+use sluice_core::{Publisher, StreamKey};
+use sluice_media::{Frame, FrameKind};
+use sluice_proto::Context;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::health::{Backoff, Health, UpstreamHealth};
+use crate::quic::QuicRelay;
+use crate::source::{PullError, Pulled, Source};
+
+/// Remembered misses kept at most; past it, expired ones are dropped first, then all.
+const MAX_MISSES: usize = 10_000;
+/// How often a pull with no frame in flight checks whether anyone still watches.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// Pulls streams this node lacks from upstream. Installed into the [`Context`] as its
+/// [`Puller`]; also answers the admin API. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PullManager {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    ctx: Weak<Context>,
+    quic: Option<Arc<QuicRelay>>,
+    pulls: DashMap<StreamKey, Arc<PullState>>,
+    misses: DashMap<StreamKey, Instant>,
+    health: Health,
+}
+
+/// One running pull, shared by its task, its viewers' tickets and the API.
+#[derive(Debug)]
+struct PullState {
+    status: watch::Sender<PullStatus>,
+    progress: Mutex<PullProgress>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct PullProgress {
+    upstream: Option<Upstream>,
+    since: Option<SystemTime>,
+    started: Option<SystemTime>,
+    bytes: u64,
+    frames: u64,
+    switches: u64,
+    last_error: Option<String>,
+}
+
+/// One pull, for the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullJson {
+    /// Application.
+    pub app: String,
+    /// Stream name.
+    pub stream: String,
+    /// `pulling` (asking upstreams), `live` or `failed`.
+    pub state: &'static str,
+    /// The upstream frames come from now.
+    pub upstream: Option<String>,
+    /// Its transport (`rtmp`, `quic`).
+    pub transport: Option<&'static str>,
+    /// Unix time (seconds) since when the current upstream delivers.
+    pub since_unix: Option<f64>,
+    /// Unix time (seconds) the pull started.
+    pub started_unix: Option<f64>,
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// Frames received.
+    pub frames: u64,
+    /// Switches to another upstream.
+    pub switches: u64,
+    /// The latest upstream failure.
+    pub last_error: Option<String>,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl PullManager {
+    /// A manager for `ctx`, installed as its puller. `quic` is the relay endpoint used for
+    /// `quic://` upstreams.
+    pub fn install(ctx: &Arc<Context>, quic: Option<Arc<QuicRelay>>) -> PullManager {
+        let manager = PullManager {
+            shared: Arc::new(Shared {
+                ctx: Arc::downgrade(ctx),
+                quic,
+                pulls: DashMap::new(),
+                misses: DashMap::new(),
+                health: Health::default(),
+            }),
+        };
+        let _ = ctx.puller.set(Arc::new(manager.clone()));
+        manager
+    }
+
+    /// Running pulls, sorted by stream.
+    pub fn pulls(&self) -> Vec<PullJson> {
+        let mut out: Vec<_> = self
+            .shared
+            .pulls
+            .iter()
+            .map(|e| {
+                let p = e.value().progress.lock().clone();
+                let state = match &*e.value().status.borrow() {
+                    PullStatus::Pulling => "pulling",
+                    PullStatus::Live => "live",
+                    PullStatus::Failed(_) => "failed",
+                };
+                PullJson {
+                    app: e.key().app.to_string(),
+                    stream: e.key().name.to_string(),
+                    state,
+                    upstream: p.upstream.as_ref().map(|u| u.url.to_string()),
+                    transport: p.upstream.as_ref().map(|u| u.transport.as_str()),
+                    since_unix: p.since.map(unix),
+                    started_unix: p.started.map(unix),
+                    bytes: p.bytes,
+                    frames: p.frames,
+                    switches: p.switches,
+                    last_error: p.last_error,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.app, &a.stream).cmp(&(&b.app, &b.stream)));
+        out
+    }
+
+    /// The upstream health table.
+    pub fn upstreams(&self) -> Vec<UpstreamHealth> {
+        self.shared.health.snapshot(Instant::now())
+    }
+}
+
+impl Shared {
+    fn remember_miss(&self, key: &StreamKey, until: Instant) {
+        if self.misses.len() >= MAX_MISSES {
+            let now = Instant::now();
+            self.misses.retain(|_, t| *t > now);
+            if self.misses.len() >= MAX_MISSES {
+                self.misses.clear();
+            }
+        }
+        self.misses.insert(key.clone(), until);
+    }
+}
+
+impl Puller for PullManager {
+    fn demand(&self, key: &StreamKey, via: &Via) -> Option<PullTicket> {
+        let shared = &self.shared;
+        let ctx = shared.ctx.upgrade()?;
+        let cfg = ctx.config.load();
+        cfg.cluster.upstreams(&key.app)?;
+        let node = cfg.cluster.node_id();
+        if let Some(refusal) = via.refuse(node, cfg.cluster.max_hops) {
+            warn!(%key, %refusal, "pull refused");
+            ctx.metrics
+                .pull_failures
+                .get_or_create(&[("reason", "refused")])
+                .inc();
+            return Some(PullTicket::failed(refusal.to_string()));
+        }
+        let now = Instant::now();
+        if let Some(until) = shared.misses.get(key).map(|t| *t) {
+            if until > now {
+                ctx.metrics.pull_misses_cached.inc();
+                return Some(PullTicket::failed(format!("no upstream has {key}")));
+            }
+            shared.misses.remove_if(key, |_, t| *t <= now);
+        }
+        // Single flight: the entry is created and the task spawned under the map's shard
+        // lock, so concurrent viewers of a cold stream all join the one pull.
+        let state = match shared.pulls.entry(key.clone()) {
+            dashmap::Entry::Occupied(e) => e.get().clone(),
+            dashmap::Entry::Vacant(e) => {
+                let state = Arc::new(PullState {
+                    status: watch::Sender::new(PullStatus::Pulling),
+                    progress: Mutex::new(PullProgress {
+                        started: Some(SystemTime::now()),
+                        ..Default::default()
+                    }),
+                });
+                e.insert(state.clone());
+                let task = PullTask {
+                    shared: shared.clone(),
+                    ctx: ctx.clone(),
+                    key: key.clone(),
+                    via: via.through(node),
+                    state: state.clone(),
+                    publisher: None,
+                    idle_since: None,
+                    saw_video: false,
+                    last_loss: None,
+                };
+                let span = info_span!(parent: None, "pull", app = %key.app, stream = %key.name);
+                ctx.tracker.spawn(task.run().instrument(span));
+                state
+            }
+        };
+        Some(PullTicket {
+            status: state.status.subscribe(),
+            wait: cfg.cluster.pull.timeout(),
+        })
+    }
+}
+
+/// How a connected source stopped delivering.
+enum SourceEnd {
+    /// Stop pulling altogether (shutdown, no viewers, a local publisher took the stream).
+    Stop,
+    /// The upstream failed, fell silent or ended the stream: try the candidates again.
+    Lost(PullError),
+}
+
+/// The task behind one pull.
+struct PullTask {
+    shared: Arc<Shared>,
+    ctx: Arc<Context>,
+    key: StreamKey,
+    /// Sent upstream: the viewer's via-list with this node appended.
+    via: Via,
+    state: Arc<PullState>,
+    /// Attached from the first frame on, kept across switches.
+    publisher: Option<Publisher>,
+    idle_since: Option<Instant>,
+    saw_video: bool,
+    /// Why the upstream in use was lost, until a switch counts it.
+    last_loss: Option<&'static str>,
+}
+
+impl PullTask {
+    async fn run(mut self) {
+        self.ctx.metrics.pulls.inc();
+        info!(via = %self.via.to_query(), "pull started");
+        self.pull().await;
+        drop(self.publisher.take());
+        let state = self.state.clone();
+        self.shared
+            .pulls
+            .remove_if(&self.key, |_, s| Arc::ptr_eq(s, &state));
+        self.ctx.metrics.pulls.dec();
+        info!("pull stopped");
+    }
+
+    async fn pull(&mut self) {
+        let mut delivered_ever = false;
+        loop {
+            let cfg = self.ctx.config.load_full();
+            let settings = &cfg.cluster.pull;
+            let mut candidates = cfg.cluster.candidates(&self.key);
+            if candidates.is_empty() {
+                self.fail("the application no longer pulls from upstream".to_owned());
+                return;
+            }
+            let now = Instant::now();
+            self.shared.health.order(&mut candidates, now);
+            if delivered_ever {
+                // Every candidate backing off: wait for the first to be due, unless the
+                // viewers are gone or the node stops first.
+                if let Some(at) = self.shared.health.next_retry(&candidates[..1], now) {
+                    if self.wait_until(at.min(now + settings.backoff_max())).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let mut errors = Vec::new();
+            let mut delivered = false;
+            for upstream in &candidates {
+                if self.stopping(settings.idle_timeout()) {
+                    return;
+                }
+                match self.attempt(upstream, settings, delivered_ever).await {
+                    Ok(SourceEnd::Stop) => return,
+                    Ok(SourceEnd::Lost(error)) => {
+                        // Start over: the failed upstream now backs off behind the others.
+                        self.record_failure(upstream, &error, settings);
+                        delivered = true;
+                        delivered_ever = true;
+                        break;
+                    }
+                    Err(error) => {
+                        self.record_failure(upstream, &error, settings);
+                        errors.push(format!("{}: {error}", upstream.url));
+                    }
+                }
+            }
+            if delivered {
+                continue;
+            }
+            if !delivered_ever {
+                warn!(errors = %errors.join("; "), "no upstream has the stream");
+                self.shared
+                    .remember_miss(&self.key, Instant::now() + settings.miss_ttl());
+                self.fail(format!("no upstream has {}", self.key));
+                return;
+            }
+            // Lost, and nobody has it now: detach so viewers start their republish grace,
+            // then keep asking while they wait.
+            if self.publisher.take().is_some() {
+                info!(errors = %errors.join("; "), "stream lost upstream; retrying");
+                self.state.status.send_replace(PullStatus::Pulling);
+            }
+            let retry = Instant::now() + settings.backoff_initial();
+            if self.wait_until(retry).await {
+                return;
+            }
+        }
+    }
+
+    /// One upstream: connect, wait for the first frame, then deliver until it stops.
+    /// `Err` when it never delivered.
+    async fn attempt(
+        &mut self,
+        upstream: &Upstream,
+        settings: &PullConfig,
+        switching: bool,
+    ) -> Result<SourceEnd, PullError> {
+        let started = Instant::now();
+        let quic = self.shared.quic.as_deref();
+        let shutdown = self.ctx.shutdown.clone();
+        let opened = tokio::select! {
+            opened = Source::open(upstream, &self.key, &self.via, quic, settings.connect_timeout()) => opened,
+            _ = shutdown.cancelled() => return Ok(SourceEnd::Stop),
+        };
+        let mut source = opened?;
+        let first = tokio::select! {
+            first = tokio::time::timeout(settings.no_data_timeout(), source.next()) => match first {
+                Ok(first) => first?,
+                Err(_) => return Err(PullError::Timeout("waiting for the first frame")),
+            },
+            _ = shutdown.cancelled() => return Ok(SourceEnd::Stop),
+        };
+        let connect = started.elapsed();
+        self.shared
+            .health
+            .success(&upstream.url, connect, Instant::now());
+        let transport = upstream.transport.as_str();
+        self.ctx
+            .metrics
+            .pull_starts
+            .get_or_create(&[("transport", transport)])
+            .inc();
+        match &mut self.publisher {
+            Some(publisher) => publisher.restart_timeline(),
+            None => {
+                let cache = self.ctx.cache_settings();
+                match self
+                    .ctx
+                    .registry
+                    .publish(&self.key, cache, false, std::time::Instant::now())
+                {
+                    Ok(publisher) => self.publisher = Some(publisher),
+                    Err(error) => {
+                        info!(%error, "a local publisher has the stream; pull stops");
+                        return Ok(SourceEnd::Stop);
+                    }
+                }
+            }
+        }
+        {
+            let mut progress = self.state.progress.lock();
+            if switching {
+                progress.switches += 1;
+                let reason = self.last_loss.take().unwrap_or("lost");
+                self.ctx
+                    .metrics
+                    .pull_switches
+                    .get_or_create(&[("reason", reason)])
+                    .inc();
+            }
+            progress.upstream = Some(upstream.clone());
+            progress.since = Some(SystemTime::now());
+        }
+        info!(upstream = %upstream.url, transport, connect_ms = connect.as_millis() as u64, switching, "pulling");
+        self.state.status.send_replace(PullStatus::Live);
+        // After a switch, the new upstream joins at its first keyframe.
+        let mut splicing = switching && self.saw_video;
+        let counter = self
+            .ctx
+            .metrics
+            .pull_bytes
+            .get_or_create(&[("transport", transport)])
+            .clone();
+        let mut next = Some(first);
+        loop {
+            let pulled = match next.take() {
+                Some(p) => p,
+                None => tokio::select! {
+                    pulled = tokio::time::timeout(settings.no_data_timeout(), source.next()) => match pulled {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(error)) => return Ok(SourceEnd::Lost(error)),
+                        Err(_) => return Ok(SourceEnd::Lost(PullError::Timeout("silent upstream"))),
+                    },
+                    _ = shutdown.cancelled() => return Ok(SourceEnd::Stop),
+                },
+            };
+            if self.stopping(settings.idle_timeout()) {
+                return Ok(SourceEnd::Stop);
+            }
+            if pulled.kind == FrameKind::Video {
+                self.saw_video = true;
+            }
+            if splicing && !splice_point(&pulled) {
+                continue;
+            }
+            splicing = splicing && pulled.kind != FrameKind::Video;
+            let len = pulled.payload.len() as u64;
+            counter.inc_by(len);
+            {
+                let mut progress = self.state.progress.lock();
+                progress.bytes += len;
+                progress.frames += 1;
+            }
+            let Some(publisher) = self.publisher.as_mut() else {
+                return Ok(SourceEnd::Stop);
+            };
+            let now = std::time::Instant::now();
+            let pushed = match pulled.kind {
+                FrameKind::Script => publisher.push_metadata(pulled.timestamp, pulled.payload, now),
+                kind => publisher.push_media(kind, pulled.timestamp, pulled.payload, now),
+            };
+            match pushed {
+                Ok(()) => {}
+                Err(sluice_core::stream::IngestError::Displaced) => {
+                    info!("a local publisher took the stream over; pull stops");
+                    return Ok(SourceEnd::Stop);
+                }
+                Err(error) => debug!(%error, "pulled frame dropped"),
+            }
+        }
+    }
+
+    fn record_failure(&mut self, upstream: &Upstream, error: &PullError, settings: &PullConfig) {
+        let now = Instant::now();
+        let label = error.label();
+        self.ctx
+            .metrics
+            .pull_failures
+            .get_or_create(&[("reason", label)])
+            .inc();
+        if error.is_miss() || matches!(error, PullError::Ended) {
+            self.shared.health.reachable(&upstream.url, now);
+        } else {
+            let backoff = Backoff {
+                initial: settings.backoff_initial(),
+                max: settings.backoff_max(),
+            };
+            self.shared.health.failure(
+                &upstream.url,
+                error.to_string(),
+                backoff,
+                now,
+                fastrand::f64(),
+            );
+        }
+        if self.publisher.is_some() {
+            self.last_loss.get_or_insert(label);
+        }
+        debug!(upstream = %upstream.url, %error, "upstream attempt failed");
+        self.state.progress.lock().last_error = Some(format!("{}: {error}", upstream.url));
+    }
+
+    fn fail(&self, reason: String) {
+        self.state
+            .status
+            .send_replace(PullStatus::Failed(reason.into()));
+    }
+
+    /// Whether the pull should end: the node stops, or nobody has watched for `idle`.
+    fn stopping(&mut self, idle: Duration) -> bool {
+        if self.ctx.shutdown.is_cancelled() {
+            return true;
+        }
+        let viewers = match &self.publisher {
+            Some(publisher) => publisher.stream().stats.viewers.load(Ordering::Acquire),
+            None => self
+                .ctx
+                .registry
+                .get(&self.key)
+                .map_or(0, |s| s.stats.viewers.load(Ordering::Acquire)),
+        };
+        if viewers > 0 {
+            self.idle_since = None;
+            return false;
+        }
+        let now = Instant::now();
+        let since = *self.idle_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= idle
+    }
+
+    /// Sleeps until `at`, checking for idleness meanwhile; true if the pull should end.
+    async fn wait_until(&mut self, at: Instant) -> bool {
+        let idle = self.ctx.config.load().cluster.pull.idle_timeout();
+        loop {
+            if self.stopping(idle) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= at {
+                return false;
+            }
+            let step = (at - now).min(IDLE_CHECK);
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = self.ctx.shutdown.cancelled() => return true,
+            }
+        }
+    }
+}
+
+/// Whether a pulled frame may start the stream after a switch: the video keyframe that
+/// opens a GOP, or what a decoder needs before it (sequence headers, metadata).
+fn splice_point(pulled: &Pulled) -> bool {
+    match pulled.kind {
+        FrameKind::Script => true,
+        FrameKind::Audio => {
+            Frame::parse(FrameKind::Audio, 0, pulled.payload.clone()).is_ok_and(|f| f.seq_header)
+        }
+        FrameKind::Video => Frame::parse(FrameKind::Video, 0, pulled.payload.clone())
+            .is_ok_and(|f| f.keyframe || f.seq_header),
+    }
+}

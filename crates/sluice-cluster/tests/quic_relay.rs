@@ -1,0 +1,582 @@
+//! The QUIC relay between two in-process nodes on loopback: an origin serving pulls and an
+//! edge (a client-only endpoint) pulling, with a cluster CA made here by rcgen.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use quinn::{TransportConfig, VarInt};
+use sluice_cluster::quic::{QuicRelay, QuicSource};
+use sluice_cluster::source::{PullError, Pulled};
+use sluice_core::cluster::{PullTicket, Puller, Via};
+use sluice_core::{Config, Publisher, StreamKey};
+use sluice_media::FrameKind;
+use sluice_proto::Context;
+
+/// A cluster CA and one node certificate (server and client) in `dir`.
+fn make_certs(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Sluice test cluster CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+
+    let node_key = KeyPair::generate().unwrap();
+    let mut node = CertificateParams::new(vec!["sluice-cluster".to_owned()]).unwrap();
+    node.distinguished_name
+        .push(DnType::CommonName, "sluice-cluster");
+    node.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let node_cert = node.signed_by(&node_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("node.pem"), node_cert.pem()).unwrap();
+    std::fs::write(dir.join("node.key"), node_key.serialize_pem()).unwrap();
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    origin: Arc<Context>,
+    origin_relay: Arc<QuicRelay>,
+    addr: String,
+    edge: Arc<QuicRelay>,
+}
+
+fn config(dir: &Path, role: &str, node_id: &str, listen: &str) -> Config {
+    let toml = format!(
+        r#"
+[streams]
+apps = ["live"]
+republish_grace_ms = 300
+
+[cluster]
+role = "{role}"
+node_id = "{node_id}"
+quic_listen = "{listen}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+tls_ca = "{ca}"
+"#,
+        cert = dir.join("node.pem").display(),
+        key = dir.join("node.key").display(),
+        ca = dir.join("ca.pem").display(),
+    );
+    Config::load(Some(&toml), []).unwrap()
+}
+
+/// An origin serving on loopback and an edge relay with `edge_transport`.
+async fn cluster(edge_transport: TransportConfig) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let origin = Context::new(config(dir.path(), "origin", "origin-1", "127.0.0.1:0"));
+    let origin_relay = QuicRelay::new(&origin.config.load().cluster).unwrap();
+    let addr = origin_relay.local_addr().unwrap().to_string();
+    origin
+        .tracker
+        .spawn(origin_relay.clone().serve(origin.clone()));
+    let edge_cfg = config(dir.path(), "edge", "edge-1", "");
+    let edge = QuicRelay::with_transport(&edge_cfg.cluster, edge_transport).unwrap();
+    Cluster {
+        _dir: dir,
+        origin,
+        origin_relay,
+        addr,
+        edge,
+    }
+}
+
+fn key(name: &str) -> StreamKey {
+    StreamKey::new("live", name)
+}
+
+/// An H.264 video tag body: sequence header, keyframe or inter frame, carrying `marker`
+/// and padded to `size` bytes.
+fn avc(keyframe: bool, seq: bool, marker: u8, size: usize) -> Bytes {
+    let frame_type = if keyframe || seq { 0x17 } else { 0x27 };
+    let mut body = vec![frame_type, u8::from(!seq), 0, 0, 0, marker, marker];
+    body.resize(size.max(body.len()), marker);
+    Bytes::from(body)
+}
+
+fn aac(seq: bool, marker: u8) -> Bytes {
+    Bytes::from(vec![0xaf, u8::from(!seq), 0x12, marker])
+}
+
+const METADATA: &[u8] = b"\x02\x00\x0aonMetaData\x03\x00\x00\x09";
+
+fn publish_headers(p: &mut Publisher, ts: u32) {
+    let now = Instant::now();
+    p.push_metadata(ts, Bytes::from_static(METADATA), now)
+        .unwrap();
+    p.push_media(FrameKind::Video, ts, avc(true, true, 0xee, 0), now)
+        .unwrap();
+    p.push_media(FrameKind::Audio, ts, aac(true, 0xee), now)
+        .unwrap();
+}
+
+/// One GOP: a keyframe at `ts`, then `inter` inter frames (and an audio frame each) 40 ms
+/// apart. Returns the next timestamp.
+fn publish_gop(p: &mut Publisher, ts: u32, inter: u32, size: usize) -> u32 {
+    let now = Instant::now();
+    p.push_media(FrameKind::Video, ts, avc(true, false, 1, size), now)
+        .unwrap();
+    for i in 1..=inter {
+        let t = ts + i * 40;
+        p.push_media(FrameKind::Audio, t - 20, aac(false, i as u8), now)
+            .unwrap();
+        p.push_media(FrameKind::Video, t, avc(false, false, 2, size), now)
+            .unwrap();
+    }
+    ts + (inter + 1) * 40
+}
+
+/// [`publish_gop`] in real time, a frame every 10 ms.
+async fn publish_gop_live(p: &mut Publisher, ts: u32, inter: u32, size: usize) -> u32 {
+    let now = Instant::now();
+    p.push_media(FrameKind::Video, ts, avc(true, false, 1, size), now)
+        .unwrap();
+    for i in 1..=inter {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let t = ts + i * 40;
+        let now = Instant::now();
+        p.push_media(FrameKind::Audio, t - 20, aac(false, i as u8), now)
+            .unwrap();
+        p.push_media(FrameKind::Video, t, avc(false, false, 2, size), now)
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    ts + (inter + 1) * 40
+}
+
+async fn next(source: &mut QuicSource) -> Pulled {
+    tokio::time::timeout(Duration::from_secs(5), source.next())
+        .await
+        .expect("a frame within 5 s")
+        .expect("a frame")
+}
+
+fn is_keyframe(p: &Pulled) -> bool {
+    p.kind == FrameKind::Video && p.payload[0] == 0x17 && p.payload[1] == 1
+}
+
+fn is_seq_header(p: &Pulled) -> bool {
+    p.kind != FrameKind::Script && p.payload[1] == 0
+}
+
+/// Waits until `cond` holds (checked every 10 ms), up to 5 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn viewers(ctx: &Context, key: &StreamKey) -> usize {
+    ctx.registry.get(key).map_or(0, |s| {
+        s.stats.viewers.load(std::sync::atomic::Ordering::Acquire)
+    })
+}
+
+/// A publisher of `live/NAME` on `ctx`.
+fn publisher(ctx: &Context, name: &str) -> Publisher {
+    ctx.registry
+        .publish(&key(name), ctx.cache_settings(), false, Instant::now())
+        .expect("publish")
+}
+
+fn gops(ctx: &Context, outcome: &'static str) -> u64 {
+    ctx.metrics
+        .relay_gops
+        .get_or_create(&[("outcome", outcome)])
+        .get()
+}
+
+#[tokio::test]
+async fn pulls_headers_then_keyframe_then_every_frame_in_order() {
+    let c = cluster(TransportConfig::default()).await;
+    let mut p = publisher(&c.origin, "cam");
+    publish_headers(&mut p, 0);
+    let ts = publish_gop(&mut p, 0, 3, 200);
+
+    let via = Via(vec![Arc::from("edge-1")]);
+    let mut source = c
+        .edge
+        .pull(&c.addr, "live", "cam", &via, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(viewers(&c.origin, &key("cam")), 1, "the pull is a viewer");
+    assert_eq!(c.origin.metrics.relay_streams.get(), 1);
+
+    // The stream's headers first, then the cached GOP from its keyframe.
+    let mut got = Vec::new();
+    for _ in 0..3 + 1 + 6 {
+        got.push(next(&mut source).await);
+    }
+    let kinds: Vec<_> = got.iter().map(|f| f.kind).collect();
+    assert_eq!(
+        &kinds[..4],
+        &[
+            FrameKind::Script,
+            FrameKind::Video,
+            FrameKind::Audio,
+            FrameKind::Video
+        ]
+    );
+    assert_eq!(&got[0].payload[..], METADATA);
+    assert!(is_seq_header(&got[1]) && is_seq_header(&got[2]));
+    assert!(is_keyframe(&got[3]));
+    let dts: Vec<u32> = got[3..].iter().map(|f| f.timestamp).collect();
+    assert_eq!(dts, [0, 20, 40, 60, 80, 100, 120]);
+
+    // Live GOPs follow in order, each from its keyframe, with the repeated headers
+    // (unchanged) not delivered again.
+    let mut expected = Vec::new();
+    for g in 0..3 {
+        let start = ts + g * 200;
+        expected.push(start);
+        for i in 1..=4 {
+            expected.push(start + i * 40 - 20);
+            expected.push(start + i * 40);
+        }
+    }
+    // Published while the edge reads, as a pull does.
+    let publishing = tokio::spawn(async move {
+        let mut ts = ts;
+        for _ in 0..3 {
+            ts = publish_gop_live(&mut p, ts, 4, 300).await;
+        }
+        (p, ts)
+    });
+    let mut live = Vec::new();
+    for _ in 0..expected.len() {
+        let f = next(&mut source).await;
+        assert!(
+            !is_seq_header(&f) && f.kind != FrameKind::Script,
+            "no repeated headers"
+        );
+        live.push(f);
+    }
+    assert_eq!(
+        live.iter().map(|f| f.timestamp).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(is_keyframe(&live[0]) && is_keyframe(&live[9]) && is_keyframe(&live[18]));
+    let (mut p, mut ts) = publishing.await.unwrap();
+
+    // A burst of GOPs (a read that returns a GOP's tail with the next keyframe) is not
+    // late: nothing is cancelled, and the edge ends up on the newest GOP, in order.
+    let burst_start = ts;
+    ts = publish_gop(&mut p, ts, 4, 300);
+    let newest = ts;
+    ts = publish_gop(&mut p, ts, 4, 300);
+    let mut last = 0;
+    loop {
+        let f = next(&mut source).await;
+        assert!(f.timestamp > last && f.timestamp >= burst_start, "in order");
+        last = f.timestamp;
+        if f.timestamp == newest {
+            assert!(is_keyframe(&f));
+        }
+        if f.timestamp == ts - 40 {
+            break;
+        }
+    }
+    assert_eq!(gops(&c.origin, "cancelled"), 0);
+    eventually("the GOPs before the live one count as sent", || {
+        gops(&c.origin, "sent") >= 5
+    })
+    .await;
+
+    // A changed sequence header reaches the edge, before the keyframe it applies to.
+    p.push_media(
+        FrameKind::Video,
+        ts,
+        avc(true, true, 0xdd, 0),
+        Instant::now(),
+    )
+    .unwrap();
+    publish_gop(&mut p, ts, 0, 100);
+    let header = next(&mut source).await;
+    assert!(is_seq_header(&header) && header.payload[5] == 0xdd);
+    assert!(is_keyframe(&next(&mut source).await));
+
+    // The publisher leaves: after its grace the edge hears the stream ended.
+    drop(p);
+    let end = tokio::time::timeout(Duration::from_secs(5), source.next()).await;
+    assert!(matches!(end, Ok(Err(PullError::Ended))), "{end:?}");
+    assert!(
+        matches!(source.next().await, Err(PullError::Ended)),
+        "stays ended"
+    );
+    eventually("the upstream dropped its cursor", || {
+        viewers(&c.origin, &key("cam")) == 0 && c.origin.metrics.relay_streams.get() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_stream_or_application_is_refused_at_once() {
+    let c = cluster(TransportConfig::default()).await;
+    let started = Instant::now();
+    let missing = c
+        .edge
+        .pull(
+            &c.addr,
+            "live",
+            "nobody",
+            &Via::default(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        matches!(&missing, Err(PullError::NotFound(m)) if m.contains("live/nobody")),
+        "{missing:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    assert!(missing.unwrap_err().is_miss());
+
+    let app = c
+        .edge
+        .pull(
+            &c.addr,
+            "other",
+            "cam",
+            &Via::default(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        matches!(&app, Err(PullError::Refused(m)) if m.contains("other")),
+        "{app:?}"
+    );
+    assert_eq!(viewers(&c.origin, &key("nobody")), 0);
+}
+
+/// A puller that records the via-lists it is asked with and refuses loops, as the real
+/// one does.
+#[derive(Debug, Default)]
+struct RecordingPuller {
+    seen: Mutex<Vec<Via>>,
+}
+
+impl Puller for RecordingPuller {
+    fn demand(&self, _key: &StreamKey, via: &Via) -> Option<PullTicket> {
+        self.seen.lock().push(via.clone());
+        via.refuse("origin-1", 4)
+            .map(|refusal| PullTicket::failed(refusal.to_string()))
+    }
+}
+
+#[tokio::test]
+async fn the_via_list_reaches_the_upstream_and_a_loop_is_refused() {
+    let c = cluster(TransportConfig::default()).await;
+    let puller = Arc::new(RecordingPuller::default());
+    c.origin.puller.set(puller.clone()).unwrap();
+
+    let looped = Via(vec![Arc::from("edge-1"), Arc::from("origin-1")]);
+    let refused = c
+        .edge
+        .pull(&c.addr, "live", "cam", &looped, Duration::from_secs(5))
+        .await;
+    assert!(
+        matches!(&refused, Err(PullError::Refused(m)) if m.contains("loop")),
+        "{refused:?}"
+    );
+    assert_eq!(*puller.seen.lock(), vec![looped]);
+}
+
+#[tokio::test]
+async fn pulls_to_one_peer_share_one_connection() {
+    let c = cluster(TransportConfig::default()).await;
+    let mut publishers = Vec::new();
+    for name in ["a", "b"] {
+        let mut p = publisher(&c.origin, name);
+        publish_headers(&mut p, 0);
+        publish_gop(&mut p, 0, 2, 100);
+        publishers.push(p);
+    }
+    // Concurrent first pulls share one connection attempt.
+    let none = Via::default();
+    let wait = Duration::from_secs(5);
+    let (a, b) = tokio::join!(
+        c.edge.pull(&c.addr, "live", "a", &none, wait),
+        c.edge.pull(&c.addr, "live", "b", &none, wait),
+    );
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    assert_eq!(next(&mut a).await.kind, FrameKind::Script);
+    assert_eq!(next(&mut b).await.kind, FrameKind::Script);
+    assert_eq!(c.origin.metrics.relay_connections.get(), 1);
+    assert_eq!(c.origin.metrics.relay_streams.get(), 2);
+
+    // Dropping a source ends its pull upstream (the cursor goes); the connection stays
+    // for the next pull.
+    drop(a);
+    eventually("pull a ended upstream", || {
+        viewers(&c.origin, &key("a")) == 0 && c.origin.metrics.relay_streams.get() == 1
+    })
+    .await;
+    let mut again = c
+        .edge
+        .pull(
+            &c.addr,
+            "live",
+            "a",
+            &Via::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next(&mut again).await.kind, FrameKind::Script);
+    assert_eq!(c.origin.metrics.relay_connections.get(), 1);
+
+    // Closing the origin's relay ends the pulls at the edge.
+    c.origin_relay.close(Duration::from_secs(1)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(e) = b.next().await {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert!(matches!(closed, Ok(PullError::Closed)), "{closed:?}");
+}
+
+#[tokio::test]
+async fn a_slow_edge_gets_recent_gops_not_a_backlog() {
+    // A link that takes 16 KiB per GOP stream until the edge reads: GOPs of ~40 KiB stall.
+    let mut slow = TransportConfig::default();
+    slow.stream_receive_window(VarInt::from_u32(16 << 10))
+        .receive_window(VarInt::from_u32(256 << 10));
+    let c = cluster(slow).await;
+    let mut p = publisher(&c.origin, "cam");
+    publish_headers(&mut p, 0);
+    let mut ts = publish_gop(&mut p, 0, 1, 4000);
+    let mut source = c
+        .edge
+        .pull(
+            &c.addr,
+            "live",
+            "cam",
+            &Via::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        next(&mut source).await;
+    }
+
+    // The edge stops reading while 10 GOPs of 200 ms (5 frames of 8 KiB each) go out in
+    // real time.
+    for _ in 0..10 {
+        for i in 0..5u32 {
+            let t = ts + i * 40;
+            p.push_media(
+                FrameKind::Video,
+                t,
+                avc(i == 0, false, 3, 8 << 10),
+                Instant::now(),
+            )
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        ts += 200;
+    }
+    let newest = ts - 40;
+    assert!(
+        gops(&c.origin, "cancelled") > 0,
+        "late GOPs were cancelled:\n{}",
+        c.origin.metrics.encode()
+    );
+
+    // Reading again: the edge goes on from a recent keyframe, not from the backlog.
+    let first = next(&mut source).await;
+    assert!(is_keyframe(&first), "resumes at a keyframe");
+    assert!(
+        first.timestamp + 400 >= newest,
+        "resumed at {} while the newest frame is {newest}",
+        first.timestamp
+    );
+    // And keeps up once it reads.
+    for i in 0..5u32 {
+        p.push_media(
+            FrameKind::Video,
+            ts + i * 40,
+            avc(i == 0, false, 4, 8 << 10),
+            Instant::now(),
+        )
+        .unwrap();
+    }
+    let mut last = first.timestamp;
+    loop {
+        let f = next(&mut source).await;
+        assert!(f.timestamp >= last, "in order");
+        last = f.timestamp;
+        if f.timestamp == ts + 160 {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_audio_only_stream_is_cut_into_gops_by_time() {
+    let c = cluster(TransportConfig::default()).await;
+    let mut p = publisher(&c.origin, "radio");
+    p.push_media(FrameKind::Audio, 0, aac(true, 0xee), Instant::now())
+        .unwrap();
+    // 100 ms of audio every 5 ms of wall time, while the edge pulls.
+    let publishing = tokio::spawn(async move {
+        for i in 1..=60u32 {
+            p.push_media(
+                FrameKind::Audio,
+                i * 100,
+                aac(false, i as u8),
+                Instant::now(),
+            )
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        p
+    });
+    let mut source = c
+        .edge
+        .pull(
+            &c.addr,
+            "live",
+            "radio",
+            &Via::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let header = next(&mut source).await;
+    assert!(is_seq_header(&header));
+    let mut last = next(&mut source).await.timestamp;
+    let first = last;
+    while last < 6000 {
+        let f = next(&mut source).await;
+        assert_eq!(f.timestamp, last + 100, "every frame, in order");
+        last = f.timestamp;
+    }
+    let _p = publishing.await.unwrap();
+    let cut = (6000 - first) / 1000;
+    eventually("a GOP stream per second of audio", || {
+        gops(&c.origin, "sent") + 1 >= u64::from(cut)
+    })
+    .await;
+}
