@@ -1,4 +1,5 @@
-//! Writing batches of shared `Bytes` with vectored writes.
+//! Writing batches of shared `Bytes` with vectored writes, handing the kernel only what the
+//! socket takes now (the RTMP and HTTP-FLV players share this path).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -22,13 +23,20 @@ pub fn fill_slices<'a>(slices: &mut [IoSlice<'a>; MAX_SLICES], bufs: &'a VecDequ
 /// Drops the `written` bytes a write took from the front of `bufs`. Returns whether the
 /// front buffer is now partly written.
 pub fn consume(bufs: &mut VecDeque<Bytes>, written: usize) -> bool {
+    consume_counted(bufs, written).1
+}
+
+/// [`consume`], also returning how many buffers it removed (empty ones included).
+fn consume_counted(bufs: &mut VecDeque<Bytes>, written: usize) -> (usize, bool) {
     let mut left = written;
+    let mut popped = 0;
     let mut partial = false;
     while left > 0 {
         let Some(front) = bufs.front_mut() else { break };
         if front.len() <= left {
             left -= front.len();
             bufs.pop_front();
+            popped += 1;
         } else {
             front.advance(left);
             partial = true;
@@ -37,8 +45,9 @@ pub fn consume(bufs: &mut VecDeque<Bytes>, written: usize) -> bool {
     }
     while bufs.front().is_some_and(Bytes::is_empty) {
         bufs.pop_front();
+        popped += 1;
     }
-    partial
+    (popped, partial)
 }
 
 /// Writes `bufs` (front first) with non-blocking vectored writes until they are all written
@@ -54,8 +63,23 @@ pub async fn write_until_full(
     bufs: &mut VecDeque<Bytes>,
     stall: std::time::Duration,
 ) -> std::io::Result<u64> {
+    write_units_until_full(socket, bufs, 1, stall).await
+}
+
+/// [`write_until_full`] for messages of `unit` buffers each (a message and its framing,
+/// such as an HTTP chunk's size line and an FLV tag): `bufs` holds whole units, and a unit
+/// the socket started is finished, so what stays in `bufs` is whole units not started.
+pub async fn write_units_until_full(
+    socket: &tokio::net::TcpStream,
+    bufs: &mut VecDeque<Bytes>,
+    unit: usize,
+    stall: std::time::Duration,
+) -> std::io::Result<u64> {
+    let unit = unit.max(1);
     let mut total = 0u64;
-    let mut front_started = false;
+    // Buffers of the front unit written whole, and whether the front buffer is started.
+    let mut into_unit = 0;
+    let mut partial = false;
     while !bufs.is_empty() {
         let result = {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -66,8 +90,9 @@ pub async fn write_until_full(
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if front_started {
-                    total += tokio::time::timeout(stall, finish_front(socket, bufs))
+                if partial || into_unit > 0 {
+                    let rest = unit - into_unit;
+                    total += tokio::time::timeout(stall, finish_front(socket, bufs, rest))
                         .await
                         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                 }
@@ -76,27 +101,33 @@ pub async fn write_until_full(
             Err(e) => return Err(e),
         };
         total += n as u64;
-        front_started = consume(bufs, n);
+        let (popped, started) = consume_counted(bufs, n);
+        into_unit = (into_unit + popped) % unit;
+        partial = started;
     }
     Ok(total)
 }
 
-/// Writes the rest of the front buffer, waiting for the socket as needed.
+/// Writes the rest of the front `count` buffers, waiting for the socket as needed.
 async fn finish_front(
     socket: &tokio::net::TcpStream,
     bufs: &mut VecDeque<Bytes>,
+    count: usize,
 ) -> std::io::Result<u64> {
-    let Some(mut front) = bufs.pop_front() else {
-        return Ok(0);
-    };
-    let total = front.len() as u64;
-    while !front.is_empty() {
-        socket.writable().await?;
-        match socket.try_write(&front) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => front.advance(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+    let mut total = 0;
+    for _ in 0..count {
+        let Some(mut front) = bufs.pop_front() else {
+            break;
+        };
+        total += front.len() as u64;
+        while !front.is_empty() {
+            socket.writable().await?;
+            match socket.try_write(&front) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => front.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(total)
@@ -160,5 +191,42 @@ mod tests {
         assert_eq!(written as usize + bufs.len() * 1000, 4_000_000);
         drop(a);
         assert_eq!(reader.await.unwrap(), written as usize);
+    }
+
+    #[tokio::test]
+    async fn units_are_written_whole_or_not_at_all() {
+        let (a, mut b) = pair().await;
+        socket2::SockRef::from(&a)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&b)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        // Units of a 7-byte prefix and a 993-byte body, like a chunk size line and a tag.
+        let prefix = Bytes::from_static(b"prefix:");
+        let body = Bytes::from(vec![7u8; 993]);
+        let mut bufs = VecDeque::new();
+        for _ in 0..4000 {
+            bufs.push_back(prefix.clone());
+            bufs.push_back(body.clone());
+        }
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let mut out = Vec::new();
+            b.read_to_end(&mut out).await.unwrap();
+            out
+        });
+        let written = write_units_until_full(&a, &mut bufs, 2, std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(!bufs.is_empty(), "4 MB does not fit small socket buffers");
+        assert_eq!(written % 1000, 0, "whole units only: {written}");
+        assert_eq!(bufs.len() % 2, 0, "whole units left");
+        assert_eq!(bufs.front(), Some(&prefix), "the next unit not started");
+        assert_eq!(written as usize + bufs.len() / 2 * 1000, 4_000_000);
+        drop(a);
+        let out = reader.await.unwrap();
+        assert_eq!(out.len(), written as usize);
+        assert!(out.chunks(1000).all(|u| u.starts_with(b"prefix:")));
     }
 }

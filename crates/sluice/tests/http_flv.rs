@@ -1,15 +1,20 @@
-//! HTTP-FLV egress at the byte level: headers a web player needs, the FLV it gets, and the
-//! answers for streams and applications that are not there.
+//! HTTP-FLV egress at the byte level: headers a web player needs, the FLV it gets, how its
+//! body ends (HTTP/1.0 and HTTP/1.1), the answers for streams and applications that are not
+//! there, requests that are slow, too large or not HTTP, and slow viewers held to the
+//! latency budget.
 
 mod common;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::rtmp::{
-    DEADLINE, Tag, fixture_media, is_sequence_header, is_video_keyframe, spawn_paced_publisher,
+    DEADLINE, Tag, fixture_media, is_sequence_header, is_video_keyframe, spawn_paced_publisher, url,
 };
 use common::{Node, eventually, test_config};
 use sluice_media::flv::{Demuxer, TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO};
+use sluice_proto::client::Client;
 use sluice_testkit::fixtures::H264_AAC;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -163,6 +168,526 @@ async fn missing_streams_and_apps_are_404s() {
         )
         .await,
         1.0
+    );
+    node.stop().await;
+}
+
+/// An HTTP/1.1 chunked body, decoded as it arrives; panics on bad framing.
+#[derive(Default)]
+struct Dechunker {
+    buf: Vec<u8>,
+    /// Data bytes left in the current chunk.
+    left: usize,
+    /// A CRLF is due (after chunk data, or after the last chunk's size line).
+    crlf: bool,
+    /// The last chunk's size line came.
+    last: bool,
+}
+
+impl Dechunker {
+    /// Feeds received bytes; returns the body bytes they complete.
+    fn push(&mut self, data: &[u8]) -> Vec<u8> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        loop {
+            if self.left > 0 {
+                let n = self.left.min(self.buf.len());
+                out.extend(self.buf.drain(..n));
+                self.left -= n;
+                if self.left > 0 {
+                    break;
+                }
+                self.crlf = true;
+            }
+            if self.crlf {
+                if self.buf.len() < 2 {
+                    break;
+                }
+                assert_eq!(&self.buf[..2], b"\r\n", "chunk not ended by CRLF");
+                self.buf.drain(..2);
+                self.crlf = false;
+            }
+            if self.last {
+                assert!(self.buf.is_empty(), "bytes after the last chunk");
+                break;
+            }
+            let Some(end) = find(&self.buf, b"\r\n") else {
+                break;
+            };
+            let line = std::str::from_utf8(&self.buf[..end]).expect("size line");
+            let size = usize::from_str_radix(line, 16).expect("hex chunk size");
+            self.buf.drain(..end + 2);
+            if size == 0 {
+                self.last = true;
+                self.crlf = true;
+            }
+            self.left = size;
+        }
+        out
+    }
+
+    /// Whether the body ended with the last chunk.
+    fn ended(&self) -> bool {
+        self.last && !self.crlf
+    }
+}
+
+/// Splits a complete response into its lower-cased head and its body.
+fn split_response(data: &[u8]) -> (String, &[u8]) {
+    let end = find(data, b"\r\n\r\n").expect("a response head");
+    (
+        String::from_utf8_lossy(&data[..end]).to_ascii_lowercase(),
+        &data[end + 4..],
+    )
+}
+
+/// The FLV tags in a body: (type, timestamp); panics on anything but whole tags.
+fn flv_tags(body: &[u8]) -> Vec<(u8, u32)> {
+    assert_eq!(&body[..3], b"FLV");
+    let mut demuxer = Demuxer::new();
+    demuxer.push(body);
+    let mut tags = Vec::new();
+    while let Some((header, _)) = demuxer.next_tag().expect("whole FLV tags") {
+        tags.push((header.tag_type, header.timestamp));
+    }
+    tags
+}
+
+/// HTTP/1.0 gets an HTTP/1.0 response whose body ends with the connection; HTTP/1.1 a
+/// chunked body (one chunk per tag) that ends with the last chunk when the stream ends.
+/// Both carry whole FLV tags to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_end_cleanly_when_the_stream_ends() {
+    let node = Node::start(test_config("[streams]\nrepublish_grace_ms = 200\n")).await;
+    let (tags, metadata) = fixture_media(H264_AAC);
+    let addr = node.addrs.http;
+    let read_all = |raw: &'static str| async move {
+        let mut socket = TcpStream::connect(addr).await.expect("connect");
+        socket.write_all(raw.as_bytes()).await.expect("request");
+        let mut data = Vec::new();
+        tokio::time::timeout(DEADLINE, socket.read_to_end(&mut data))
+            .await
+            .expect("the body did not end")
+            .expect("read");
+        data
+    };
+    let v10 = tokio::spawn(read_all("GET /live/end.flv HTTP/1.0\r\n\r\n"));
+    let v11 = tokio::spawn(read_all("GET /live/end.flv HTTP/1.1\r\nHost: x\r\n\r\n"));
+    // Both wait before the first frame, so both get everything from the start.
+    let attached = eventually(DEADLINE, || async {
+        let streams = node.streams_json().await;
+        streams["streams"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|s| s["stream"] == "end" && s["viewers"] == 2)
+        })
+    })
+    .await;
+    assert!(attached, "the viewers did not attach");
+    let publishing = spawn_paced_publisher(
+        node.rtmp_url("live/end"),
+        metadata,
+        tags,
+        Duration::from_millis(2),
+        2,
+    );
+    let publisher = publishing.await.expect("publisher");
+    drop(publisher);
+
+    let data = v10.await.expect("viewer");
+    let (head, body) = split_response(&data);
+    assert!(head.starts_with("http/1.0 200 ok"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    let tags10 = flv_tags(body);
+    assert!(tags10.len() > 100, "{} tags", tags10.len());
+
+    let data = v11.await.expect("viewer");
+    let (head, body) = split_response(&data);
+    assert!(head.starts_with("http/1.1 200 ok"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut chunks = Dechunker::default();
+    let body = chunks.push(body);
+    assert!(chunks.ended(), "no last chunk");
+    assert_eq!(flv_tags(&body), tags10, "the same tags either way");
+    assert_eq!(
+        node.metric(
+            "sluice_connections_closed_total{protocol=\"http_flv\",reason=\"stream_ended\"}"
+        )
+        .await,
+        2.0
+    );
+    node.stop().await;
+}
+
+/// A client that never finishes its request head is closed at `rtmp.handshake_timeout_ms`;
+/// one whose head is over 8 KiB gets 431; anything but HTTP/1 gets 400. None of them
+/// disturbs a viewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_oversized_and_bad_requests_are_refused() {
+    let node = Node::start(test_config("[rtmp]\nhandshake_timeout_ms = 300\n")).await;
+    let addr = node.addrs.http;
+
+    for partial in [&b""[..], b"GET /live/slow.flv HTTP/1.1\r\nHost: x\r\n"] {
+        let mut socket = TcpStream::connect(addr).await.expect("connect");
+        socket.write_all(partial).await.expect("write");
+        let started = std::time::Instant::now();
+        assert!(
+            common::rtmp::closed_within(&mut socket, Duration::from_secs(3)).await,
+            "a slow request head held its connection"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+    assert_eq!(
+        node.metric(
+            "sluice_connections_refused_total{protocol=\"http_flv\",reason=\"request_timeout\"}"
+        )
+        .await,
+        2.0
+    );
+
+    let mut huge = b"GET /live/big.flv HTTP/1.1\r\nHost: x\r\nx-pad: ".to_vec();
+    huge.resize(huge.len() + 9000, b'a');
+    huge.extend_from_slice(b"\r\n\r\n");
+    let (head, _) = request(addr, std::str::from_utf8(&huge).expect("ascii"), 0).await;
+    assert!(head.starts_with("http/1.1 431"), "{head}");
+
+    let (head, _) = request(addr, "\x16\x03\x01\x02\x00\x01\x00\r\n\r\n", 0).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    let (head, _) = request(addr, "DELETE /live/a.flv HTTP/1.1\r\n\r\n", 0).await;
+    assert!(head.starts_with("http/1.1 405"), "{head}");
+    for reason in ["head_too_large", "bad_request"] {
+        assert_eq!(
+            node.metric(&format!(
+                "sluice_connections_refused_total{{protocol=\"http_flv\",reason=\"{reason}\"}}"
+            ))
+            .await,
+            1.0,
+            "{reason}"
+        );
+    }
+    node.stop().await;
+}
+
+/// Connections over `http.max_connections` are answered 503 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_get_503() {
+    let node = Node::start(test_config("[http]\nmax_connections = 1\n")).await;
+    // Holds the only place (its head is never finished).
+    let mut first = TcpStream::connect(node.addrs.http).await.expect("connect");
+    first.write_all(b"GET /live/a.flv").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (head, _) = request(
+        node.addrs.http,
+        "GET /live/a.flv HTTP/1.1\r\nHost: x\r\n\r\n",
+        0,
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert_eq!(
+        node.metric(
+            "sluice_connections_refused_total{protocol=\"http_flv\",reason=\"max_connections\"}"
+        )
+        .await,
+        1.0
+    );
+    drop(first);
+    node.stop().await;
+}
+
+/// A viewer whose socket takes nothing is closed after `rtmp.idle_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_reads_nothing_is_closed() {
+    let node = Node::start(test_config(
+        "[rtmp]\nidle_timeout_ms = 1000\n[schedule.apps.live]\nsend_buffer_bytes = 8192\n",
+    ))
+    .await;
+    let (tags, metadata) = fixture_media(H264_AAC);
+    let publishing = spawn_paced_publisher(
+        node.rtmp_url("live/stuck"),
+        metadata,
+        tags,
+        Duration::from_millis(10),
+        100,
+    );
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut socket = socket.connect(node.addrs.http).await.expect("connect");
+    socket
+        .write_all(b"GET /live/stuck.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let stalled = eventually(DEADLINE, || async {
+        node.metric(
+            "sluice_connections_closed_total{protocol=\"http_flv\",reason=\"write_stalled\"}",
+        )
+        .await
+            == 1.0
+    })
+    .await;
+    assert!(stalled, "{}", node.metrics().await);
+    assert!(common::rtmp::closed_within(&mut socket, DEADLINE).await);
+    publishing.abort();
+    node.stop().await;
+}
+
+/// When each (type, timestamp) was sent.
+type SendTimes = Arc<Mutex<HashMap<(u8, u32), Instant>>>;
+
+/// Publishes the fixture in real time (each tag at its timestamp), looping for `duration`.
+fn real_time_publisher(
+    url_text: String,
+    duration: Duration,
+) -> (SendTimes, tokio::task::JoinHandle<()>) {
+    let sent: SendTimes = Arc::default();
+    let record = sent.clone();
+    let task = tokio::spawn(async move {
+        let (tags, metadata) = fixture_media(H264_AAC);
+        let mut publisher = Client::publish(&url(&url_text), DEADLINE)
+            .await
+            .expect("publish");
+        publisher.send_metadata(metadata).await.expect("metadata");
+        let span = tags.last().map_or(0, |t| t.timestamp) + 40;
+        let start = Instant::now();
+        for pass in 0.. {
+            for tag in &tags {
+                if pass > 0 && is_sequence_header(tag) {
+                    continue;
+                }
+                let ts = tag.timestamp + pass * span;
+                let due = start + Duration::from_millis(u64::from(ts));
+                if due > start + duration {
+                    return;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                record
+                    .lock()
+                    .expect("lock")
+                    .insert((tag.type_id, ts), Instant::now());
+                publisher
+                    .send_media(tag.type_id, ts, tag.payload.clone())
+                    .await
+                    .expect("send");
+            }
+        }
+    });
+    (sent, task)
+}
+
+/// A tag an HTTP-FLV player decoded, when, and how many bytes it had read by then.
+struct Received {
+    tag: Tag,
+    at: Instant,
+    bytes_before: usize,
+}
+
+/// How a test player reads.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Reads normally, pauses from `at` for `pause`, then reads as fast as it can.
+    PauseAt { at: Duration, pause: Duration },
+    /// Reads `bytes_per_sec` at most, in small pieces.
+    Rate { bytes_per_sec: usize },
+}
+
+const BUDGET_MS: u64 = 800;
+const FRAME_INTERVAL: Duration = Duration::from_millis(40);
+/// Measurement slack: publisher, server and players share one process and two threads.
+const SLACK: Duration = Duration::from_millis(250);
+/// The server's send buffer (the kernel doubles what is set) and the player's receive buffer.
+const SERVER_SNDBUF: usize = 8 * 1024;
+const PLAYER_RCVBUF: u32 = 4 * 1024;
+/// What the kernel can hold between the two, with some slack.
+const IN_FLIGHT: usize = 2 * SERVER_SNDBUF + 2 * PLAYER_RCVBUF as usize + 8 * 1024;
+
+/// An HTTP/1.1 player of `live/sched` on a socket with a small receive buffer, reading as
+/// `pace` says, for `total`; returns what it decoded and when it resumed after a pause.
+async fn flv_player(
+    addr: std::net::SocketAddr,
+    pace: Pace,
+    total: Duration,
+) -> (Vec<Received>, Instant) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(PLAYER_RCVBUF).expect("rcvbuf");
+    let mut socket = socket.connect(addr).await.expect("connect");
+    socket
+        .write_all(b"GET /live/sched.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let started = Instant::now();
+    let mut resumed = started;
+    let mut head = Vec::new();
+    let mut chunks = Dechunker::default();
+    let mut demuxer = Demuxer::new();
+    let mut got = Vec::new();
+    let mut read_total = 0usize;
+    let mut buf = vec![0u8; 1024];
+    while started.elapsed() < total {
+        match pace {
+            Pace::PauseAt { at, pause } if started.elapsed() >= at && resumed == started => {
+                tokio::time::sleep(pause).await;
+                resumed = Instant::now();
+            }
+            Pace::Rate { bytes_per_sec } => {
+                let allowed = started.elapsed().as_secs_f64() * bytes_per_sec as f64;
+                if read_total as f64 > allowed {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        let n = match tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await
+        {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => panic!("read: {e}"),
+            Err(_) => continue,
+        };
+        read_total += n;
+        let mut data = &buf[..n];
+        if find(&head, b"\r\n\r\n").is_none() {
+            head.extend_from_slice(data);
+            let Some(end) = find(&head, b"\r\n\r\n") else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+            assert!(text.starts_with("http/1.1 200"), "{text}");
+            let body_start = end + 4 - (head.len() - n);
+            data = &buf[body_start..n];
+        }
+        demuxer.push(&chunks.push(data));
+        let now = Instant::now();
+        while let Some((header, payload)) = demuxer.next_tag().expect("valid FLV") {
+            got.push(Received {
+                tag: Tag {
+                    type_id: header.tag_type,
+                    timestamp: header.timestamp,
+                    payload,
+                },
+                at: now,
+                bytes_before: read_total,
+            });
+        }
+    }
+    (got, resumed)
+}
+
+/// The age of a received frame, or None for frames the test did not send (headers).
+fn age(sent: &SendTimes, r: &Received) -> Option<Duration> {
+    let sent = sent.lock().expect("lock");
+    sent.get(&(r.tag.type_id, r.tag.timestamp))
+        .map(|t| r.at.saturating_duration_since(*t))
+}
+
+/// Video frames that follow a gap in the timeline must be keyframes: a viewer is moved
+/// forward only to where it can decode.
+fn assert_resumes_at_keyframes(got: &[Received]) {
+    let video: Vec<&Tag> = got
+        .iter()
+        .map(|r| &r.tag)
+        .filter(|t| t.type_id == TAG_VIDEO && t.payload.get(1) == Some(&1))
+        .collect();
+    let mut gaps = 0;
+    for pair in video.windows(2) {
+        let gap = pair[1].timestamp.wrapping_sub(pair[0].timestamp);
+        if u64::from(gap) > 2 * FRAME_INTERVAL.as_millis() as u64 {
+            gaps += 1;
+            assert!(
+                is_video_keyframe(pair[1]),
+                "after a gap of {gap} ms came a non-keyframe at {}",
+                pair[1].timestamp
+            );
+        }
+    }
+    assert!(gaps > 0, "the viewer was never moved forward");
+}
+
+/// The latency budget holds for HTTP-FLV viewers as for RTMP ones (see scheduling.rs): a
+/// viewer that stops reading for 10 s and one that reads at half the stream's bitrate get
+/// only frames within `max_latency_ms` (plus what the kernel's buffers held), because the
+/// server hands the kernel only what the socket takes and gives the rest back to the ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_http_flv_viewers_stay_within_the_latency_budget() {
+    let node = Node::start(test_config(&format!(
+        "[streams]\ngop_cache_gops = 30\n[schedule.apps.live]\nmax_latency_ms = {BUDGET_MS}\n\
+         drop_disposable_after_ms = 200\ndrop_inter_after_ms = 500\n\
+         send_buffer_bytes = {SERVER_SNDBUF}\n"
+    )))
+    .await;
+    let (sent, publishing) =
+        real_time_publisher(node.rtmp_url("live/sched"), Duration::from_secs(16));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fixture_bytes: usize = fixture_media(H264_AAC)
+        .0
+        .iter()
+        .map(|t| t.payload.len())
+        .sum();
+    let half_rate = fixture_bytes / 2 / 2; // the fixture lasts 2 s
+    let paused = flv_player(
+        node.addrs.http,
+        Pace::PauseAt {
+            at: Duration::from_secs(2),
+            pause: Duration::from_secs(10),
+        },
+        Duration::from_secs(14),
+    );
+    let slow = flv_player(
+        node.addrs.http,
+        Pace::Rate {
+            bytes_per_sec: half_rate,
+        },
+        Duration::from_secs(12),
+    );
+    let ((paused_got, resumed), (slow_got, _)) = tokio::join!(paused, slow);
+    publishing.await.expect("publisher");
+
+    let budget = Duration::from_millis(BUDGET_MS);
+    let after: Vec<&Received> = paused_got.iter().filter(|r| r.at >= resumed).collect();
+    let first_byte = after.first().map_or(0, |r| r.bytes_before);
+    let fresh: Vec<&&Received> = after
+        .iter()
+        .filter(|r| r.bytes_before > first_byte + IN_FLIGHT)
+        .collect();
+    assert!(
+        fresh.len() > 20,
+        "the paused viewer received {} frames after resuming",
+        fresh.len()
+    );
+    for r in &fresh {
+        if let Some(age) = age(&sent, r) {
+            assert!(
+                age <= budget + FRAME_INTERVAL + SLACK,
+                "paused viewer got frame {} aged {age:?}",
+                r.tag.timestamp
+            );
+        }
+    }
+    assert_resumes_at_keyframes(&paused_got);
+
+    assert!(
+        slow_got.len() > 50,
+        "the slow viewer received {}",
+        slow_got.len()
+    );
+    for r in slow_got.iter().skip_while(|r| r.bytes_before < IN_FLIGHT) {
+        if let Some(age) = age(&sent, r) {
+            let drain = Duration::from_secs_f64(
+                (IN_FLIGHT + r.tag.payload.len()) as f64 / half_rate as f64,
+            );
+            assert!(
+                age <= budget + FRAME_INTERVAL + SLACK + drain,
+                "slow viewer got frame {} aged {age:?} (drain allowance {drain:?})",
+                r.tag.timestamp
+            );
+        }
+    }
+    assert_resumes_at_keyframes(&slow_got);
+    assert!(
+        node.metric("sluice_viewer_skips_total{reason=\"latency\"}")
+            .await
+            >= 1.0
     );
     node.stop().await;
 }
