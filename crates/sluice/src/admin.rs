@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text), `/api/streams` (JSON), `/healthz`.
+//! The admin listener: `/metrics` (Prometheus text), `/api/streams`, `/api/pulls` and
+//! `/api/upstreams` (JSON), `/healthz`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,15 +10,31 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Serialize;
+use sluice_cluster::PullManager;
 use sluice_proto::Context;
 
 /// The admin router.
-pub fn router(ctx: Arc<Context>) -> Router {
+pub fn router(ctx: Arc<Context>, pulls: PullManager) -> Router {
+    let pull_routes = Router::new()
+        .route(
+            "/api/pulls",
+            get(|State(p): State<PullManager>| async move {
+                axum::Json(serde_json::json!({ "pulls": p.pulls() }))
+            }),
+        )
+        .route(
+            "/api/upstreams",
+            get(|State(p): State<PullManager>| async move {
+                axum::Json(serde_json::json!({ "upstreams": p.upstreams() }))
+            }),
+        )
+        .with_state(pulls);
     Router::new()
         .route("/metrics", get(metrics))
         .route("/api/streams", get(streams))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(ctx)
+        .merge(pull_routes)
 }
 
 async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {

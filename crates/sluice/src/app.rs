@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt;
+use sluice_cluster::PullManager;
+use sluice_cluster::quic::QuicRelay;
 use sluice_core::Config;
+use sluice_core::cluster::Transport;
 use sluice_proto::Context;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -20,6 +22,9 @@ pub struct App {
     rtmp: TcpListener,
     http: TcpListener,
     admin: TcpListener,
+    /// The QUIC relay endpoint, when this node listens on one or pulls over one.
+    quic: Option<Arc<QuicRelay>>,
+    pulls: PullManager,
     /// Where config reloads come from; `None` never reloads.
     reload: Option<reload::Source>,
 }
@@ -33,6 +38,8 @@ pub struct Addrs {
     pub http: SocketAddr,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// QUIC relay (UDP), if any.
+    pub quic: Option<SocketAddr>,
 }
 
 /// Accept queue length asked of the kernel (it caps it at `net.core.somaxconn`): a crowd of
@@ -60,11 +67,27 @@ impl App {
         let rtmp = bind(config.rtmp.listen, "RTMP")?;
         let http = bind(config.http.listen, "HTTP")?;
         let admin = bind(config.admin.listen, "admin")?;
+        let pulls_over_quic = config.cluster.apps.keys().any(|app| {
+            config
+                .cluster
+                .upstreams(app)
+                .is_some_and(|list| list.iter().any(|u| u.transport == Transport::Quic))
+        });
+        let quic = if config.cluster.quic_listen().is_some() || pulls_over_quic {
+            Some(QuicRelay::new(&config.cluster).context("starting the QUIC relay")?)
+        } else {
+            None
+        };
+        let ctx = Context::new(config);
+        // Installed whatever the role, so a reload that adds upstreams takes effect.
+        let pulls = PullManager::install(&ctx, quic.clone());
         Ok(App {
-            ctx: Context::new(config),
+            ctx,
             rtmp,
             http,
             admin,
+            quic,
+            pulls,
             reload: None,
         })
     }
@@ -85,6 +108,11 @@ impl App {
             rtmp: addr(&self.rtmp),
             http: addr(&self.http),
             admin: addr(&self.admin),
+            quic: self
+                .quic
+                .as_ref()
+                .filter(|_| self.ctx.config.load().cluster.quic_listen().is_some())
+                .and_then(|q| q.local_addr().ok()),
         }
     }
 
@@ -101,6 +129,8 @@ impl App {
             rtmp,
             http,
             admin,
+            quic,
+            pulls,
             reload,
         } = self;
         // Before the listening line: once it is logged, SIGHUP must already be handled (its
@@ -108,20 +138,19 @@ impl App {
         if let Some(source) = reload {
             reload::spawn(&ctx, source);
         }
-        info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, admin = %admin.local_addr()?, "sluice listening");
+        let quic_addr = match &quic {
+            Some(relay) if ctx.config.load().cluster.quic_listen().is_some() => {
+                Some(relay.local_addr()?)
+            }
+            _ => None,
+        };
+        info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, admin = %admin.local_addr()?, quic = ?quic_addr, role = ?ctx.config.load().cluster.role, node = %ctx.config.load().cluster.node_id(), "sluice listening");
+        let quic_task = quic.map(|relay| tokio::spawn(relay.serve(ctx.clone())));
         let rtmp_task = tokio::spawn(sluice_proto::rtmp::serve(rtmp, ctx.clone()));
-        // HTTP viewers' sockets get the default schedule's options at accept: the
-        // application is not known before the request is read.
-        let tune_ctx = ctx.clone();
-        let http = http.tap_io(move |tcp| sluice_proto::flv::tune_viewer_socket(&tune_ctx, tcp));
-        let http_task = tokio::spawn(serve_http(
-            http,
-            sluice_proto::flv::router(ctx.clone()),
-            ctx.clone(),
-        ));
+        let http_task = tokio::spawn(sluice_proto::flv::serve(http, ctx.clone()));
         let admin_task = tokio::spawn(serve_http(
             admin,
-            crate::admin::router(ctx.clone()),
+            crate::admin::router(ctx.clone(), pulls),
             ctx.clone(),
         ));
 
@@ -142,13 +171,15 @@ impl App {
             );
         }
         admin_task.abort();
+        if let Some(task) = quic_task {
+            task.abort();
+        }
         info!("stopped");
         Ok(())
     }
 }
 
-/// Serves an axum router until shutdown; open responses (HTTP-FLV bodies) end on the same
-/// token, so the graceful shutdown completes.
+/// Serves an axum router (the admin API) until shutdown.
 async fn serve_http<L>(listener: L, router: axum::Router, ctx: Arc<Context>)
 where
     L: axum::serve::Listener,

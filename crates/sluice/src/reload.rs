@@ -31,6 +31,7 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use sluice_core::Config;
+use sluice_core::config::ConfigError;
 use sluice_proto::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
@@ -65,10 +66,13 @@ pub struct Plan {
 }
 
 /// Decides what a reload from `running` to `loaded` applies and what it leaves for a restart.
-pub fn plan(running: &Config, mut loaded: Config) -> Plan {
+/// Refused when the kept values and the new ones do not work together (an upstream that is
+/// the kept listener, say).
+pub fn plan(running: &Config, mut loaded: Config) -> Result<Plan, ConfigError> {
     let mut needs_restart = Vec::new();
-    // Each key read once at startup: app.rs binds the listeners, rtmp.rs and flv.rs size
-    // their connection semaphores, cli.rs installs the log subscriber.
+    // Each key read once at startup: app.rs binds the listeners and the QUIC relay (with its
+    // TLS files), rtmp.rs and flv.rs size their connection semaphores, cli.rs installs the
+    // log subscriber.
     macro_rules! fixed {
         ($($section:ident . $key:ident),* $(,)?) => {$(
             if loaded.$section.$key != running.$section.$key {
@@ -85,13 +89,20 @@ pub fn plan(running: &Config, mut loaded: Config) -> Plan {
         admin.listen,
         log.level,
         log.format,
+        cluster.quic_listen,
+        cluster.tls_cert,
+        cluster.tls_key,
+        cluster.tls_ca,
+        cluster.tls_server_name,
     );
+    // Derived settings follow the kept values (the default node id names the RTMP port).
+    loaded.validate()?;
     let changed = changed_keys(running, &loaded);
-    Plan {
+    Ok(Plan {
         config: loaded,
         changed,
         needs_restart,
-    }
+    })
 }
 
 /// Keys that differ between two configs, compared as TOML tables down to three levels.
@@ -304,7 +315,19 @@ impl Reloader {
                 return;
             }
         };
-        let plan = plan(&self.ctx.config.load(), loaded);
+        let plan = match plan(&self.ctx.config.load(), loaded) {
+            Ok(plan) => plan,
+            Err(error) => {
+                self.count("invalid");
+                error!(
+                    file,
+                    trigger = trigger.label(),
+                    %error,
+                    "config reload refused; the running config stays"
+                );
+                return;
+            }
+        };
         if !plan.needs_restart.is_empty() {
             warn!(
                 file,
@@ -391,7 +414,7 @@ mod tests {
              [schedule.default]\nmax_latency_ms = 900\n\
              [schedule.apps.live]\nmerge_write_ms = 100\n",
         );
-        let plan = plan(&running, loaded.clone());
+        let plan = plan(&running, loaded.clone()).unwrap();
         assert_eq!(
             plan.changed,
             [
@@ -418,7 +441,7 @@ mod tests {
              [admin]\nlisten = \"127.0.0.1:1\"\n\
              [log]\nlevel = \"debug\"\nformat = \"json\"\n",
         );
-        let plan = plan(&running, loaded);
+        let plan = plan(&running, loaded).unwrap();
         assert_eq!(
             plan.needs_restart,
             [
@@ -438,9 +461,22 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_that_only_works_with_the_new_listener_is_refused() {
+        // The kept listener (1935) is what the new upstream names: a pull loop, once the
+        // restart-only key keeps its running value.
+        let running = load("");
+        let loaded = load(
+            "[rtmp]\nlisten = \"127.0.0.1:1999\"\n\
+             [cluster.apps.live]\nupstreams = [\"rtmp://127.0.0.1:1935/live\"]\n",
+        );
+        let error = plan(&running, loaded).unwrap_err();
+        assert!(error.to_string().contains("pull loop"), "{error}");
+    }
+
+    #[test]
     fn an_identical_file_changes_nothing() {
         let running = load("[streams]\napps = [\"live\"]\n");
-        let plan = plan(&running, running.clone());
+        let plan = plan(&running, running.clone()).unwrap();
         assert!(plan.changed.is_empty() && plan.needs_restart.is_empty());
     }
 
