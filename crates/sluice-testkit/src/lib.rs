@@ -6,12 +6,15 @@
 //! * [`probe`] runs ffprobe on a file or URL under a hard deadline and parses what it saw.
 //! * [`process`] wraps child processes so that they are killed when the test ends, whatever
 //!   way it ends, and keeps the tail of their stderr for error messages.
+//! * [`nginx`] runs nginx-rtmp (Debian's nginx with libnginx-mod-rtmp) as a third-party RTMP
+//!   server, installed when missing like the tools.
 //! * [`fixture`] resolves the checked-in media in `<workspace>/fixtures/` (see its README for
 //!   codecs and exact frame counts; `fixtures/make.sh` regenerates them).
 //!
 //! Nothing here may hang a test: every external process runs with a deadline and is killed by
 //! PID when it passes.
 
+pub mod nginx;
 pub mod probe;
 pub mod process;
 pub mod tools;

@@ -152,14 +152,14 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn require_root(what: &str) {
+pub(crate) fn require_root(what: &str) {
     assert!(
         is_root(),
         "sluice-testkit: {what}; not running as root, so not installing it myself"
     );
 }
 
-fn apt_install(packages: &[&str]) {
+pub(crate) fn apt_install(packages: &[&str]) {
     let apt = |args: &[&str]| {
         eprintln!("sluice-testkit: apt-get {}", args.join(" "));
         let status = Command::new("apt-get")
@@ -181,7 +181,7 @@ fn apt_install(packages: &[&str]) {
 }
 
 /// Runs `f` holding the exclusive cross-process install lock.
-fn with_install_lock(f: impl FnOnce()) {
+pub(crate) fn with_install_lock(f: impl FnOnce()) {
     let file = File::options()
         .create(true)
         .truncate(false)
