@@ -42,6 +42,18 @@ struct Entry {
     up: Option<bool>,
 }
 
+impl Entry {
+    /// Answering again: the failure streak and any backoff end.
+    fn mark_up(&mut self, now: Instant) {
+        if self.up != Some(true) {
+            self.last_change = Some(now);
+        }
+        self.up = Some(true);
+        self.consecutive_failures = 0;
+        self.backoff_until = None;
+    }
+}
+
 /// The health table.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -76,14 +88,9 @@ impl Health {
     pub fn success(&self, url: &Arc<str>, connect: Duration, now: Instant) {
         let mut entries = self.entries.lock();
         let e = entries.entry(url.clone()).or_default();
-        if e.up != Some(true) {
-            e.last_change = Some(now);
-        }
-        e.up = Some(true);
-        e.consecutive_failures = 0;
+        e.mark_up(now);
         e.successes += 1;
         e.last_connect = Some(connect);
-        e.backoff_until = None;
     }
 
     /// Records a failure of `url` (unreachable, silent, broken) and backs it off;
@@ -113,14 +120,11 @@ impl Health {
 
     /// Records that `url` answered but lacks a stream: it is healthy, so no backoff.
     pub fn reachable(&self, url: &Arc<str>, now: Instant) {
-        let mut entries = self.entries.lock();
-        let e = entries.entry(url.clone()).or_default();
-        if e.up != Some(true) {
-            e.last_change = Some(now);
-        }
-        e.up = Some(true);
-        e.consecutive_failures = 0;
-        e.backoff_until = None;
+        self.entries
+            .lock()
+            .entry(url.clone())
+            .or_default()
+            .mark_up(now);
     }
 
     /// `candidates` in the order to try them: the configured (or rendezvous) order, with

@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 use crate::Context;
 use crate::io::write_units_until_full;
@@ -73,19 +73,7 @@ const SINK: usize = 256;
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     let limit = Arc::new(Semaphore::new(ctx.config.load().http.max_connections));
     let refusals = Arc::new(Semaphore::new(REFUSALS));
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (socket, peer) = match accepted {
-            Ok(a) => a,
-            Err(error) => {
-                warn!(%error, "http accept failed");
-                sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::accept::until_shutdown(&listener, &ctx, proto::HTTP_FLV, |socket, peer| {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             ctx.metrics.refused(proto::HTTP_FLV, "max_connections");
             // Bounded: a flood beyond the limit is closed unanswered.
@@ -98,7 +86,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
                     drop(refusal);
                 });
             }
-            continue;
+            return;
         };
         let conn = ctx.next_conn_id();
         let span = info_span!("http", conn, %peer);
@@ -110,7 +98,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
             }
             .instrument(span),
         );
-    }
+    })
+    .await;
 }
 
 /// Why a viewer's connection ended (the `reason` label of `connections_closed`).

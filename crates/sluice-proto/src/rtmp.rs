@@ -65,23 +65,11 @@ pub fn frame_message(frame: &Frame, stream_id: u32) -> Message {
 /// refused at accept; accept errors back off briefly instead of spinning.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     let limit = Arc::new(Semaphore::new(ctx.config.load().rtmp.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (socket, peer) = match accepted {
-            Ok(a) => a,
-            Err(error) => {
-                warn!(%error, "rtmp accept failed");
-                sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::accept::until_shutdown(&listener, &ctx, proto::RTMP, |socket, peer| {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             ctx.metrics.refused(proto::RTMP, "max_connections");
             drop(socket);
-            continue;
+            return;
         };
         ctx.metrics
             .connections
@@ -99,7 +87,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
             }
             .instrument(span),
         );
-    }
+    })
+    .await;
 }
 
 /// Why a connection ended (the `reason` label of `connections_closed`).

@@ -5,16 +5,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::budget::{self, PLAYER_RCVBUF, Pace, Received};
 use common::rtmp::{
-    DEADLINE, Tag, fixture_media, is_sequence_header, is_video_keyframe, spawn_paced_publisher, url,
+    DEADLINE, Tag, fixture_media, is_sequence_header, is_video_keyframe, spawn_paced_publisher,
 };
 use common::{Node, eventually, test_config};
 use sluice_media::flv::{Demuxer, TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO};
-use sluice_proto::client::Client;
 use sluice_testkit::fixtures::H264_AAC;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -432,75 +430,6 @@ async fn a_viewer_that_reads_nothing_is_closed() {
     node.stop().await;
 }
 
-/// When each (type, timestamp) was sent.
-type SendTimes = Arc<Mutex<HashMap<(u8, u32), Instant>>>;
-
-/// Publishes the fixture in real time (each tag at its timestamp), looping for `duration`.
-fn real_time_publisher(
-    url_text: String,
-    duration: Duration,
-) -> (SendTimes, tokio::task::JoinHandle<()>) {
-    let sent: SendTimes = Arc::default();
-    let record = sent.clone();
-    let task = tokio::spawn(async move {
-        let (tags, metadata) = fixture_media(H264_AAC);
-        let mut publisher = Client::publish(&url(&url_text), DEADLINE)
-            .await
-            .expect("publish");
-        publisher.send_metadata(metadata).await.expect("metadata");
-        let span = tags.last().map_or(0, |t| t.timestamp) + 40;
-        let start = Instant::now();
-        for pass in 0.. {
-            for tag in &tags {
-                if pass > 0 && is_sequence_header(tag) {
-                    continue;
-                }
-                let ts = tag.timestamp + pass * span;
-                let due = start + Duration::from_millis(u64::from(ts));
-                if due > start + duration {
-                    return;
-                }
-                tokio::time::sleep_until(due.into()).await;
-                record
-                    .lock()
-                    .expect("lock")
-                    .insert((tag.type_id, ts), Instant::now());
-                publisher
-                    .send_media(tag.type_id, ts, tag.payload.clone())
-                    .await
-                    .expect("send");
-            }
-        }
-    });
-    (sent, task)
-}
-
-/// A tag an HTTP-FLV player decoded, when, and how many bytes it had read by then.
-struct Received {
-    tag: Tag,
-    at: Instant,
-    bytes_before: usize,
-}
-
-/// How a test player reads.
-#[derive(Clone, Copy)]
-enum Pace {
-    /// Reads normally, pauses from `at` for `pause`, then reads as fast as it can.
-    PauseAt { at: Duration, pause: Duration },
-    /// Reads `bytes_per_sec` at most, in small pieces.
-    Rate { bytes_per_sec: usize },
-}
-
-const BUDGET_MS: u64 = 800;
-const FRAME_INTERVAL: Duration = Duration::from_millis(40);
-/// Measurement slack: publisher, server and players share one process and two threads.
-const SLACK: Duration = Duration::from_millis(250);
-/// The server's send buffer (the kernel doubles what is set) and the player's receive buffer.
-const SERVER_SNDBUF: usize = 8 * 1024;
-const PLAYER_RCVBUF: u32 = 4 * 1024;
-/// What the kernel can hold between the two, with some slack.
-const IN_FLIGHT: usize = 2 * SERVER_SNDBUF + 2 * PLAYER_RCVBUF as usize + 8 * 1024;
-
 /// An HTTP/1.1 player of `live/sched` on a socket with a small receive buffer, reading as
 /// `pace` says, for `total`; returns what it decoded and when it resumed after a pause.
 async fn flv_player(
@@ -524,19 +453,8 @@ async fn flv_player(
     let mut read_total = 0usize;
     let mut buf = vec![0u8; 1024];
     while started.elapsed() < total {
-        match pace {
-            Pace::PauseAt { at, pause } if started.elapsed() >= at && resumed == started => {
-                tokio::time::sleep(pause).await;
-                resumed = Instant::now();
-            }
-            Pace::Rate { bytes_per_sec } => {
-                let allowed = started.elapsed().as_secs_f64() * bytes_per_sec as f64;
-                if read_total as f64 > allowed {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-            }
-            _ => {}
+        if !pace.may_read(started, &mut resumed, read_total).await {
+            continue;
         }
         let n = match tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await
         {
@@ -574,57 +492,17 @@ async fn flv_player(
     (got, resumed)
 }
 
-/// The age of a received frame, or None for frames the test did not send (headers).
-fn age(sent: &SendTimes, r: &Received) -> Option<Duration> {
-    let sent = sent.lock().expect("lock");
-    sent.get(&(r.tag.type_id, r.tag.timestamp))
-        .map(|t| r.at.saturating_duration_since(*t))
-}
-
-/// Video frames that follow a gap in the timeline must be keyframes: a viewer is moved
-/// forward only to where it can decode.
-fn assert_resumes_at_keyframes(got: &[Received]) {
-    let video: Vec<&Tag> = got
-        .iter()
-        .map(|r| &r.tag)
-        .filter(|t| t.type_id == TAG_VIDEO && t.payload.get(1) == Some(&1))
-        .collect();
-    let mut gaps = 0;
-    for pair in video.windows(2) {
-        let gap = pair[1].timestamp.wrapping_sub(pair[0].timestamp);
-        if u64::from(gap) > 2 * FRAME_INTERVAL.as_millis() as u64 {
-            gaps += 1;
-            assert!(
-                is_video_keyframe(pair[1]),
-                "after a gap of {gap} ms came a non-keyframe at {}",
-                pair[1].timestamp
-            );
-        }
-    }
-    assert!(gaps > 0, "the viewer was never moved forward");
-}
-
 /// The latency budget holds for HTTP-FLV viewers as for RTMP ones (see scheduling.rs): a
 /// viewer that stops reading for 10 s and one that reads at half the stream's bitrate get
 /// only frames within `max_latency_ms` (plus what the kernel's buffers held), because the
 /// server hands the kernel only what the socket takes and gives the rest back to the ring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_http_flv_viewers_stay_within_the_latency_budget() {
-    let node = Node::start(test_config(&format!(
-        "[streams]\ngop_cache_gops = 30\n[schedule.apps.live]\nmax_latency_ms = {BUDGET_MS}\n\
-         drop_disposable_after_ms = 200\ndrop_inter_after_ms = 500\n\
-         send_buffer_bytes = {SERVER_SNDBUF}\n"
-    )))
-    .await;
+    let node = Node::start(budget::config()).await;
     let (sent, publishing) =
-        real_time_publisher(node.rtmp_url("live/sched"), Duration::from_secs(16));
+        budget::real_time_publisher(node.rtmp_url("live/sched"), Duration::from_secs(16));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let fixture_bytes: usize = fixture_media(H264_AAC)
-        .0
-        .iter()
-        .map(|t| t.payload.len())
-        .sum();
-    let half_rate = fixture_bytes / 2 / 2; // the fixture lasts 2 s
+    let half_rate = budget::half_rate();
     let paused = flv_player(
         node.addrs.http,
         Pace::PauseAt {
@@ -643,47 +521,7 @@ async fn slow_http_flv_viewers_stay_within_the_latency_budget() {
     let ((paused_got, resumed), (slow_got, _)) = tokio::join!(paused, slow);
     publishing.await.expect("publisher");
 
-    let budget = Duration::from_millis(BUDGET_MS);
-    let after: Vec<&Received> = paused_got.iter().filter(|r| r.at >= resumed).collect();
-    let first_byte = after.first().map_or(0, |r| r.bytes_before);
-    let fresh: Vec<&&Received> = after
-        .iter()
-        .filter(|r| r.bytes_before > first_byte + IN_FLIGHT)
-        .collect();
-    assert!(
-        fresh.len() > 20,
-        "the paused viewer received {} frames after resuming",
-        fresh.len()
-    );
-    for r in &fresh {
-        if let Some(age) = age(&sent, r) {
-            assert!(
-                age <= budget + FRAME_INTERVAL + SLACK,
-                "paused viewer got frame {} aged {age:?}",
-                r.tag.timestamp
-            );
-        }
-    }
-    assert_resumes_at_keyframes(&paused_got);
-
-    assert!(
-        slow_got.len() > 50,
-        "the slow viewer received {}",
-        slow_got.len()
-    );
-    for r in slow_got.iter().skip_while(|r| r.bytes_before < IN_FLIGHT) {
-        if let Some(age) = age(&sent, r) {
-            let drain = Duration::from_secs_f64(
-                (IN_FLIGHT + r.tag.payload.len()) as f64 / half_rate as f64,
-            );
-            assert!(
-                age <= budget + FRAME_INTERVAL + SLACK + drain,
-                "slow viewer got frame {} aged {age:?} (drain allowance {drain:?})",
-                r.tag.timestamp
-            );
-        }
-    }
-    assert_resumes_at_keyframes(&slow_got);
+    budget::assert_within_budget(&sent, (&paused_got, resumed), &slow_got);
     assert!(
         node.metric("sluice_viewer_skips_total{reason=\"latency\"}")
             .await

@@ -1,6 +1,7 @@
 //! A Sluice node in-process on loopback port 0, and small clients for the tests.
 #![allow(dead_code)]
 
+pub mod budget;
 pub mod cluster;
 pub mod rtmp;
 
