@@ -21,8 +21,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    Recorder, Sluice, Spec, Transport, WAIT, check_continuity, expect_not_found,
-    fixture_video_index, is_avc_config, is_keyframe, logged, sluice_once,
+    Recorder, Seen, Sluice, Spec, Transport, WAIT, check_continuity, expect_not_found,
+    first_video_since, fixture_video_index, is_avc_config, is_keyframe, logged, sluice_once,
 };
 use sluice_proto::client::{Client, RtmpUrl};
 use sluice_rtmp::client::ClientEvent;
@@ -101,6 +101,31 @@ async fn start_recorders(url: &str, n: usize) -> Vec<Recorder> {
         viewers.push(Recorder::start(url).await);
     }
     viewers
+}
+
+/// Stops the viewers and checks each recording from `since` on (`check_continuity`: never
+/// closed, timestamps steady, every jump onto a keyframe); returns the recordings.
+async fn assert_continuous(
+    viewers: Vec<Recorder>,
+    since: Instant,
+    edge: &Sluice,
+) -> Vec<Vec<Seen>> {
+    let index = fixture_video_index(fixtures::H264_AAC);
+    let mut all = Vec::new();
+    for (n, v) in viewers.into_iter().enumerate() {
+        let seen = v.stop().await;
+        if let Err(e) = check_continuity(
+            &format!("viewer {n}"),
+            &seen,
+            (&index.0, index.1),
+            since,
+            true,
+        ) {
+            panic!("{e}\nedge log:\n{}", edge.log());
+        }
+        all.push(seen);
+    }
+    all
 }
 
 // --- 1. origin and edge ----------------------------------------------------------------------
@@ -361,20 +386,7 @@ async fn edge_fails_over_when_its_origin_dies(t: Transport) {
         v.wait_videos(30, killed).await;
     }
     assert!(edge.metric_sum("sluice_pull_switches_total").await >= 1.0);
-    let index = fixture_video_index(fixtures::H264_AAC);
-    for (n, v) in viewers.into_iter().enumerate() {
-        let seen = v.stop().await;
-        let checked = check_continuity(
-            &format!("viewer {n}"),
-            &seen,
-            (&index.0, index.1),
-            since,
-            true,
-        );
-        if let Err(e) = checked {
-            panic!("{e}\nedge log:\n{}", edge.log());
-        }
-    }
+    assert_continuous(viewers, since, &edge).await;
 }
 
 // --- 4. the broadcaster moves to another origin ---------------------------------------------
@@ -421,35 +433,17 @@ async fn edge_viewers_follow_the_broadcaster_to_another_origin(t: Transport) {
     }
     let pull = edge.pull("mv").await.expect("edge pulls the stream");
     assert_eq!(pull["upstream"], o2.upstream(t), "{pull}");
-    let index = fixture_video_index(fixtures::H264_AAC);
-    for (n, v) in viewers.into_iter().enumerate() {
-        let seen = v.stop().await;
-        let first = seen
-            .iter()
-            .find_map(|s| match s {
-                common::cluster::Seen::Media {
-                    type_id: 9,
-                    payload,
-                    at,
-                    ..
-                } if *at >= republished && !is_avc_config(payload) => Some(payload.clone()),
-                _ => None,
-            })
-            .expect("video after the broadcaster came back");
+    for (n, seen) in assert_continuous(viewers, since, &edge)
+        .await
+        .iter()
+        .enumerate()
+    {
+        let first =
+            first_video_since(seen, republished).expect("video after the broadcaster came back");
         assert!(
             is_keyframe(&first),
             "viewer {n}: the first frame from the new origin is not a keyframe"
         );
-        let checked = check_continuity(
-            &format!("viewer {n}"),
-            &seen,
-            (&index.0, index.1),
-            since,
-            true,
-        );
-        if let Err(e) = checked {
-            panic!("{e}\nedge log:\n{}", edge.log());
-        }
     }
 }
 
@@ -493,19 +487,7 @@ async fn an_origin_restarted_in_place_is_pulled_from_again(t: Transport) {
     for v in &viewers {
         v.wait_videos(30, republished).await;
     }
-    let index = fixture_video_index(fixtures::H264_AAC);
-    for (n, v) in viewers.into_iter().enumerate() {
-        let seen = v.stop().await;
-        if let Err(e) = check_continuity(
-            &format!("viewer {n}"),
-            &seen,
-            (&index.0, index.1),
-            since,
-            true,
-        ) {
-            panic!("{e}\nedge log:\n{}", edge.log());
-        }
-    }
+    assert_continuous(viewers, since, &edge).await;
 }
 
 // --- 5. a third-party origin ----------------------------------------------------------------

@@ -595,7 +595,7 @@ pub fn check_continuity(
     Ok(jumps)
 }
 
-/// The first video message received at or after `since`, if any.
+/// The first coded video frame (not a sequence header) received at or after `since`.
 pub fn first_video_since(seen: &[Seen], since: Instant) -> Option<Bytes> {
     seen.iter().find_map(|s| match s {
         Seen::Media {
@@ -603,7 +603,7 @@ pub fn first_video_since(seen: &[Seen], since: Instant) -> Option<Bytes> {
             payload,
             at,
             ..
-        } if *at >= since => Some(payload.clone()),
+        } if *at >= since && !is_avc_config(payload) => Some(payload.clone()),
         _ => None,
     })
 }
