@@ -109,6 +109,39 @@ impl Fixture {
     }
 }
 
+/// One tag of the looped schedule: when it is due after the start, and its timestamp.
+#[derive(Debug)]
+pub struct Due<'a> {
+    /// Offset from the publisher's start.
+    pub after: std::time::Duration,
+    /// The timestamp to send (the file's, plus one loop length per earlier loop).
+    pub ts: u32,
+    /// The tag.
+    pub tag: &'a Tag,
+}
+
+impl Fixture {
+    /// The tags in publishing order, looping for ever with increasing timestamps; sequence
+    /// headers only on the first loop (a publisher sends them once).
+    pub fn looped(&self) -> impl Iterator<Item = Due<'_>> {
+        (0u64..).flat_map(move |round| {
+            let offset = round * u64::from(self.loop_ms);
+            self.tags
+                .iter()
+                .filter(move |tag| {
+                    round == 0 || !matches!(tag.class, Class::VideoHeader | Class::AudioHeader)
+                })
+                .map(move |tag| Due {
+                    after: std::time::Duration::from_millis(
+                        offset + u64::from(tag.ts - self.first_ts),
+                    ),
+                    ts: (u64::from(tag.ts) + offset) as u32,
+                    tag,
+                })
+        })
+    }
+}
+
 /// Resolves `--fixture`: as given, else relative to the workspace root (so the default
 /// works from any directory of the checkout).
 pub fn resolve(path: &Path) -> PathBuf {
@@ -133,5 +166,21 @@ mod tests {
         assert_eq!(frames(|c| *c == Class::Video { key: true }), 2);
         // 2 s at 25 fps: the last video frame is at 23 + 49 * 40 ms; audio ends a bit later.
         assert!((2000..=2100).contains(&f.loop_ms), "{}", f.loop_ms);
+        // Looping: headers once, timestamps and due times increasing per kind.
+        let two_loops: Vec<_> = f.looped().take(2 * f.tags.len() - 2).collect();
+        let headers = two_loops
+            .iter()
+            .filter(|d| matches!(d.tag.class, Class::VideoHeader | Class::AudioHeader))
+            .count();
+        assert_eq!(headers, 2);
+        for kind in [TAG_VIDEO, TAG_AUDIO] {
+            let ts: Vec<_> = two_loops
+                .iter()
+                .filter(|d| d.tag.type_id == kind)
+                .map(|d| d.ts)
+                .collect();
+            assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+        }
+        assert!(two_loops.windows(2).all(|w| w[0].after <= w[1].after));
     }
 }

@@ -11,7 +11,7 @@ use sluice_proto::client::{Client, RtmpUrl};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::fixture::Fixture;
+use crate::fixture::{Due, Fixture};
 use crate::media::Class;
 use crate::state::{Clock, Shared};
 
@@ -38,50 +38,41 @@ pub async fn run(
     }
     let start = Instant::now();
     // Bounded by `give_up` (the run's end plus a margin) as well as by `stop`.
-    for round in 0u64.. {
-        let offset = round * u64::from(fixture.loop_ms);
-        for tag in &fixture.tags {
-            let header = matches!(tag.class, Class::VideoHeader | Class::AudioHeader);
-            if round > 0 && header {
-                continue;
-            }
-            let rel = offset + u64::from(tag.ts - fixture.first_ts);
-            let due = start + Duration::from_millis(rel);
-            if due > give_up {
+    for Due { after, ts, tag } in fixture.looped() {
+        let due = start + after;
+        if due > give_up {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = client.close().await;
                 return Ok(());
             }
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    let _ = client.close().await;
-                    return Ok(());
-                }
-                _ = sleep_until(due) => {}
-            }
-            let ts = (u64::from(tag.ts) + offset) as u32;
-            {
-                let at = (clock.now_ns(), Clock::real_ns());
-                let mut sh = sh.borrow_mut();
-                if sh.in_window {
-                    let lag = Instant::now().saturating_duration_since(due).as_micros() as u64;
-                    sh.publisher_lag_max_us = sh.publisher_lag_max_us.max(lag);
-                }
-                let size = tag.payload.len() as u32;
-                match tag.class {
-                    Class::Video { key } => {
-                        sh.video.push(ts, size, key, at);
-                        sh.keyframes_sent += u64::from(key);
-                    }
-                    Class::Audio => {
-                        sh.audio.push(ts, size, false, at);
-                    }
-                    _ => {}
-                }
-            }
-            client
-                .send_media(tag.type_id, ts, tag.payload.clone())
-                .await
-                .context("sending media")?;
+            _ = sleep_until(due) => {}
         }
+        {
+            let at = (clock.now_ns(), Clock::real_ns());
+            let mut sh = sh.borrow_mut();
+            if sh.in_window {
+                let lag = Instant::now().saturating_duration_since(due).as_micros() as u64;
+                sh.publisher_lag_max_us = sh.publisher_lag_max_us.max(lag);
+            }
+            let size = tag.payload.len() as u32;
+            match tag.class {
+                Class::Video { key } => {
+                    sh.video.push(ts, size, key, at);
+                    sh.keyframes_sent += u64::from(key);
+                }
+                Class::Audio => {
+                    sh.audio.push(ts, size, false, at);
+                }
+                _ => {}
+            }
+        }
+        client
+            .send_media(tag.type_id, ts, tag.payload.clone())
+            .await
+            .context("sending media")?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use sluice_proto::client::{Client, RtmpUrl};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::fixture::Fixture;
+use crate::fixture::{Due, Fixture};
 use crate::media::Class;
 
 /// Publishes until `stop` or `until`; `keyframes` counts the video keyframes written. An
@@ -36,33 +36,25 @@ pub async fn run(
     }
     let start = Instant::now();
     // Bounded by `until` as well as by `stop`.
-    for round in 0u64.. {
-        let offset = round * u64::from(fixture.loop_ms);
-        for tag in &fixture.tags {
-            let header = matches!(tag.class, Class::VideoHeader | Class::AudioHeader);
-            if round > 0 && header {
-                continue;
-            }
-            let due = start + Duration::from_millis(offset + u64::from(tag.ts - fixture.first_ts));
-            if due > until {
+    for Due { after, ts, tag } in fixture.looped() {
+        let due = start + after;
+        if due > until {
+            let _ = client.close().await;
+            return Ok(());
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {
                 let _ = client.close().await;
                 return Ok(());
             }
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    let _ = client.close().await;
-                    return Ok(());
-                }
-                _ = sleep_until(due) => {}
-            }
-            let ts = (u64::from(tag.ts) + offset) as u32;
-            client
-                .send_media(tag.type_id, ts, tag.payload.clone())
-                .await
-                .context("sending media")?;
-            if tag.class == (Class::Video { key: true }) {
-                keyframes.fetch_add(1, Ordering::Relaxed);
-            }
+            _ = sleep_until(due) => {}
+        }
+        client
+            .send_media(tag.type_id, ts, tag.payload.clone())
+            .await
+            .context("sending media")?;
+        if tag.class == (Class::Video { key: true }) {
+            keyframes.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(())
