@@ -736,6 +736,7 @@ impl Viewer<'_> {
                     // skipped if it grew too old) once it drains.
                     self.cursor.unread(&frames[frames.len() - unsent..]);
                 }
+                let full_batch = frames.len() == BATCH_FRAMES;
                 frames.clear();
                 // With batching, the next write is a window after this one.
                 self.window.on_change(now, &schedule, self.cursor.stream());
@@ -749,8 +750,14 @@ impl Viewer<'_> {
                             }
                         }
                     }
+                    continue;
                 }
-                continue;
+                if full_batch {
+                    continue;
+                }
+                // Everything due went out: wait without reading the ring again only to find
+                // it empty (see the RTMP player).
+                hold = self.window.hold(Instant::now(), &schedule, self.cursor.stream());
             }
             let expired = async {
                 match give_up {

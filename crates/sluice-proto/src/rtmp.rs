@@ -333,27 +333,44 @@ impl Handler {
                                     }
                                 }
                             }
+                            continue;
                         }
-                        continue;
-                    }
-                    match state {
-                        ReadState::Frames | ReadState::Pending => {}
-                        ReadState::WaitingForPublisher => {
-                            let wait = match &player.pull {
-                                Some(pull) => {
-                                    if let Some(reason) = pull.failure() {
-                                        info!(%reason, "stream not found upstream");
-                                        return Close::NoPublisher;
+                        if frames.len() == BATCH_FRAMES {
+                            continue;
+                        }
+                        // Everything due went out: wait for the next change (or the end of
+                        // the window) instead of reading the ring again only to find it
+                        // empty. A frame appended meanwhile has already marked the cursor
+                        // changed, so the wait returns at once. (Measured: the second pass
+                        // was a config load, a ring read and a flush per frame per viewer.)
+                        if let Role::Playing(player) = &mut self.role {
+                            hold = player.window.hold(
+                                Instant::now(),
+                                &schedule,
+                                player.cursor.stream(),
+                            );
+                        }
+                    } else {
+                        match state {
+                            ReadState::Frames | ReadState::Pending => {}
+                            ReadState::WaitingForPublisher => {
+                                let wait = match &player.pull {
+                                    Some(pull) => {
+                                        if let Some(reason) = pull.failure() {
+                                            info!(%reason, "stream not found upstream");
+                                            return Close::NoPublisher;
+                                        }
+                                        pull.wait
                                     }
-                                    pull.wait
-                                }
-                                None => cfg.streams.wait_for_publisher(),
-                            };
-                            give_up_at = Some((player.since + wait, Close::NoPublisher));
-                        }
-                        ReadState::Unpublished(at) => {
-                            let grace = cfg.streams.republish_grace();
-                            give_up_at = Some((Instant::from_std(at) + grace, Close::StreamEnded));
+                                    None => cfg.streams.wait_for_publisher(),
+                                };
+                                give_up_at = Some((player.since + wait, Close::NoPublisher));
+                            }
+                            ReadState::Unpublished(at) => {
+                                let grace = cfg.streams.republish_grace();
+                                give_up_at =
+                                    Some((Instant::from_std(at) + grace, Close::StreamEnded));
+                            }
                         }
                     }
                 }
