@@ -646,6 +646,11 @@ impl Cursor {
         }
         self.next = Some(seq);
         if out.len() > start_len {
+            if s.publisher.is_none() && s.unpublished_at.is_some() {
+                // The publisher has left: the next read reports it, so the next `changed()`
+                // must not wait for a change that will never come.
+                self.changed.mark_changed();
+            }
             ReadState::Frames
         } else if let (None, Some(at)) = (s.publisher, s.unpublished_at) {
             ReadState::Unpublished(at)
@@ -688,7 +693,8 @@ impl Cursor {
         to
     }
 
-    /// Resolves when the stream has changed since the last [`Cursor::read`].
+    /// Resolves when the stream has changed since the last [`Cursor::read`], or at once when
+    /// that read has more to report (the publisher left after its last frames).
     pub async fn changed(&mut self) {
         // The sender lives as long as the stream, which this cursor keeps alive.
         let _ = self.changed.changed().await;

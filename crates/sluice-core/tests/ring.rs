@@ -297,6 +297,24 @@ fn streams_are_forgotten_when_nobody_publishes_or_watches() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_viewer_that_read_the_last_frames_learns_the_publisher_left_without_waiting() {
+    let reg = Registry::new();
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 1);
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    read_all(&mut viewer);
+    video(&mut p, 0, true, 10);
+    drop(p);
+    // Its last frames and the publisher's leaving came together: one read returns the
+    // frames, and the wait after it must not hang on a change that will never come.
+    assert_eq!(read_all(&mut viewer).1, ReadState::Frames);
+    tokio::time::timeout(Duration::from_secs(5), viewer.changed())
+        .await
+        .expect("woken at once");
+    assert!(matches!(read_all(&mut viewer).1, ReadState::Unpublished(_)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_waiting_viewer_is_woken_by_the_first_frame() {
     let reg = Registry::new();
     let mut viewer = reg.subscribe(&key(), CACHE);

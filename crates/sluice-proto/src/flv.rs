@@ -757,7 +757,9 @@ impl Viewer<'_> {
                 }
                 // Everything due went out: wait without reading the ring again only to find
                 // it empty (see the RTMP player).
-                hold = self.window.hold(Instant::now(), &schedule, self.cursor.stream());
+                hold = self
+                    .window
+                    .hold(Instant::now(), &schedule, self.cursor.stream());
             }
             let expired = async {
                 match give_up {
