@@ -580,3 +580,45 @@ async fn an_audio_only_stream_is_cut_into_gops_by_time() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_node_of_another_cluster_is_refused() {
+    let c = cluster(TransportConfig::default()).await;
+    let mut p = publisher(&c.origin, "cam");
+    publish_headers(&mut p, 0);
+    publish_gop(&mut p, 0, 2, 100);
+    // Same name in its certificate, but signed by another CA: the TLS handshake fails in
+    // both directions, so it neither pulls nor learns anything.
+    let other = tempfile::tempdir().unwrap();
+    make_certs(other.path());
+    let stranger = QuicRelay::new(&config(other.path(), "edge", "stranger", "").cluster).unwrap();
+    let refused = stranger
+        .pull(
+            &c.addr,
+            "live",
+            "cam",
+            &Via::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("a certificate from another CA must not pull");
+    assert!(matches!(refused, PullError::Connect(_)), "{refused:?}");
+    assert_eq!(viewers(&c.origin, &key("cam")), 0);
+    // The cluster's own edge still pulls.
+    let mut source = c
+        .edge
+        .pull(
+            &c.addr,
+            "live",
+            "cam",
+            &Via::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.push(next(&mut source).await);
+    }
+    assert!(first.iter().any(is_keyframe), "{first:?}");
+}
