@@ -95,6 +95,22 @@ async fn cluster(edge_transport: TransportConfig) -> Cluster {
     }
 }
 
+impl Cluster {
+    /// The edge's pull of `live/NAME` from the origin, with no via-list.
+    async fn pull(&self, name: &str) -> QuicSource {
+        self.edge
+            .pull(
+                &self.addr,
+                "live",
+                name,
+                &Via::default(),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("pull")
+    }
+}
+
 fn key(name: &str) -> StreamKey {
     StreamKey::new("live", name)
 }
@@ -429,17 +445,7 @@ async fn pulls_to_one_peer_share_one_connection() {
         viewers(&c.origin, &key("a")) == 0 && c.origin.metrics.relay_streams.get() == 1
     })
     .await;
-    let mut again = c
-        .edge
-        .pull(
-            &c.addr,
-            "live",
-            "a",
-            &Via::default(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let mut again = c.pull("a").await;
     assert_eq!(next(&mut again).await.kind, FrameKind::Script);
     assert_eq!(c.origin.metrics.relay_connections.get(), 1);
 
@@ -466,17 +472,7 @@ async fn a_slow_edge_gets_recent_gops_not_a_backlog() {
     let mut p = publisher(&c.origin, "cam");
     publish_headers(&mut p, 0);
     let mut ts = publish_gop(&mut p, 0, 1, 4000);
-    let mut source = c
-        .edge
-        .pull(
-            &c.addr,
-            "live",
-            "cam",
-            &Via::default(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let mut source = c.pull("cam").await;
     for _ in 0..4 {
         next(&mut source).await;
     }
@@ -553,17 +549,7 @@ async fn an_audio_only_stream_is_cut_into_gops_by_time() {
         }
         p
     });
-    let mut source = c
-        .edge
-        .pull(
-            &c.addr,
-            "live",
-            "radio",
-            &Via::default(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let mut source = c.pull("radio").await;
     let header = next(&mut source).await;
     assert!(is_seq_header(&header));
     let mut last = next(&mut source).await.timestamp;
@@ -605,17 +591,7 @@ async fn a_node_of_another_cluster_is_refused() {
     assert!(matches!(refused, PullError::Connect(_)), "{refused:?}");
     assert_eq!(viewers(&c.origin, &key("cam")), 0);
     // The cluster's own edge still pulls.
-    let mut source = c
-        .edge
-        .pull(
-            &c.addr,
-            "live",
-            "cam",
-            &Via::default(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let mut source = c.pull("cam").await;
     let mut first = Vec::new();
     for _ in 0..4 {
         first.push(next(&mut source).await);

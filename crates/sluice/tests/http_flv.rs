@@ -502,23 +502,9 @@ async fn slow_http_flv_viewers_stay_within_the_latency_budget() {
     let (sent, publishing) =
         budget::real_time_publisher(node.rtmp_url("live/sched"), Duration::from_secs(16));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let half_rate = budget::half_rate();
-    let paused = flv_player(
-        node.addrs.http,
-        Pace::PauseAt {
-            at: Duration::from_secs(2),
-            pause: Duration::from_secs(10),
-        },
-        Duration::from_secs(14),
-    );
-    let slow = flv_player(
-        node.addrs.http,
-        Pace::Rate {
-            bytes_per_sec: half_rate,
-        },
-        Duration::from_secs(12),
-    );
-    let ((paused_got, resumed), (slow_got, _)) = tokio::join!(paused, slow);
+    let addr = node.addrs.http;
+    let ((paused_got, resumed), (slow_got, _)) =
+        budget::paused_and_slow(|pace, total| flv_player(addr, pace, total)).await;
     publishing.await.expect("publisher");
 
     budget::assert_within_budget(&sent, (&paused_got, resumed), &slow_got);

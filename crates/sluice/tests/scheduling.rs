@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::budget::{
     PLAYER_RCVBUF, Pace, Received, SERVER_SNDBUF, assert_paused_viewer_fresh, assert_within_budget,
-    config, half_rate, real_time_publisher,
+    config, paused_and_slow, real_time_publisher,
 };
 use common::rtmp::{DEADLINE, Tag, handshake_on, url};
 use common::{Node, test_config};
@@ -111,23 +111,9 @@ async fn late_viewers_stay_within_the_budget_and_others_lose_nothing() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let half_rate = half_rate();
-    let paused = player(
-        node.addrs.rtmp,
-        Pace::PauseAt {
-            at: Duration::from_secs(2),
-            pause: Duration::from_secs(10),
-        },
-        Duration::from_secs(14),
-    );
-    let slow = player(
-        node.addrs.rtmp,
-        Pace::Rate {
-            bytes_per_sec: half_rate,
-        },
-        Duration::from_secs(12),
-    );
-    let ((paused_got, resumed), (slow_got, _)) = tokio::join!(paused, slow);
+    let addr = node.addrs.rtmp;
+    let ((paused_got, resumed), (slow_got, _)) =
+        paused_and_slow(|pace, total| player(addr, pace, total)).await;
     publishing.await.expect("publisher");
 
     assert_within_budget(&sent, (&paused_got, resumed), &slow_got);

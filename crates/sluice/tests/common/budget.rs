@@ -132,6 +132,33 @@ impl Pace {
     }
 }
 
+/// What a player returns: the frames it decoded, and when it read again after its pause.
+pub type Played = (Vec<Received>, Instant);
+
+/// Runs the scenario's two late viewers at once with `player(pace, total)`: one reads
+/// normally, pauses for 10 s from 2 s in, then reads as fast as it can (14 s in all); the
+/// other reads at half the stream's bitrate (12 s).
+pub async fn paused_and_slow<F, Fut>(player: F) -> (Played, Played)
+where
+    F: Fn(Pace, Duration) -> Fut,
+    Fut: std::future::Future<Output = Played>,
+{
+    let paused = player(
+        Pace::PauseAt {
+            at: Duration::from_secs(2),
+            pause: Duration::from_secs(10),
+        },
+        Duration::from_secs(14),
+    );
+    let slow = player(
+        Pace::Rate {
+            bytes_per_sec: half_rate(),
+        },
+        Duration::from_secs(12),
+    );
+    tokio::join!(paused, slow)
+}
+
 /// The age of a received frame, or None for frames the test did not send (headers).
 fn age(sent: &SendTimes, r: &Received) -> Option<Duration> {
     let sent = sent.lock().expect("lock");
