@@ -288,9 +288,13 @@ impl Handler {
             // Send what the ring has for a player; learn how long to wait otherwise.
             let mut give_up_at = None;
             let mut hold = Hold::No;
+            // The schedule this pass read with, kept for the wake below: one config load per
+            // wake, not two.
+            let mut schedule_in_force = None;
             if let Role::Playing(player) = &mut self.role {
                 let cfg = self.ctx.config.load();
                 let schedule = player.schedule.get(&cfg, self.app.as_deref());
+                schedule_in_force = Some(schedule);
                 let now = Instant::now();
                 hold = player.window.hold(now, &schedule, player.cursor.stream());
                 if matches!(hold, Hold::No) {
@@ -432,9 +436,9 @@ impl Handler {
                 Wake::Shutdown => return Close::Shutdown,
                 Wake::Idle => return Close::IdleTimeout,
                 Wake::Changed => {
-                    if let Role::Playing(player) = &mut self.role {
-                        let cfg = self.ctx.config.load();
-                        let schedule = player.schedule.get(&cfg, self.app.as_deref());
+                    if let (Role::Playing(player), Some(schedule)) =
+                        (&mut self.role, schedule_in_force)
+                    {
                         player
                             .window
                             .on_change(Instant::now(), &schedule, player.cursor.stream());
