@@ -30,4 +30,4 @@ pub mod stream;
 pub use config::Config;
 pub use registry::{Publisher, Registry};
 pub use schedule::{Drops, Schedule, StartAt};
-pub use stream::{CacheSettings, Cursor, ReadState, Stream, StreamKey};
+pub use stream::{CacheSettings, Cursor, ReadState, Stream, StreamKey, Tail};

@@ -84,6 +84,12 @@ pub struct Metrics {
     /// GOPs sent over the QUIC relay, by outcome (`sent`, `cancelled`: a newer GOP began
     /// before the peer took this one).
     pub relay_gops: Family<Label1, Counter>,
+    /// Viewers written by their stream's shared writer now, by protocol.
+    pub fanout_viewers: Family<Label1, Gauge>,
+    /// Shared writers running (one per stream, format and runtime worker with viewers).
+    pub fanout_writers: Gauge,
+    /// Viewers leaving a shared writer for their own task, by protocol and reason.
+    pub fanout_handbacks: Family<Label2, Counter>,
 }
 
 /// One protocol's counters, looked up once (see [`Metrics::protocol_counters`]).
@@ -135,6 +141,9 @@ impl Metrics {
             relay_connections: Gauge::default(),
             relay_streams: Gauge::default(),
             relay_gops: Family::default(),
+            fanout_viewers: Family::default(),
+            fanout_writers: Gauge::default(),
+            fanout_handbacks: Family::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
@@ -226,6 +235,21 @@ impl Metrics {
             "GOPs sent over the QUIC relay, by outcome",
             m.relay_gops.clone(),
         );
+        registry.register(
+            "fanout_viewers",
+            "Viewers written by their stream's shared writer",
+            m.fanout_viewers.clone(),
+        );
+        registry.register(
+            "fanout_writers",
+            "Shared writers running",
+            m.fanout_writers.clone(),
+        );
+        registry.register(
+            "fanout_handbacks",
+            "Viewers leaving a shared writer for their own task, by reason",
+            m.fanout_handbacks.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -273,6 +297,16 @@ impl Metrics {
                 family.get_or_create(&[("reason", reason)]).inc_by(n);
             }
         }
+    }
+
+    /// Counts a viewer leaving a shared writer.
+    pub fn fanout_left(&self, protocol: &'static str, reason: &'static str) {
+        self.fanout_viewers
+            .get_or_create(&[("protocol", protocol)])
+            .dec();
+        self.fanout_handbacks
+            .get_or_create(&[("protocol", protocol), ("reason", reason)])
+            .inc();
     }
 
     /// Counts a refused connection.

@@ -381,6 +381,30 @@ impl Stream {
         Ok(())
     }
 
+    /// A receiver woken on every change of the stream (appends, publishers coming and
+    /// going), for a writer that serves many viewers from [`Stream::tail`].
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Up to `max` ring frames from sequence number `from` on, verbatim (no schedule
+    /// applied), appended to `out`: for a writer delivering to viewers that stand at
+    /// `from` (see [`Cursor::live_position`]). Nothing is returned once the publisher has
+    /// left: those viewers' own cursors take over and report it.
+    pub fn tail(&self, from: u64, out: &mut Vec<Arc<Frame>>, max: usize) -> Tail {
+        let s = self.state.lock();
+        if s.publisher.is_none() {
+            return Tail::Unpublished;
+        }
+        if from < s.first_seq {
+            return Tail::Evicted;
+        }
+        let end = s.next_seq().min(from.saturating_add(max as u64));
+        let first_arrived = (from < end).then(|| s.entry(from).arrived);
+        out.extend((from..end).map(|seq| s.entry(seq).frame.clone()));
+        Tail::Frames { first_arrived }
+    }
+
     /// The newest dts appended so far.
     pub(crate) fn last_dts(&self) -> Option<u64> {
         self.state.lock().last_dts
@@ -403,6 +427,21 @@ impl Stream {
             cached_bytes: s.bytes,
         }
     }
+}
+
+/// What a [`Stream::tail`] read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// The frames from the position on were appended to the output (maybe none);
+    /// `first_arrived` is when the first of them arrived.
+    Frames {
+        /// Arrival of the oldest frame returned.
+        first_arrived: Option<Instant>,
+    },
+    /// The position has left the ring.
+    Evicted,
+    /// No publisher is attached.
+    Unpublished,
 }
 
 /// What a viewer's read found.
@@ -548,6 +587,33 @@ impl Cursor {
         }
     }
 
+    /// Where this viewer stands if it has read everything in order, with nothing pending
+    /// (started, nothing given back, not waiting for a keyframe) while a publisher is
+    /// attached: the next frame's sequence number. From there a writer holding the stream's
+    /// [`Stream::tail`] can deliver to it until it hands the viewer back with
+    /// [`Cursor::resume_at`]. None otherwise.
+    pub fn live_position(&self) -> Option<u64> {
+        let next = self.next?;
+        if !self.resend.is_empty() || self.need_keyframe {
+            return None;
+        }
+        let s = self.stream.state.lock();
+        (s.publisher.is_some() && next == s.next_seq()).then_some(next)
+    }
+
+    /// Takes over from a writer that delivered the ring frames up to `next` (exclusive)
+    /// after [`Cursor::live_position`]; `headers` are the header frames among them, in
+    /// order. The next [`Cursor::read`] goes on from `next` and is not waited for.
+    pub fn resume_at(&mut self, next: u64, headers: &[Arc<Frame>]) {
+        self.next = Some(next);
+        self.returned.clear();
+        for frame in headers {
+            self.sent.record(frame);
+        }
+        // Frames may have arrived meanwhile that the writer left to this cursor.
+        self.changed.mark_changed();
+    }
+
     /// Copies up to `max` frames to send into `out` (as `Arc` clones) and advances, applying
     /// `schedule` (see [`crate::schedule`]) as of `now`. Headers a start or jump needs come
     /// on top of `max`.
@@ -577,8 +643,15 @@ impl Cursor {
             }
             Some(next) => next,
             None => {
-                if s.publisher.is_none() && (s.frames.is_empty() || s.unpublished_at.is_some()) {
-                    self.waited = true;
+                // Frames that came while this viewer waited on an empty ring are its, even
+                // when their publisher has already left again (a short publish can come
+                // and go between two wake-ups).
+                let came_while_waiting = self.waited && s.first_seq == 0 && !s.frames.is_empty();
+                if s.publisher.is_none()
+                    && (s.frames.is_empty() || s.unpublished_at.is_some())
+                    && !came_while_waiting
+                {
+                    self.waited |= s.frames.is_empty();
                     return ReadState::WaitingForPublisher;
                 }
                 if s.frames.is_empty() {

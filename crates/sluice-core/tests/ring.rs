@@ -359,3 +359,75 @@ fn a_viewer_waiting_before_the_first_frame_gets_every_frame() {
     );
     assert_eq!(frames[3].kind, FrameKind::Audio);
 }
+
+#[test]
+fn a_shared_writer_delivers_from_the_tail_and_hands_the_viewer_back_exactly() {
+    use sluice_core::Tail;
+    let reg = Registry::new();
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 1);
+    video(&mut p, 0, true, 10);
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    assert_eq!(viewer.live_position(), None, "not started");
+    let (first, _) = read_all(&mut viewer);
+    assert_eq!(first.len(), 4);
+    let at = viewer.live_position().expect("caught up");
+    let stream = viewer.stream().clone();
+
+    // A writer delivers what follows, new headers included, from the tail.
+    video(&mut p, 40, false, 11);
+    p.push_media(FrameKind::Video, 80, avc(true, true, 2), Instant::now())
+        .unwrap();
+    video(&mut p, 80, true, 12);
+    assert_eq!(viewer.live_position(), None, "frames it has not read");
+    let mut tail = Vec::new();
+    assert!(matches!(
+        stream.tail(at, &mut tail, usize::MAX),
+        Tail::Frames {
+            first_arrived: Some(_)
+        }
+    ));
+    assert_eq!(tail.len(), 3);
+    let new_header = tail[1].clone();
+    assert!(new_header.seq_header);
+
+    // Handed back after all three: the cursor goes on after them, with the new header
+    // counted as sent.
+    viewer.resume_at(at + 3, &[new_header]);
+    video(&mut p, 120, false, 13);
+    let (rest, _) = read_all(&mut viewer);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].payload, avc(false, false, 13));
+    assert_eq!(viewer.live_position(), Some(at + 4));
+
+    // A position out of the ring, and a publisher gone, are told apart.
+    let mut out = Vec::new();
+    for ts in (160..2000).step_by(40) {
+        video(&mut p, ts, ts % 400 == 0, 20);
+    }
+    assert_eq!(stream.tail(at, &mut out, usize::MAX), Tail::Evicted);
+    drop(p);
+    assert_eq!(stream.tail(at + 4, &mut out, usize::MAX), Tail::Unpublished);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_waiting_viewer_gets_a_publish_that_came_and_went_between_its_reads() {
+    let reg = Registry::new();
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    assert_eq!(read_all(&mut viewer).1, ReadState::WaitingForPublisher);
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    headers(&mut p, 0, 1);
+    video(&mut p, 0, true, 10);
+    video(&mut p, 40, false, 11);
+    drop(p);
+    let (frames, state) = read_all(&mut viewer);
+    assert_eq!(state, ReadState::Frames);
+    assert_eq!(frames.len(), 5, "headers and both frames");
+    assert!(matches!(read_all(&mut viewer).1, ReadState::Unpublished(_)));
+
+    // One arriving after the publisher left waits for the next one instead.
+    let mut late = reg.subscribe(&key(), CACHE);
+    assert_eq!(read_all(&mut late).1, ReadState::WaitingForPublisher);
+    assert_eq!(read_all(&mut late).1, ReadState::WaitingForPublisher);
+}

@@ -31,14 +31,14 @@ use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::{Cursor, ReadState, StreamKey};
 use sluice_media::{Frame, FrameKind};
 use sluice_rtmp::command::Amf0Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::Context;
-use crate::io::write_units_until_full;
+use crate::fanout::{self, Handback, Wire};
+use crate::io::{self, write_units_until_full};
 use crate::pacing::{Hold, ScheduleCache, Window, apply_socket_options};
 
 /// Most frames read for one vectored write.
@@ -80,9 +80,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
             if let Ok(refusal) = refusals.clone().try_acquire_owned() {
                 let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
                 ctx.tracker.spawn(async move {
-                    let mut socket = socket;
                     let busy = plain(false, "503 Service Unavailable", None, "");
-                    answer(&mut socket, &busy, &counters, LINGER).await;
+                    answer(&socket, &busy, &counters, LINGER).await;
                     drop(refusal);
                 });
             }
@@ -339,23 +338,23 @@ fn plain(http10: bool, status: &str, cors: Option<&Context>, body: &str) -> Byte
 /// Writes `response` within `deadline`, ends the connection and reads on for a moment
 /// (see [`LINGER`]).
 async fn answer(
-    socket: &mut TcpStream,
+    socket: &TcpStream,
     response: &[u8],
     counters: &ProtocolCounters,
     deadline: Duration,
 ) {
-    match timeout(deadline, socket.write_all(response)).await {
+    match timeout(deadline, io::write_all(socket, response)).await {
         Ok(Ok(())) => {
             counters.bytes_out.inc_by(response.len() as u64);
         }
         _ => return,
     }
-    if socket.shutdown().await.is_err() {
+    if io::shutdown_write(socket).is_err() {
         return;
     }
     let _ = timeout(LINGER, async {
         let mut sink = [0u8; SINK];
-        while let Ok(n @ 1..) = socket.read(&mut sink).await {
+        while let Ok(n @ 1..) = io::read(socket, &mut sink).await {
             counters.bytes_in.inc_by(n as u64);
         }
     })
@@ -383,7 +382,8 @@ async fn peer_input(socket: &TcpStream, counters: &ProtocolCounters) -> Option<C
 /// One HTTP-FLV connection: its request, then the answer or the stream.
 struct Handler {
     ctx: Arc<Context>,
-    socket: TcpStream,
+    /// Shared with the stream's writer while the viewer is one of its members.
+    socket: Arc<TcpStream>,
     counters: ProtocolCounters,
 }
 
@@ -392,7 +392,7 @@ impl Handler {
         let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
         Handler {
             ctx,
-            socket,
+            socket: Arc::new(socket),
             counters,
         }
     }
@@ -499,7 +499,7 @@ impl Handler {
                 }
                 buf.resize((buf.len() * 2).min(MAX_HEAD), 0);
             }
-            let n = match self.socket.read(&mut buf[filled..]).await {
+            let n = match io::read(&self.socket, &mut buf[filled..]).await {
                 Ok(0) => return Err(HeadError::Closed),
                 Ok(n) => n,
                 Err(_) => return Err(HeadError::Io),
@@ -514,7 +514,7 @@ impl Handler {
 
     async fn answer(&mut self, response: &[u8]) {
         let deadline = self.ctx.config.load().rtmp.handshake_timeout();
-        answer(&mut self.socket, response, &self.counters, deadline).await;
+        answer(&self.socket, response, &self.counters, deadline).await;
     }
 
     /// Waits for the stream's first frames (a 404 if none come), then streams it.
@@ -581,7 +581,7 @@ impl Handler {
         let idle = {
             let cfg = ctx.config.load();
             apply_socket_options(
-                socket2::SockRef::from(&self.socket),
+                socket2::SockRef::from(&*self.socket),
                 cfg.schedule.for_app(&key.app),
             );
             cfg.rtmp.idle_timeout()
@@ -610,7 +610,7 @@ impl Handler {
             let _ = write!(preamble, "{:x}\r\n", file_header.len());
         }
         preamble.put_slice(&file_header);
-        match timeout(idle, self.socket.write_all(&preamble)).await {
+        match timeout(idle, io::write_all(&self.socket, &preamble)).await {
             Ok(Ok(())) => {
                 self.counters.bytes_out.inc_by(preamble.len() as u64);
             }
@@ -644,13 +644,13 @@ impl Handler {
         // The goodbye: the body's end where it has one, then the connection's.
         if matches!(close, Close::Shutdown | Close::StreamEnded) {
             let counters = &self.counters;
-            let socket = &mut self.socket;
+            let socket = &self.socket;
             let _ = timeout(Duration::from_millis(500), async {
                 if chunked {
-                    socket.write_all(LAST_CHUNK).await?;
+                    io::write_all(socket, LAST_CHUNK).await?;
                     counters.bytes_out.inc_by(LAST_CHUNK.len() as u64);
                 }
-                socket.shutdown().await
+                io::shutdown_write(socket)
             })
             .await;
         }
@@ -671,8 +671,8 @@ impl Handler {
 
 /// A viewer's streaming state, after the response head.
 struct Viewer<'a> {
-    ctx: &'a Context,
-    socket: &'a TcpStream,
+    ctx: &'a Arc<Context>,
+    socket: &'a Arc<TcpStream>,
     counters: &'a ProtocolCounters,
     cursor: Cursor,
     /// HTTP/1.1: one chunk per tag.
@@ -761,6 +761,31 @@ impl Viewer<'_> {
                     .window
                     .hold(Instant::now(), &schedule, self.cursor.stream());
             }
+            // A caught-up viewer without batching is written by its stream's shared writer
+            // until handed back (see `fanout`).
+            let wire = if self.chunked {
+                Wire::FlvChunked
+            } else {
+                Wire::FlvPlain
+            };
+            if matches!(hold, Hold::No)
+                && give_up.is_none()
+                && schedule.merge_write.is_zero()
+                && let Some(joined) = fanout::join(self.ctx, &self.cursor, self.socket, wire)
+            {
+                let gone = tokio::select! {
+                    _ = joined.handed_back() => None,
+                    _ = &mut cancelled => Some(Close::Shutdown),
+                    gone = peer_input(self.socket, self.counters) => gone,
+                };
+                if let Err(close) = self.take_back(joined.leave()).await {
+                    return close;
+                }
+                if let Some(close) = gone {
+                    return close;
+                }
+                continue;
+            }
             let expired = async {
                 match give_up {
                     Some(at) => sleep_until(at).await,
@@ -801,6 +826,24 @@ impl Viewer<'_> {
                     .on_change(Instant::now(), &schedule, self.cursor.stream());
             }
         }
+    }
+
+    /// Takes the viewer back from the stream's writer: finishes the frame the writer
+    /// started and moves the cursor to where the writer stopped.
+    async fn take_back(&mut self, back: Handback) -> Result<(), Close> {
+        if back.failed {
+            return Err(Close::Io);
+        }
+        let mut rest = back.rest;
+        if !rest.is_empty() {
+            let n = timeout(self.idle, io::write_bufs(self.socket, &mut rest))
+                .await
+                .map_err(|_| Close::WriteStalled)?
+                .map_err(|_| Close::Io)?;
+            self.counters.bytes_out.inc_by(n);
+        }
+        self.cursor.resume_at(back.next, &back.headers);
+        Ok(())
     }
 
     /// Writes `frames`' tags (each in its chunk for HTTP/1.1) as far as the socket takes
@@ -845,6 +888,12 @@ impl Viewer<'_> {
         let _ = write!(self.prefixes, "\r\n{len:x}\r\n");
         self.prefixes.split().freeze()
     }
+}
+
+/// The size line of a `len`-byte chunk, after the CRLF ending the chunk before it (for a
+/// shared writer, which builds it once per frame for all its viewers).
+pub(crate) fn chunk_line(len: usize) -> Bytes {
+    Bytes::from(format!("\r\n{len:x}\r\n"))
 }
 
 /// Which tracks the FLV file header announces, from what a viewer starts with: its media,

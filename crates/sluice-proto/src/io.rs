@@ -108,6 +108,63 @@ pub async fn write_units_until_full(
     Ok(total)
 }
 
+/// Writes all of `bufs`, waiting for the socket as needed (the rest of a frame a shared
+/// writer started, for one).
+pub async fn write_bufs(
+    socket: &tokio::net::TcpStream,
+    bufs: &mut VecDeque<Bytes>,
+) -> std::io::Result<u64> {
+    let count = bufs.len();
+    finish_front(socket, bufs, count).await
+}
+
+/// Writes all of `data` to a socket shared with a writer task (which holds it by `Arc`, so
+/// this side has no `&mut` for `AsyncWriteExt`).
+pub async fn write_all(socket: &tokio::net::TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(data) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what has arrived into `buf`'s spare capacity, waiting for something; 0 is the
+/// end of input (or a buffer with no spare capacity). Cancel-safe.
+pub async fn read_buf(
+    socket: &tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+) -> std::io::Result<usize> {
+    loop {
+        socket.readable().await?;
+        match socket.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            result => return result,
+        }
+    }
+}
+
+/// Reads what has arrived into `buf`, waiting for something; 0 is the end of input.
+/// Cancel-safe.
+pub async fn read(socket: &tokio::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        socket.readable().await?;
+        match socket.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            result => return result,
+        }
+    }
+}
+
+/// Ends the sending direction (a FIN after what is queued).
+pub fn shutdown_write(socket: &tokio::net::TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
+}
+
 /// Writes the rest of the front `count` buffers, waiting for the socket as needed.
 async fn finish_front(
     socket: &tokio::net::TcpStream,

@@ -7,6 +7,7 @@
 mod accept;
 pub mod client;
 mod context;
+mod fanout;
 pub mod flv;
 pub mod io;
 mod pacing;

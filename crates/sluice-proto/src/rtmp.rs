@@ -19,14 +19,14 @@ use sluice_rtmp::chunk::{ChunkLimits, encode_full};
 use sluice_rtmp::connection::ServerConnection;
 use sluice_rtmp::handshake::{self, Handshake, Progress};
 use sluice_rtmp::server::{ServerConfig, ServerEvent, SessionStats};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Context;
-use crate::io::write_until_full;
+use crate::fanout::{self, Handback, Wire};
+use crate::io::{self, write_until_full};
 use crate::pacing::{Hold, ScheduleCache, Window, apply_socket_options};
 
 /// The message stream id every shared media serialisation uses: the first (and with ffmpeg,
@@ -59,6 +59,12 @@ pub fn frame_message(frame: &Frame, stream_id: u32) -> Message {
         stream_id,
         payload: frame.payload.clone(),
     }
+}
+
+/// `frame`'s shared RTMP form (message stream id [`SHARED_STREAM_ID`]), serialised once per
+/// frame for every viewer.
+pub(crate) fn shared_chunks(frame: &Frame, chunk_size: u32) -> Bytes {
+    frame.rtmp_chunks(|f| encode_full(&frame_message(f, SHARED_STREAM_ID), chunk_size))
 }
 
 /// Accepts RTMP connections until shutdown. Connections over `rtmp.max_connections` are
@@ -164,7 +170,8 @@ struct Player {
 
 struct Handler {
     ctx: Arc<Context>,
-    socket: TcpStream,
+    /// Shared with the stream's writer while this viewer is one of its members.
+    socket: Arc<TcpStream>,
     conn: ServerConnection,
     app: Option<String>,
     role: Role,
@@ -198,7 +205,7 @@ impl Handler {
         );
         Handler {
             ctx: ctx.clone(),
-            socket,
+            socket: Arc::new(socket),
             conn,
             app: None,
             role: Role::Idle,
@@ -233,7 +240,7 @@ impl Handler {
         let mut hs = Handshake::new(handshake::Role::Server);
         let mut buf = vec![0u8; 4096];
         loop {
-            let n = match self.socket.read(&mut buf).await {
+            let n = match io::read(&self.socket, &mut buf).await {
                 Ok(0) => return Err(Close::PeerClosed),
                 Ok(n) => n,
                 Err(_) => return Err(Close::Io),
@@ -248,7 +255,9 @@ impl Handler {
                 }
             };
             if !out.is_empty() {
-                self.socket.write_all(&out).await.map_err(|_| Close::Io)?;
+                io::write_all(&self.socket, &out)
+                    .await
+                    .map_err(|_| Close::Io)?;
                 self.count_out(out.len());
             }
             if let Some(remaining) = remaining {
@@ -387,6 +396,45 @@ impl Handler {
             // Players may say nothing for minutes (an acknowledgement per window); a stuck
             // one is caught by the write deadline instead.
             let receive_idle = !matches!(self.role, Role::Playing(_));
+            // A caught-up viewer without batching is written by its stream's shared writer
+            // until handed back (see `fanout`): no wake-up of this task per frame.
+            let chunk_size = self.conn.session.chunk_size();
+            if let (Role::Playing(player), Some(schedule)) = (&self.role, schedule_in_force)
+                && matches!(hold, Hold::No)
+                && give_up_at.is_none()
+                && schedule.merge_write.is_zero()
+                && player.stream_id == SHARED_STREAM_ID
+                && let Some(joined) = fanout::join(
+                    &self.ctx,
+                    &player.cursor,
+                    &self.socket,
+                    Wire::Rtmp { chunk_size },
+                )
+            {
+                let wake = tokio::select! {
+                    _ = joined.handed_back() => Wake::Changed,
+                    _ = &mut cancelled => Wake::Shutdown,
+                    read = io::read_buf(&self.socket, &mut read_buf) => Wake::Read(read),
+                };
+                if let Err(close) = self.take_back(joined.leave()).await {
+                    return close;
+                }
+                match wake {
+                    Wake::Shutdown => return Close::Shutdown,
+                    Wake::Read(Ok(0)) => return Close::PeerClosed,
+                    Wake::Read(Ok(n)) => {
+                        self.count_in(n);
+                        let result = self.input(&read_buf);
+                        read_buf.clear();
+                        if let Err(close) = result {
+                            return close;
+                        }
+                    }
+                    Wake::Read(Err(_)) => return Close::Io,
+                    _ => {}
+                }
+                continue;
+            }
             let wake = {
                 let Handler { socket, role, .. } = &mut *self;
                 let changed = async {
@@ -429,7 +477,7 @@ impl Handler {
                     _ = &mut idle_sleep, if receive_idle => Wake::Idle,
                     wake = changed => wake,
                     _ = give_up => Wake::GiveUp,
-                    read = socket.read_buf(&mut read_buf) => Wake::Read(read),
+                    read = io::read_buf(socket, &mut read_buf) => Wake::Read(read),
                 }
             };
             match wake {
@@ -482,7 +530,7 @@ impl Handler {
         let chunk_size = self.conn.session.chunk_size();
         for frame in frames {
             let bytes = if stream_id == SHARED_STREAM_ID {
-                frame.rtmp_chunks(|f| encode_full(&frame_message(f, SHARED_STREAM_ID), chunk_size))
+                shared_chunks(frame, chunk_size)
             } else {
                 self.ctx.metrics.rtmp_private_serialisations.inc();
                 encode_full(&frame_message(frame, stream_id), chunk_size)
@@ -510,6 +558,26 @@ impl Handler {
         Ok(unsent)
     }
 
+    /// Takes a viewer back from the stream's writer: finishes the frame the writer started
+    /// and moves the cursor to where the writer stopped.
+    async fn take_back(&mut self, back: Handback) -> Result<(), Close> {
+        if back.failed {
+            return Err(Close::Io);
+        }
+        let mut rest = back.rest;
+        if !rest.is_empty() {
+            let n = timeout(self.idle, io::write_bufs(&self.socket, &mut rest))
+                .await
+                .map_err(|_| Close::WriteStalled)?
+                .map_err(|_| Close::Io)?;
+            self.count_out(n as usize);
+        }
+        if let Role::Playing(player) = &mut self.role {
+            player.cursor.resume_at(back.next, &back.headers);
+        }
+        Ok(())
+    }
+
     /// Writes pending session output.
     async fn flush(&mut self) -> Result<(), Close> {
         self.conn.drain_output(&mut self.out);
@@ -517,7 +585,9 @@ impl Handler {
             return Ok(());
         }
         let out = self.out.split().freeze();
-        self.socket.write_all(&out).await.map_err(|_| Close::Io)?;
+        io::write_all(&self.socket, &out)
+            .await
+            .map_err(|_| Close::Io)?;
         self.count_out(out.len());
         Ok(())
     }
@@ -786,7 +856,7 @@ impl Handler {
             .inc();
         let cfg = self.ctx.config.load();
         apply_socket_options(
-            socket2::SockRef::from(&self.socket),
+            socket2::SockRef::from(&*self.socket),
             cfg.schedule.for_app(&key.app),
         );
         self.role = Role::Playing(Box::new(Player {
@@ -837,7 +907,7 @@ impl Handler {
         ) {
             let _ = timeout(Duration::from_millis(500), async {
                 let _ = self.flush().await;
-                let _ = self.socket.shutdown().await;
+                let _ = io::shutdown_write(&self.socket);
             })
             .await;
         }

@@ -1,0 +1,661 @@
+//! The shared writer: viewers that have caught up with a stream are written by one task per
+//! stream (per wire format and runtime worker), straight from the ring's tail, instead of
+//! each being woken to read the ring itself.
+//!
+//! Why: with every frame written at once (`merge_write_ms = 0`), a thousand viewers meant a
+//! thousand task wake-ups, change notifications, ring reads and readiness polls per frame,
+//! on top of the write each needs; that overhead was a third of the server's CPU (see
+//! benches/README.md). The writer pays one wake-up and one ring read per frame for all its
+//! viewers, and builds each frame's wire form once.
+//!
+//! A viewer joins ([`join`]) only when its cursor stands at the ring's end with nothing
+//! pending ([`Cursor::live_position`]). Each new frame goes to each member in one
+//! non-blocking vectored write. The writer hands a member back to its own task, which then
+//! reads its cursor from where the writer stopped (so the schedule's skips and drops apply
+//! again), when: its socket does not take a whole frame (the task finishes that frame
+//! first), the writer falls further behind than the schedule allows, a reload turns
+//! batching on, or the publisher leaves. A viewer that must write on its own (session
+//! output, its goodbye) leaves first ([`Joined::leave`]).
+//!
+//! A pass holds the group's lock across its writes (non-blocking system calls, no
+//! `.await`); a member leaving meanwhile waits for the pass to end.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use sluice_core::metrics::ProtocolCounters;
+use sluice_core::{Cursor, Schedule, Stream, Tail};
+use sluice_media::{Frame, FrameKind};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info_span};
+
+use crate::Context;
+use crate::io::MAX_SLICES;
+use crate::pacing::ScheduleCache;
+
+/// Most frames one pass reads from the ring (a writer this far behind hands its viewers
+/// back long before, by the schedule's thresholds).
+const PASS_FRAMES: usize = 256;
+
+/// How a frame goes on the wire; one writer per stream and format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Wire {
+    /// RTMP chunks of the shared form (message stream id 1) at this chunk size.
+    Rtmp { chunk_size: u32 },
+    /// An HTTP/1.1 chunked FLV body: each tag in its own chunk.
+    FlvChunked,
+    /// An HTTP/1.0 FLV body: the tags as they are.
+    FlvPlain,
+}
+
+impl Wire {
+    fn protocol(self) -> &'static str {
+        match self {
+            Wire::Rtmp { .. } => sluice_core::metrics::proto::RTMP,
+            Wire::FlvChunked | Wire::FlvPlain => sluice_core::metrics::proto::HTTP_FLV,
+        }
+    }
+
+    /// Buffers per frame.
+    fn unit(self) -> usize {
+        match self {
+            Wire::FlvChunked => 2,
+            Wire::Rtmp { .. } | Wire::FlvPlain => 1,
+        }
+    }
+
+    /// Appends `frame`'s buffers (shared by every viewer of the format) to `out`.
+    fn push(self, frame: &Frame, out: &mut Vec<Bytes>) {
+        match self {
+            Wire::Rtmp { chunk_size } => out.push(crate::rtmp::shared_chunks(frame, chunk_size)),
+            Wire::FlvChunked => {
+                let tag = frame.flv_tag();
+                out.push(crate::flv::chunk_line(tag.len()));
+                out.push(tag);
+            }
+            Wire::FlvPlain => out.push(frame.flv_tag()),
+        }
+    }
+}
+
+/// Which writer a viewer joins.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    /// The stream's address: a group holds its stream, so the address is not reused while
+    /// the entry exists.
+    stream: usize,
+    wire: Wire,
+    shard: usize,
+}
+
+/// The writers of a node (in its [`Context`]).
+#[derive(Debug, Default)]
+pub(crate) struct Fanout {
+    groups: DashMap<GroupKey, Arc<Group>>,
+    next_shard: AtomicUsize,
+    shards: OnceLock<usize>,
+}
+
+impl Fanout {
+    /// Writers per stream and format: one per runtime worker, so that one stream's viewers
+    /// are written on every core.
+    fn shard(&self) -> usize {
+        let shards = *self.shards.get_or_init(|| {
+            tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_workers())
+                .unwrap_or(1)
+                .max(1)
+        });
+        self.next_shard.fetch_add(1, Ordering::Relaxed) % shards
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    key: GroupKey,
+    stream: Arc<Stream>,
+    inner: Mutex<Members>,
+}
+
+#[derive(Debug)]
+struct Members {
+    /// The next ring frame this writer delivers.
+    pos: u64,
+    members: Vec<Member>,
+    /// The writer's task has ended (or is ending); joiners make a new group.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Member {
+    seat: Arc<Seat>,
+    socket: Arc<TcpStream>,
+    /// The member's next frame (at or after the writer's position).
+    next: u64,
+    /// Header frames delivered, for the member's cursor to count as sent.
+    headers: Vec<Arc<Frame>>,
+}
+
+/// A viewer's side of a writer: where the writer leaves what it hands back.
+#[derive(Debug, Default)]
+struct Seat {
+    woken: Notify,
+    back: Mutex<Option<Handback>>,
+}
+
+/// What a viewer's task takes over when it leaves or is handed back.
+#[derive(Debug)]
+pub(crate) struct Handback {
+    /// The viewer's next ring frame.
+    pub(crate) next: u64,
+    /// Header frames the writer delivered.
+    pub(crate) headers: Vec<Arc<Frame>>,
+    /// The rest of a frame the socket took only part of: the task writes it before
+    /// anything else.
+    pub(crate) rest: VecDeque<Bytes>,
+    /// A write failed; the connection is done.
+    pub(crate) failed: bool,
+}
+
+/// A viewer the writer serves, until [`Joined::leave`] (or drop).
+#[derive(Debug)]
+pub(crate) struct Joined {
+    group: Arc<Group>,
+    seat: Arc<Seat>,
+    ctx: Arc<Context>,
+    protocol: &'static str,
+    left: bool,
+}
+
+impl Joined {
+    /// Resolves when the writer has handed this viewer back.
+    pub(crate) async fn handed_back(&self) {
+        self.seat.woken.notified().await;
+    }
+
+    /// Leaves the writer (if it has not handed the viewer back already) and returns what
+    /// the viewer's task takes over.
+    pub(crate) fn leave(mut self) -> Handback {
+        self.take()
+    }
+
+    fn take(&mut self) -> Handback {
+        self.left = true;
+        let mut inner = self.group.inner.lock();
+        if let Some(i) = inner
+            .members
+            .iter()
+            .position(|m| Arc::ptr_eq(&m.seat, &self.seat))
+        {
+            let member = inner.members.swap_remove(i);
+            drop(inner);
+            self.ctx.metrics.fanout_left(self.protocol, "viewer");
+            return Handback {
+                next: member.next,
+                headers: member.headers,
+                rest: VecDeque::new(),
+                failed: false,
+            };
+        }
+        drop(inner);
+        self.seat.back.lock().take().unwrap_or(Handback {
+            // Unreachable in practice: a member is either in the group or handed back.
+            next: 0,
+            headers: Vec::new(),
+            rest: VecDeque::new(),
+            failed: true,
+        })
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if !self.left {
+            let _ = self.take();
+        }
+    }
+}
+
+/// Hands a caught-up viewer to its stream's writer for `wire`; None when the cursor is not
+/// caught up, or the writer has already passed where it stands (the viewer reads on and
+/// tries again).
+pub(crate) fn join(
+    ctx: &Arc<Context>,
+    cursor: &Cursor,
+    socket: &Arc<TcpStream>,
+    wire: Wire,
+) -> Option<Joined> {
+    let at = cursor.live_position()?;
+    let stream = cursor.stream();
+    let key = GroupKey {
+        stream: Arc::as_ptr(stream) as usize,
+        wire,
+        shard: ctx.fanout.shard(),
+    };
+    // Twice at most: a group found closing is replaced once.
+    for _ in 0..2 {
+        let mut created = None;
+        let group = ctx
+            .fanout
+            .groups
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let group = Arc::new(Group {
+                    key: key.clone(),
+                    stream: stream.clone(),
+                    inner: Mutex::new(Members {
+                        pos: at,
+                        members: Vec::new(),
+                        closed: false,
+                    }),
+                });
+                created = Some(group.clone());
+                group
+            })
+            .clone();
+        let seat = Arc::new(Seat::default());
+        {
+            let mut inner = group.inner.lock();
+            if inner.closed {
+                drop(inner);
+                ctx.fanout
+                    .groups
+                    .remove_if(&key, |_, g| Arc::ptr_eq(g, &group));
+                continue;
+            }
+            if at < inner.pos {
+                return None;
+            }
+            inner.members.push(Member {
+                seat: seat.clone(),
+                socket: socket.clone(),
+                next: at,
+                headers: Vec::new(),
+            });
+        }
+        if let Some(group) = created {
+            spawn_writer(ctx.clone(), group, wire);
+        }
+        let protocol = wire.protocol();
+        ctx.metrics
+            .fanout_viewers
+            .get_or_create(&[("protocol", protocol)])
+            .inc();
+        return Some(Joined {
+            group,
+            seat,
+            ctx: ctx.clone(),
+            protocol,
+            left: false,
+        });
+    }
+    None
+}
+
+fn spawn_writer(ctx: Arc<Context>, group: Arc<Group>, wire: Wire) {
+    let span = info_span!("fanout", stream = %group.stream.key(), ?wire, shard = group.key.shard);
+    ctx.metrics.fanout_writers.inc();
+    let task_ctx = ctx.clone();
+    ctx.tracker.spawn(
+        async move {
+            Writer::new(task_ctx.clone(), group.clone(), wire)
+                .run()
+                .await;
+            task_ctx
+                .fanout
+                .groups
+                .remove_if(&group.key, |_, g| Arc::ptr_eq(g, &group));
+            task_ctx.metrics.fanout_writers.dec();
+        }
+        .instrument(span),
+    );
+}
+
+/// One writer's task state.
+struct Writer {
+    ctx: Arc<Context>,
+    group: Arc<Group>,
+    wire: Wire,
+    counters: ProtocolCounters,
+    schedule: ScheduleCache,
+    frames: Vec<Arc<Frame>>,
+    bufs: Vec<Bytes>,
+}
+
+/// Why the writer handed a viewer back (the `reason` label of `fanout_handbacks`).
+mod reason {
+    pub(super) const SOCKET_FULL: &str = "socket_full";
+    pub(super) const WRITE_ERROR: &str = "write_error";
+    pub(super) const BEHIND: &str = "behind";
+    pub(super) const BATCHING: &str = "batching";
+    pub(super) const UNPUBLISHED: &str = "unpublished";
+    pub(super) const SHUTDOWN: &str = "shutdown";
+}
+
+impl Writer {
+    fn new(ctx: Arc<Context>, group: Arc<Group>, wire: Wire) -> Self {
+        let counters = ctx.metrics.protocol_counters(wire.protocol());
+        Writer {
+            ctx,
+            group,
+            wire,
+            counters,
+            schedule: ScheduleCache::default(),
+            frames: Vec::new(),
+            bufs: Vec::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut changes = self.group.stream.subscribe_changes();
+        let shutdown = self.ctx.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            changes.mark_unchanged();
+            if !self.pass() {
+                debug!("writer done");
+                return;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = &mut cancelled => {
+                    let mut inner = self.group.inner.lock();
+                    self.disband(&mut inner, reason::SHUTDOWN);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Delivers what the ring has past the writer's position; false once the writer is
+    /// done (no members left, or all handed back).
+    fn pass(&mut self) -> bool {
+        let cfg = self.ctx.config.load();
+        let schedule = self.schedule.get(&cfg, Some(&self.group.stream.key().app));
+        drop(cfg);
+        let group = self.group.clone();
+        let mut inner = group.inner.lock();
+        if inner.members.is_empty() {
+            inner.closed = true;
+            return false;
+        }
+        if !schedule.merge_write.is_zero() {
+            // Batching viewers wait for their windows in their own tasks.
+            self.disband(&mut inner, reason::BATCHING);
+            return false;
+        }
+        self.frames.clear();
+        match self
+            .group
+            .stream
+            .tail(inner.pos, &mut self.frames, PASS_FRAMES)
+        {
+            Tail::Unpublished => {
+                self.disband(&mut inner, reason::UNPUBLISHED);
+                return false;
+            }
+            Tail::Evicted => {
+                self.disband(&mut inner, reason::BEHIND);
+                return false;
+            }
+            Tail::Frames { first_arrived } => {
+                if first_arrived.is_some_and(|at| too_late(&schedule, at, Instant::now())) {
+                    // Their cursors decide what to skip.
+                    self.disband(&mut inner, reason::BEHIND);
+                    return false;
+                }
+            }
+        }
+        if self.frames.is_empty() {
+            return true;
+        }
+        self.bufs.clear();
+        for frame in &self.frames {
+            self.wire.push(frame, &mut self.bufs);
+        }
+        let base = inner.pos;
+        let unit = self.wire.unit();
+        let (mut bytes, mut frames_out, mut writes) = (0u64, 0u64, 0u64);
+        let mut i = 0;
+        while i < inner.members.len() {
+            let member = &mut inner.members[i];
+            let skip = usize::try_from(member.next - base).unwrap_or(usize::MAX);
+            if skip >= self.frames.len() {
+                i += 1;
+                continue;
+            }
+            let sent = write_now(&member.socket, &self.bufs[skip * unit..], unit);
+            writes += 1;
+            bytes += sent.bytes;
+            frames_out += sent.units as u64;
+            let delivered = &self.frames[skip..skip + sent.units];
+            member.headers.extend(
+                delivered
+                    .iter()
+                    .filter(|f| f.kind == FrameKind::Script || f.seq_header)
+                    .cloned(),
+            );
+            member.next += sent.units as u64;
+            if sent.complete && !sent.failed {
+                i += 1;
+                continue;
+            }
+            let member = inner.members.swap_remove(i);
+            let why = if sent.failed {
+                reason::WRITE_ERROR
+            } else {
+                reason::SOCKET_FULL
+            };
+            self.hand_back(member, sent.rest, sent.failed, why);
+        }
+        inner.pos = base + self.frames.len() as u64;
+        self.counters.bytes_out.inc_by(bytes);
+        self.counters.frames_out.inc_by(frames_out);
+        self.counters.media_writes.inc_by(writes);
+        if inner.members.is_empty() {
+            inner.closed = true;
+            return false;
+        }
+        true
+    }
+
+    fn disband(&self, inner: &mut Members, why: &'static str) {
+        inner.closed = true;
+        for member in std::mem::take(&mut inner.members) {
+            self.hand_back(member, VecDeque::new(), false, why);
+        }
+    }
+
+    fn hand_back(&self, member: Member, rest: VecDeque<Bytes>, failed: bool, why: &'static str) {
+        *member.seat.back.lock() = Some(Handback {
+            next: member.next,
+            headers: member.headers,
+            rest,
+            failed,
+        });
+        member.seat.woken.notify_one();
+        self.ctx.metrics.fanout_left(self.wire.protocol(), why);
+    }
+}
+
+/// Whether a frame that arrived at `arrived` is past the lag at which `schedule` starts
+/// treating a viewer as behind (its smallest threshold).
+fn too_late(schedule: &Schedule, arrived: Instant, now: Instant) -> bool {
+    let limit = [
+        schedule.max_latency,
+        schedule.drop_disposable_after,
+        schedule.drop_inter_after,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    limit.is_some_and(|limit| now.saturating_duration_since(arrived) > limit.max(MIN_LAG))
+}
+
+/// The writer never hands viewers back for lag below this: one pass over a thousand
+/// viewers takes a few milliseconds.
+const MIN_LAG: Duration = Duration::from_millis(50);
+
+/// What one non-blocking write of whole frames did.
+#[derive(Debug, PartialEq, Eq)]
+struct Sent {
+    bytes: u64,
+    /// Frames written whole or started.
+    units: usize,
+    /// Everything was written.
+    complete: bool,
+    /// The rest of a started frame.
+    rest: VecDeque<Bytes>,
+    failed: bool,
+}
+
+/// Writes `bufs` (frames of `unit` buffers each) with non-blocking vectored writes until
+/// done or the socket is full; never waits.
+fn write_now(socket: &TcpStream, bufs: &[Bytes], unit: usize) -> Sent {
+    let (mut index, mut offset, mut bytes) = (0usize, 0usize, 0u64);
+    let mut failed = false;
+    while index < bufs.len() {
+        let result = {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            slices[0] = IoSlice::new(&bufs[index][offset..]);
+            let mut count = 1;
+            for (slot, buf) in slices[1..].iter_mut().zip(&bufs[index + 1..]) {
+                *slot = IoSlice::new(buf);
+                count += 1;
+            }
+            socket.try_write_vectored(&slices[..count])
+        };
+        match result {
+            Ok(0) => {
+                failed = true;
+                break;
+            }
+            Ok(n) => {
+                bytes += n as u64;
+                let mut left = n;
+                while left > 0 && index < bufs.len() {
+                    let remaining = bufs[index].len() - offset;
+                    if left >= remaining {
+                        left -= remaining;
+                        index += 1;
+                        offset = 0;
+                    } else {
+                        offset += left;
+                        left = 0;
+                    }
+                }
+                // Empty buffers count as written.
+                while index < bufs.len() && bufs[index].len() == offset {
+                    index += 1;
+                    offset = 0;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    let unit = unit.max(1);
+    if index == bufs.len() {
+        return Sent {
+            bytes,
+            units: bufs.len() / unit,
+            complete: true,
+            rest: VecDeque::new(),
+            failed,
+        };
+    }
+    let started = offset > 0 || index % unit != 0;
+    let mut rest = VecDeque::new();
+    if started && !failed {
+        let unit_end = (index / unit + 1) * unit;
+        rest.push_back(bufs[index].slice(offset..));
+        rest.extend(bufs[index + 1..unit_end].iter().cloned());
+    }
+    Sent {
+        bytes,
+        units: index / unit + usize::from(started),
+        complete: false,
+        rest,
+        failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fits_is_complete() {
+        let (a, mut b) = pair().await;
+        let bufs: Vec<Bytes> = [&b"ab"[..], b"", b"cde", b"f"]
+            .into_iter()
+            .map(Bytes::from_static)
+            .collect();
+        let sent = write_now(&a, &bufs, 2);
+        assert!(sent.complete && !sent.failed);
+        assert_eq!((sent.bytes, sent.units), (6, 2));
+        drop(a);
+        let mut out = Vec::new();
+        b.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_leaves_the_rest_of_the_started_frame_only() {
+        let (a, mut b) = pair().await;
+        socket2::SockRef::from(&a)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&b)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        // Frames of a 3-byte line and a 997-byte body.
+        let line = Bytes::from_static(b"ln:");
+        let body = Bytes::from(vec![9u8; 997]);
+        let bufs: Vec<Bytes> = (0..2000)
+            .flat_map(|_| [line.clone(), body.clone()])
+            .collect();
+        let sent = write_now(&a, &bufs, 2);
+        assert!(!sent.complete && !sent.failed);
+        let rest: usize = sent.rest.iter().map(Bytes::len).sum();
+        assert_eq!(
+            sent.bytes as usize + rest,
+            sent.units * 1000,
+            "the started frame's rest completes it"
+        );
+        assert!(sent.units < 2000);
+        // Finish the started frame as a viewer's task would, reading alongside.
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            b.read_to_end(&mut out).await.unwrap();
+            out.len()
+        });
+        let mut rest = sent.rest.clone();
+        crate::io::write_bufs(&a, &mut rest).await.unwrap();
+        drop(a);
+        assert_eq!(
+            reader.await.unwrap(),
+            sent.units * 1000,
+            "whole frames only"
+        );
+    }
+}
