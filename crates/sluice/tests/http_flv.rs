@@ -513,5 +513,8 @@ async fn slow_http_flv_viewers_stay_within_the_latency_budget() {
             .await
             >= 1.0
     );
+    // They were caught up and written by the stream's shared writer until their sockets
+    // filled; it handed them back, and their own tasks applied the budget from there.
+    budget::assert_handed_back(&node, "http_flv").await;
     node.stop().await;
 }

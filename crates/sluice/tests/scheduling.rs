@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::budget::{
-    PLAYER_RCVBUF, Pace, Received, SERVER_SNDBUF, assert_paused_viewer_fresh, assert_within_budget,
-    config, paused_and_slow, real_time_publisher,
+    PLAYER_RCVBUF, Pace, Received, SERVER_SNDBUF, assert_handed_back, assert_paused_viewer_fresh,
+    assert_within_budget, config, paused_and_slow, real_time_publisher,
 };
 use common::rtmp::{DEADLINE, Tag, handshake_on, url};
 use common::{Node, test_config};
@@ -139,6 +139,9 @@ async fn late_viewers_stay_within_the_budget_and_others_lose_nothing() {
         "jumps {jumps}, dropped {dropped}\n{}",
         node.metrics().await
     );
+    // Both were written by the stream's shared writer while caught up; it handed them back
+    // when their sockets filled, and their own tasks applied the budget from there.
+    assert_handed_back(&node, "rtmp").await;
 
     // The steady viewer lost nothing the publisher sent.
     let steady_got = steady_task.await.expect("steady viewer");
@@ -188,6 +191,71 @@ async fn a_reload_that_sets_a_budget_applies_to_connected_viewers() {
         node.metric("sluice_viewer_skips_total{reason=\"latency\"}")
             .await
             >= 1.0
+    );
+    node.stop().await;
+}
+
+/// Viewers that keep up are written by their stream's shared writer; a reload that turns
+/// batching on hands them back to their own tasks (which then batch) without losing a
+/// frame, RTMP and HTTP-FLV alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_batching_takes_viewers_off_the_shared_writer_and_loses_nothing() {
+    let node = Node::start(test_config("")).await;
+    let mut rtmp = Client::play(&url(&node.rtmp_url("live/sched")), DEADLINE)
+        .await
+        .expect("play");
+    let flv_addr = node.addrs.http;
+    let flv = tokio::spawn(async move {
+        let (status, body) = common::http_get(flv_addr, "/live/sched.flv").await;
+        assert_eq!(status, 200);
+        body.len()
+    });
+    let (sent, publishing) =
+        real_time_publisher(node.rtmp_url("live/sched"), Duration::from_secs(5));
+    let reading = async {
+        let mut media = 0usize;
+        while let Ok(Ok(Some(e))) =
+            tokio::time::timeout(Duration::from_secs(2), rtmp.next_event()).await
+        {
+            if matches!(e, ClientEvent::Media { .. }) {
+                media += 1;
+            }
+        }
+        media
+    };
+    let writer = |protocol: &str| format!("sluice_fanout_viewers{{protocol=\"{protocol}\"}}");
+    let batching = |protocol: &str| {
+        format!("sluice_fanout_handbacks_total{{protocol=\"{protocol}\",reason=\"batching\"}}")
+    };
+    let reload = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for protocol in ["rtmp", "http_flv"] {
+            assert_eq!(node.metric(&writer(protocol)).await, 1.0, "{protocol}");
+        }
+        node.ctx.config.store(Arc::new(test_config(
+            "[schedule.apps.live]\nmerge_write_ms = 200\n",
+        )));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        for protocol in ["rtmp", "http_flv"] {
+            assert_eq!(node.metric(&writer(protocol)).await, 0.0, "{protocol}");
+            assert_eq!(node.metric(&batching(protocol)).await, 1.0, "{protocol}");
+        }
+    };
+    let (media, ()) = tokio::join!(reading, reload);
+    publishing.await.expect("publisher");
+    assert!(flv.await.expect("flv viewer") > 100_000);
+    let ingested = node.metric("sluice_frames_in_total{kind=\"video\"}").await
+        + node.metric("sluice_frames_in_total{kind=\"audio\"}").await;
+    assert!(sent.lock().expect("lock").len() > 250);
+    assert_eq!(media as f64, ingested, "every frame arrives");
+    let flv_frames = node
+        .metric("sluice_frames_out_total{protocol=\"http_flv\"}")
+        .await;
+    let script = node.metric("sluice_frames_in_total{kind=\"script\"}").await;
+    assert_eq!(
+        flv_frames,
+        ingested + script,
+        "every tag arrives over HTTP-FLV"
     );
     node.stop().await;
 }

@@ -248,3 +248,14 @@ pub fn assert_slow_viewer_fresh(sent: &SendTimes, slow: &[Received]) {
     }
     assert_resumes_at_keyframes(slow);
 }
+
+/// Asserts that the shared writer handed `protocol` viewers back because their sockets
+/// filled (the path slow viewers take out of it).
+pub async fn assert_handed_back(node: &super::Node, protocol: &str) {
+    let full = node
+        .metric(&format!(
+            "sluice_fanout_handbacks_total{{protocol=\"{protocol}\",reason=\"socket_full\"}}"
+        ))
+        .await;
+    assert!(full >= 1.0, "{}", node.metrics().await);
+}
