@@ -761,16 +761,15 @@ impl Viewer<'_> {
                     .window
                     .hold(Instant::now(), &schedule, self.cursor.stream());
             }
-            // A caught-up viewer without batching is written by its stream's shared writer
-            // until handed back (see `fanout`).
+            // A caught-up viewer is written by its stream's shared writer until handed back
+            // (see `fanout` and the RTMP player).
             let wire = if self.chunked {
                 Wire::FlvChunked
             } else {
                 Wire::FlvPlain
             };
-            if matches!(hold, Hold::No)
-                && give_up.is_none()
-                && schedule.merge_write.is_zero()
+            if give_up.is_none()
+                && schedule.merge_write_bytes == 0
                 && let Some(joined) = fanout::join(self.ctx, &self.cursor, self.socket, wire)
             {
                 let gone = tokio::select! {

@@ -37,6 +37,11 @@ impl ScheduleCache {
         }
         self.schedule
     }
+
+    /// The batching window of the schedule last looked up.
+    pub(crate) fn merge_write(&self) -> Duration {
+        self.schedule.merge_write
+    }
 }
 
 /// A viewer's batching window.
@@ -94,7 +99,7 @@ impl Window {
 /// many viewers instead of once per millisecond for a few, and the thread sleeps in
 /// between. Measured at 1,000 viewers with 100 ms windows, unaligned windows kept the
 /// server waking every millisecond. Adds at most one grid step to the window.
-fn on_grid(at: Instant, window: Duration) -> Instant {
+pub(crate) fn on_grid(at: Instant, window: Duration) -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     let grid = (window / 10).clamp(Duration::from_millis(1), Duration::from_millis(10));

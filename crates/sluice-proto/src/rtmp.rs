@@ -396,13 +396,13 @@ impl Handler {
             // Players may say nothing for minutes (an acknowledgement per window); a stuck
             // one is caught by the write deadline instead.
             let receive_idle = !matches!(self.role, Role::Playing(_));
-            // A caught-up viewer without batching is written by its stream's shared writer
-            // until handed back (see `fanout`): no wake-up of this task per frame.
+            // A caught-up viewer is written by its stream's shared writer until handed back
+            // (see `fanout`): no wake-up of this task per frame or batching window. A byte
+            // trigger counts per viewer, so those viewers batch on their own.
             let chunk_size = self.conn.session.chunk_size();
             if let (Role::Playing(player), Some(schedule)) = (&self.role, schedule_in_force)
-                && matches!(hold, Hold::No)
                 && give_up_at.is_none()
-                && schedule.merge_write.is_zero()
+                && schedule.merge_write_bytes == 0
                 && player.stream_id == SHARED_STREAM_ID
                 && let Some(joined) = fanout::join(
                     &self.ctx,

@@ -195,11 +195,12 @@ async fn a_reload_that_sets_a_budget_applies_to_connected_viewers() {
     node.stop().await;
 }
 
-/// Viewers that keep up are written by their stream's shared writer; a reload that turns
-/// batching on hands them back to their own tasks (which then batch) without losing a
-/// frame, RTMP and HTTP-FLV alike.
+/// Viewers that keep up are written by their stream's shared writer, with or without a
+/// batching window: a reload to a window keeps them there and batches their writes; one
+/// that adds a byte trigger (counted per viewer) hands them back to their own tasks. No
+/// frame is lost on the way, RTMP and HTTP-FLV alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_to_batching_takes_viewers_off_the_shared_writer_and_loses_nothing() {
+async fn reloads_move_viewers_between_the_shared_writer_and_their_own_tasks_losing_nothing() {
     let node = Node::start(test_config("")).await;
     let mut rtmp = Client::play(&url(&node.rtmp_url("live/sched")), DEADLINE)
         .await
@@ -223,25 +224,58 @@ async fn a_reload_to_batching_takes_viewers_off_the_shared_writer_and_loses_noth
         }
         media
     };
-    let writer = |protocol: &str| format!("sluice_fanout_viewers{{protocol=\"{protocol}\"}}");
-    let batching = |protocol: &str| {
-        format!("sluice_fanout_handbacks_total{{protocol=\"{protocol}\",reason=\"batching\"}}")
+    let protocols = ["rtmp", "http_flv"];
+    let in_writer = |protocol: &str| format!("sluice_fanout_viewers{{protocol=\"{protocol}\"}}");
+    let counts = |protocol: &'static str| {
+        let node = &node;
+        async move {
+            let frames = node
+                .metric(&format!(
+                    "sluice_frames_out_total{{protocol=\"{protocol}\"}}"
+                ))
+                .await;
+            let writes = node
+                .metric(&format!(
+                    "sluice_media_writes_total{{protocol=\"{protocol}\"}}"
+                ))
+                .await;
+            (frames, writes)
+        }
     };
-    let reload = async {
+    let reloads = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        for protocol in ["rtmp", "http_flv"] {
-            assert_eq!(node.metric(&writer(protocol)).await, 1.0, "{protocol}");
+        for protocol in protocols {
+            assert_eq!(node.metric(&in_writer(protocol)).await, 1.0, "{protocol}");
         }
         node.ctx.config.store(Arc::new(test_config(
             "[schedule.apps.live]\nmerge_write_ms = 200\n",
         )));
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        for protocol in ["rtmp", "http_flv"] {
-            assert_eq!(node.metric(&writer(protocol)).await, 0.0, "{protocol}");
-            assert_eq!(node.metric(&batching(protocol)).await, 1.0, "{protocol}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = [counts("rtmp").await, counts("http_flv").await];
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let after = [counts("rtmp").await, counts("http_flv").await];
+        for (protocol, (before, after)) in protocols.into_iter().zip(before.into_iter().zip(after))
+        {
+            assert_eq!(node.metric(&in_writer(protocol)).await, 1.0, "{protocol}");
+            let (frames, writes) = (after.0 - before.0, after.1 - before.1);
+            assert!(
+                frames > 40.0 && writes * 4.0 < frames,
+                "{protocol}: {writes} writes for {frames} frames with 200 ms batches"
+            );
+        }
+        node.ctx.config.store(Arc::new(test_config(
+            "[schedule.apps.live]\nmerge_write_ms = 200\nmerge_write_bytes = 100000\n",
+        )));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for protocol in protocols {
+            assert_eq!(node.metric(&in_writer(protocol)).await, 0.0, "{protocol}");
+            let handbacks = format!(
+                "sluice_fanout_handbacks_total{{protocol=\"{protocol}\",reason=\"batching\"}}"
+            );
+            assert_eq!(node.metric(&handbacks).await, 1.0, "{protocol}");
         }
     };
-    let (media, ()) = tokio::join!(reading, reload);
+    let (media, ()) = tokio::join!(reading, reloads);
     publishing.await.expect("publisher");
     assert!(flv.await.expect("flv viewer") > 100_000);
     let ingested = node.metric("sluice_frames_in_total{kind=\"video\"}").await
