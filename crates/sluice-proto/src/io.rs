@@ -191,15 +191,28 @@ async fn finish_front(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    /// A connected loopback pair.
+    pub(crate) async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         (client.unwrap(), accepted.unwrap().0)
+    }
+
+    /// A loopback pair with small buffers, so that a writer fills it quickly.
+    pub(crate) async fn small_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let (a, b) = pair().await;
+        socket2::SockRef::from(&a)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&b)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        (a, b)
     }
 
     #[tokio::test]
@@ -224,13 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_socket_keeps_whole_unstarted_buffers_and_finishes_a_started_one() {
-        let (a, mut b) = pair().await;
-        socket2::SockRef::from(&a)
-            .set_send_buffer_size(4096)
-            .unwrap();
-        socket2::SockRef::from(&b)
-            .set_recv_buffer_size(4096)
-            .unwrap();
+        let (a, mut b) = small_pair().await;
         let frame = Bytes::from(vec![7u8; 1000]);
         let mut bufs: VecDeque<Bytes> = std::iter::repeat_n(frame, 4000).collect();
         // Nobody reads for a while, so the socket fills; then everything is read.
@@ -252,13 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn units_are_written_whole_or_not_at_all() {
-        let (a, mut b) = pair().await;
-        socket2::SockRef::from(&a)
-            .set_send_buffer_size(4096)
-            .unwrap();
-        socket2::SockRef::from(&b)
-            .set_recv_buffer_size(4096)
-            .unwrap();
+        let (a, mut b) = small_pair().await;
         // Units of a 7-byte prefix and a 993-byte body, like a chunk size line and a tag.
         let prefix = Bytes::from_static(b"prefix:");
         let body = Bytes::from(vec![7u8; 993]);

@@ -7,6 +7,8 @@
 //! idle viewer and again after each write, and ends on a grid shared by all viewers; while
 //! it is open the viewer does not wait on the stream's change signal at all (unless a byte
 //! trigger needs it to count), so it is woken once per window instead of once per frame.
+//! This applies to viewers in their own tasks; caught-up viewers are batched by their
+//! stream's shared writer (`fanout`), on the same grid.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};

@@ -195,14 +195,10 @@ async fn a_reload_that_sets_a_budget_applies_to_connected_viewers() {
     node.stop().await;
 }
 
-/// Viewers that keep up are written by their stream's shared writer, with or without a
-/// batching window: a reload to a window keeps them there and batches their writes; one
-/// that adds a byte trigger (counted per viewer) hands them back to their own tasks. No
-/// frame is lost on the way, RTMP and HTTP-FLV alike.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reloads_move_viewers_between_the_shared_writer_and_their_own_tasks_losing_nothing() {
-    let node = Node::start(test_config("")).await;
-    let mut rtmp = Client::play(&url(&node.rtmp_url("live/sched")), DEADLINE)
+/// An RTMP viewer and an HTTP-FLV viewer of `live/sched` (the latter's body length, once
+/// the stream ends).
+async fn rtmp_and_flv_viewers(node: &Node) -> (Client, tokio::task::JoinHandle<usize>) {
+    let rtmp = Client::play(&url(&node.rtmp_url("live/sched")), DEADLINE)
         .await
         .expect("play");
     let flv_addr = node.addrs.http;
@@ -211,19 +207,33 @@ async fn reloads_move_viewers_between_the_shared_writer_and_their_own_tasks_losi
         assert_eq!(status, 200);
         body.len()
     });
+    (rtmp, flv)
+}
+
+/// Media messages an RTMP viewer gets until 2 s pass without one.
+async fn count_media(mut rtmp: Client) -> usize {
+    let mut media = 0usize;
+    while let Ok(Ok(Some(e))) =
+        tokio::time::timeout(Duration::from_secs(2), rtmp.next_event()).await
+    {
+        if matches!(e, ClientEvent::Media { .. }) {
+            media += 1;
+        }
+    }
+    media
+}
+
+/// Viewers that keep up are written by their stream's shared writer, with or without a
+/// batching window: a reload to a window keeps them there and batches their writes; one
+/// that adds a byte trigger (counted per viewer) hands them back to their own tasks. No
+/// frame is lost on the way, RTMP and HTTP-FLV alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_move_viewers_between_the_shared_writer_and_their_own_tasks_losing_nothing() {
+    let node = Node::start(test_config("")).await;
+    let (rtmp, flv) = rtmp_and_flv_viewers(&node).await;
     let (sent, publishing) =
         real_time_publisher(node.rtmp_url("live/sched"), Duration::from_secs(5));
-    let reading = async {
-        let mut media = 0usize;
-        while let Ok(Ok(Some(e))) =
-            tokio::time::timeout(Duration::from_secs(2), rtmp.next_event()).await
-        {
-            if matches!(e, ClientEvent::Media { .. }) {
-                media += 1;
-            }
-        }
-        media
-    };
+    let reading = count_media(rtmp);
     let protocols = ["rtmp", "http_flv"];
     let in_writer = |protocol: &str| format!("sluice_fanout_viewers{{protocol=\"{protocol}\"}}");
     let counts = |protocol: &'static str| {
@@ -304,25 +314,10 @@ async fn merge_write_batches_frames_into_few_writes_and_loses_none() {
             "[schedule.apps.live]\nmerge_write_ms = {merge_ms}\n"
         )))
         .await;
-        let mut rtmp = Client::play(&url(&node.rtmp_url("live/sched")), DEADLINE)
-            .await
-            .expect("play");
-        let flv_addr = node.addrs.http;
-        let flv = tokio::spawn(async move {
-            let (status, body) = common::http_get(flv_addr, "/live/sched.flv").await;
-            assert_eq!(status, 200);
-            body.len()
-        });
+        let (rtmp, flv) = rtmp_and_flv_viewers(&node).await;
         let (sent, publishing) =
             real_time_publisher(node.rtmp_url("live/sched"), Duration::from_secs(3));
-        let mut media = 0usize;
-        while let Ok(Ok(Some(e))) =
-            tokio::time::timeout(Duration::from_secs(2), rtmp.next_event()).await
-        {
-            if matches!(e, ClientEvent::Media { .. }) {
-                media += 1;
-            }
-        }
+        let media = count_media(rtmp).await;
         publishing.await.expect("publisher");
         assert!(flv.await.expect("flv viewer") > 100_000);
         let ingested = node.metric("sluice_frames_in_total{kind=\"video\"}").await
