@@ -169,6 +169,41 @@ pub(crate) struct Handback {
     pub(crate) failed: bool,
 }
 
+/// Why a viewer could not be taken back from the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TakeBackError {
+    /// The socket took nothing of the started frame's rest for the stall deadline.
+    Stalled,
+    /// A write failed.
+    Io,
+}
+
+impl Handback {
+    /// Takes the viewer back: writes the rest of the frame the writer started (waiting at
+    /// most `stall` for the socket), then moves `cursor` to where the writer stopped.
+    /// Returns the bytes written.
+    pub(crate) async fn finish(
+        self,
+        socket: &TcpStream,
+        cursor: &mut Cursor,
+        stall: Duration,
+    ) -> Result<u64, TakeBackError> {
+        if self.failed {
+            return Err(TakeBackError::Io);
+        }
+        let mut rest = self.rest;
+        let mut written = 0;
+        if !rest.is_empty() {
+            written = tokio::time::timeout(stall, crate::io::write_bufs(socket, &mut rest))
+                .await
+                .map_err(|_| TakeBackError::Stalled)?
+                .map_err(|_| TakeBackError::Io)?;
+        }
+        cursor.resume_at(self.next, &self.headers);
+        Ok(written)
+    }
+}
+
 /// A viewer the writer serves, until [`Joined::leave`] (or drop).
 #[derive(Debug)]
 pub(crate) struct Joined {

@@ -37,7 +37,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::Context;
-use crate::fanout::{self, Handback, Wire};
+use crate::fanout::{self, Handback, TakeBackError, Wire};
 use crate::io::{self, write_units_until_full};
 use crate::pacing::{Hold, ScheduleCache, Window, apply_socket_options};
 
@@ -827,21 +827,16 @@ impl Viewer<'_> {
         }
     }
 
-    /// Takes the viewer back from the stream's writer: finishes the frame the writer
-    /// started and moves the cursor to where the writer stopped.
+    /// Takes the viewer back from the stream's writer (see [`Handback::finish`]).
     async fn take_back(&mut self, back: Handback) -> Result<(), Close> {
-        if back.failed {
-            return Err(Close::Io);
-        }
-        let mut rest = back.rest;
-        if !rest.is_empty() {
-            let n = timeout(self.idle, io::write_bufs(self.socket, &mut rest))
-                .await
-                .map_err(|_| Close::WriteStalled)?
-                .map_err(|_| Close::Io)?;
-            self.counters.bytes_out.inc_by(n);
-        }
-        self.cursor.resume_at(back.next, &back.headers);
+        let written = back
+            .finish(self.socket, &mut self.cursor, self.idle)
+            .await
+            .map_err(|e| match e {
+                TakeBackError::Stalled => Close::WriteStalled,
+                TakeBackError::Io => Close::Io,
+            })?;
+        self.counters.bytes_out.inc_by(written);
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Context;
-use crate::fanout::{self, Handback, Wire};
+use crate::fanout::{self, Handback, TakeBackError, Wire};
 use crate::io::{self, write_until_full};
 use crate::pacing::{Hold, ScheduleCache, Window, apply_socket_options};
 
@@ -400,17 +400,22 @@ impl Handler {
             // (see `fanout`): no wake-up of this task per frame or batching window. A byte
             // trigger counts per viewer, so those viewers batch on their own.
             let chunk_size = self.conn.session.chunk_size();
-            if let (Role::Playing(player), Some(schedule)) = (&self.role, schedule_in_force)
-                && give_up_at.is_none()
-                && schedule.merge_write_bytes == 0
-                && player.stream_id == SHARED_STREAM_ID
-                && let Some(joined) = fanout::join(
-                    &self.ctx,
-                    &player.cursor,
-                    &self.socket,
-                    Wire::Rtmp { chunk_size },
-                )
-            {
+            let joined = match (&self.role, schedule_in_force) {
+                (Role::Playing(player), Some(schedule))
+                    if give_up_at.is_none()
+                        && schedule.merge_write_bytes == 0
+                        && player.stream_id == SHARED_STREAM_ID =>
+                {
+                    fanout::join(
+                        &self.ctx,
+                        &player.cursor,
+                        &self.socket,
+                        Wire::Rtmp { chunk_size },
+                    )
+                }
+                _ => None,
+            };
+            let wake = if let Some(joined) = joined {
                 let wake = tokio::select! {
                     _ = joined.handed_back() => Wake::Changed,
                     _ = &mut cancelled => Wake::Shutdown,
@@ -419,23 +424,8 @@ impl Handler {
                 if let Err(close) = self.take_back(joined.leave()).await {
                     return close;
                 }
-                match wake {
-                    Wake::Shutdown => return Close::Shutdown,
-                    Wake::Read(Ok(0)) => return Close::PeerClosed,
-                    Wake::Read(Ok(n)) => {
-                        self.count_in(n);
-                        let result = self.input(&read_buf);
-                        read_buf.clear();
-                        if let Err(close) = result {
-                            return close;
-                        }
-                    }
-                    Wake::Read(Err(_)) => return Close::Io,
-                    _ => {}
-                }
-                continue;
-            }
-            let wake = {
+                wake
+            } else {
                 let Handler { socket, role, .. } = &mut *self;
                 let changed = async {
                     match role {
@@ -558,23 +548,20 @@ impl Handler {
         Ok(unsent)
     }
 
-    /// Takes a viewer back from the stream's writer: finishes the frame the writer started
-    /// and moves the cursor to where the writer stopped.
+    /// Takes a player back from the stream's writer (see [`Handback::finish`]).
     async fn take_back(&mut self, back: Handback) -> Result<(), Close> {
-        if back.failed {
-            return Err(Close::Io);
-        }
-        let mut rest = back.rest;
-        if !rest.is_empty() {
-            let n = timeout(self.idle, io::write_bufs(&self.socket, &mut rest))
-                .await
-                .map_err(|_| Close::WriteStalled)?
-                .map_err(|_| Close::Io)?;
-            self.count_out(n as usize);
-        }
-        if let Role::Playing(player) = &mut self.role {
-            player.cursor.resume_at(back.next, &back.headers);
-        }
+        let Handler { socket, role, .. } = self;
+        let Role::Playing(player) = role else {
+            return Ok(());
+        };
+        let written = back
+            .finish(socket, &mut player.cursor, self.idle)
+            .await
+            .map_err(|e| match e {
+                TakeBackError::Stalled => Close::WriteStalled,
+                TakeBackError::Io => Close::Io,
+            })?;
+        self.count_out(written as usize);
         Ok(())
     }
 
