@@ -210,6 +210,21 @@ async fn rtmp_and_flv_viewers(node: &Node) -> (Client, tokio::task::JoinHandle<u
     (rtmp, flv)
 }
 
+/// Frames sent and media writes to `protocol` viewers so far.
+async fn frames_and_writes(node: &Node, protocol: &str) -> (f64, f64) {
+    let frames = node
+        .metric(&format!(
+            "sluice_frames_out_total{{protocol=\"{protocol}\"}}"
+        ))
+        .await;
+    let writes = node
+        .metric(&format!(
+            "sluice_media_writes_total{{protocol=\"{protocol}\"}}"
+        ))
+        .await;
+    (frames, writes)
+}
+
 /// Media messages an RTMP viewer gets until 2 s pass without one.
 async fn count_media(mut rtmp: Client) -> usize {
     let mut media = 0usize;
@@ -236,22 +251,7 @@ async fn reloads_move_viewers_between_the_shared_writer_and_their_own_tasks_losi
     let reading = count_media(rtmp);
     let protocols = ["rtmp", "http_flv"];
     let in_writer = |protocol: &str| format!("sluice_fanout_viewers{{protocol=\"{protocol}\"}}");
-    let counts = |protocol: &'static str| {
-        let node = &node;
-        async move {
-            let frames = node
-                .metric(&format!(
-                    "sluice_frames_out_total{{protocol=\"{protocol}\"}}"
-                ))
-                .await;
-            let writes = node
-                .metric(&format!(
-                    "sluice_media_writes_total{{protocol=\"{protocol}\"}}"
-                ))
-                .await;
-            (frames, writes)
-        }
-    };
+    let counts = |protocol: &'static str| frames_and_writes(&node, protocol);
     let reloads = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         for protocol in protocols {
@@ -325,16 +325,7 @@ async fn merge_write_batches_frames_into_few_writes_and_loses_none() {
         assert!(sent.lock().expect("lock").len() > 150);
         assert_eq!(media as f64, ingested, "every frame arrives");
         for protocol in ["rtmp", "http_flv"] {
-            let frames = node
-                .metric(&format!(
-                    "sluice_frames_out_total{{protocol=\"{protocol}\"}}"
-                ))
-                .await;
-            let writes = node
-                .metric(&format!(
-                    "sluice_media_writes_total{{protocol=\"{protocol}\"}}"
-                ))
-                .await;
+            let (frames, writes) = frames_and_writes(&node, protocol).await;
             if batched {
                 assert!(
                     writes * 4.0 < frames,
