@@ -372,6 +372,8 @@ struct Writer {
     schedule: ScheduleCache,
     frames: Vec<Arc<Frame>>,
     bufs: Vec<Bytes>,
+    /// The pass's frames include headers (rare): members must note the ones they get.
+    headers_read: bool,
 }
 
 /// Why the writer handed a viewer back (the `reason` label of `fanout_handbacks`).
@@ -395,6 +397,7 @@ impl Writer {
             schedule: ScheduleCache::default(),
             frames: Vec::new(),
             bufs: Vec::new(),
+            headers_read: false,
         }
     }
 
@@ -460,6 +463,7 @@ impl Writer {
         let group = self.group.clone();
         self.frames.clear();
         self.bufs.clear();
+        self.headers_read = false;
         let base = {
             let mut inner = group.inner.lock();
             if inner.members.is_empty() {
@@ -491,9 +495,7 @@ impl Writer {
         if self.frames.is_empty() {
             return Pass::Idle { wrote: false };
         }
-        for frame in &self.frames {
-            self.wire.push(frame, &mut self.bufs);
-        }
+        self.serialise(0);
         // Frames that arrive during the pass go to the members still to come. Without
         // batching the members already written get them at once, in another pass; with
         // it, at the next window (at once would be a write outside it: measured, 7.1 ->
@@ -519,79 +521,80 @@ impl Writer {
         batching: bool,
     ) -> Option<Pass> {
         let unit = self.wire.unit();
-        {
-            let (mut bytes, mut frames_out, mut writes) = (0u64, 0u64, 0u64);
-            let mut inner = group.inner.lock();
-            if *index > 0 && self.frames.len() < PASS_FRAMES {
-                // Frames that arrived since the last chunk.
-                let had = self.frames.len();
-                let from = base + had as u64;
-                match group.stream.tail(from, &mut self.frames, PASS_FRAMES - had) {
-                    Tail::Frames { .. } => {
-                        for frame in &self.frames[had..] {
-                            self.wire.push(frame, &mut self.bufs);
-                        }
-                    }
-                    lost => {
-                        self.disband(&mut inner, lost_reason(lost));
-                        return Some(Pass::Done);
-                    }
-                }
-            }
-            let chunk_end = (*index + CHUNK).min(inner.members.len());
-            let mut end = chunk_end;
-            while *index < end {
-                let member = &mut inner.members[*index];
-                let skip = usize::try_from(member.next - base).unwrap_or(usize::MAX);
-                if skip >= self.frames.len() {
-                    *index += 1;
-                    continue;
-                }
-                let sent = write_now(&member.socket, &self.bufs[skip * unit..], unit);
-                writes += 1;
-                bytes += sent.bytes;
-                frames_out += sent.units as u64;
-                let delivered = &self.frames[skip..skip + sent.units];
-                member.headers.extend(
-                    delivered
-                        .iter()
-                        .filter(|f| f.kind == FrameKind::Script || f.seq_header)
-                        .cloned(),
-                );
-                member.next += sent.units as u64;
-                if sent.complete && !sent.failed {
-                    *index += 1;
-                    continue;
-                }
-                // The last member moves here and is written next.
-                let member = inner.members.swap_remove(*index);
-                end -= 1;
-                let why = if sent.failed {
-                    reason::WRITE_ERROR
-                } else {
-                    reason::SOCKET_FULL
-                };
-                self.hand_back(member, sent.rest, sent.failed, why);
-            }
-            self.counters.bytes_out.inc_by(bytes);
-            self.counters.frames_out.inc_by(frames_out);
-            self.counters.media_writes.inc_by(writes);
-            if *index >= inner.members.len() {
-                let written = base + self.frames.len() as u64;
-                let Some(pos) = inner.members.iter().map(|m| m.next).min() else {
-                    inner.closed = true;
+        let (mut bytes, mut frames_out, mut writes) = (0u64, 0u64, 0u64);
+        let mut inner = group.inner.lock();
+        if *index > 0 && self.frames.len() < PASS_FRAMES {
+            // Frames that arrived since the last chunk.
+            let had = self.frames.len();
+            let from = base + had as u64;
+            match group.stream.tail(from, &mut self.frames, PASS_FRAMES - had) {
+                Tail::Frames { .. } => self.serialise(had),
+                lost => {
+                    self.disband(&mut inner, lost_reason(lost));
                     return Some(Pass::Done);
-                };
-                inner.pos = pos;
-                // Members written before frames arrived (or one that moved to an earlier
-                // place while another left) go again at once, or at the next window.
-                return Some(if pos < written && !batching {
-                    Pass::Again
-                } else {
-                    Pass::Idle { wrote: true }
-                });
+                }
             }
-            None
+        }
+        let mut end = (*index + CHUNK).min(inner.members.len());
+        while *index < end {
+            let member = &mut inner.members[*index];
+            let skip = usize::try_from(member.next - base).unwrap_or(usize::MAX);
+            if skip >= self.frames.len() {
+                *index += 1;
+                continue;
+            }
+            let sent = write_now(&member.socket, &self.bufs[skip * unit..], unit);
+            writes += 1;
+            bytes += sent.bytes;
+            frames_out += sent.units as u64;
+            if self.headers_read {
+                let delivered = &self.frames[skip..skip + sent.units];
+                member
+                    .headers
+                    .extend(delivered.iter().filter(|f| is_header(f)).cloned());
+            }
+            member.next += sent.units as u64;
+            if sent.complete && !sent.failed {
+                *index += 1;
+                continue;
+            }
+            // The last member moves here and is written next.
+            let member = inner.members.swap_remove(*index);
+            end -= 1;
+            let why = if sent.failed {
+                reason::WRITE_ERROR
+            } else {
+                reason::SOCKET_FULL
+            };
+            self.hand_back(member, sent.rest, sent.failed, why);
+        }
+        self.counters.bytes_out.inc_by(bytes);
+        self.counters.frames_out.inc_by(frames_out);
+        self.counters.media_writes.inc_by(writes);
+        if *index < inner.members.len() {
+            return None;
+        }
+        let written = base + self.frames.len() as u64;
+        let Some(pos) = inner.members.iter().map(|m| m.next).min() else {
+            inner.closed = true;
+            return Some(Pass::Done);
+        };
+        inner.pos = pos;
+        // Members written before frames arrived (or one that moved to an earlier place while
+        // another left) go again at once, or at the next window.
+        Some(if pos < written && !batching {
+            Pass::Again
+        } else {
+            Pass::Idle { wrote: true }
+        })
+    }
+
+    /// Builds the wire buffers of the frames read from `from` (an index into the pass's
+    /// frames) on.
+    fn serialise(&mut self, from: usize) {
+        for frame in &self.frames[from..] {
+            self.wire.push(frame, &mut self.bufs);
+            self.headers_read |= is_header(frame);
         }
     }
 
@@ -612,6 +615,11 @@ impl Writer {
         member.seat.woken.notify_one();
         self.ctx.metrics.fanout_left(self.wire.protocol(), why);
     }
+}
+
+/// Whether a viewer's cursor tracks `frame` as a header it has been sent.
+fn is_header(frame: &Frame) -> bool {
+    frame.kind == FrameKind::Script || frame.seq_header
 }
 
 /// Whether a frame that arrived at `arrived` is past the lag at which `schedule` starts
@@ -834,6 +842,29 @@ mod tests {
 
         // The writer has no members left: it ends and lets go of the stream.
         assert_writers_ended(&ctx).await;
+    }
+
+    #[tokio::test]
+    async fn headers_the_writer_delivered_go_back_to_the_cursor() {
+        let ctx = Context::new(sluice_core::Config::default());
+        let (mut publisher, mut cursor) = caught_up_viewer(&ctx);
+        let (a, mut b) = pair().await;
+        let joined = join(&ctx, &cursor, &Arc::new(a), Wire::FlvPlain).expect("caught up");
+        let header = Bytes::from_static(&[0x17, 0, 0, 0, 0, 9, 9]);
+        publisher
+            .push_media(FrameKind::Video, 40, header.clone(), Instant::now())
+            .expect("header");
+        publisher
+            .push_media(FrameKind::Video, 40, avc(true, 2, 50), Instant::now())
+            .expect("keyframe");
+        let mut got = vec![0u8; (11 + header.len() + 4) + (11 + 50 + 4)];
+        b.read_exact(&mut got).await.unwrap();
+        let back = joined.leave();
+        assert_eq!(back.next, 3);
+        assert_eq!(back.headers.len(), 1);
+        assert_eq!(back.headers[0].payload, header);
+        cursor.resume_at(back.next, &back.headers);
+        assert_eq!(cursor.live_position(), Some(3));
     }
 
     #[tokio::test]
