@@ -13,6 +13,7 @@ mod fixture;
 mod hist;
 mod http;
 mod media;
+mod paced;
 mod procfs;
 mod publisher;
 mod report;

@@ -18,6 +18,8 @@ mod fixture;
 #[allow(dead_code)] // the HTTP-FLV tag scanner is sluice-bench's alone
 #[path = "../media.rs"]
 mod media;
+#[path = "../paced.rs"]
+mod paced;
 
 #[path = "../cluster"]
 mod cluster {

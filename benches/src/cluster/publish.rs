@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
-use sluice_proto::client::{Client, RtmpUrl};
-use tokio::time::{Instant, sleep_until};
+use sluice_proto::client::RtmpUrl;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::fixture::{Due, Fixture};
+use crate::fixture::Fixture;
 use crate::media::Class;
+use crate::paced;
 
 /// Publishes until `stop` or `until`; `keyframes` counts the video keyframes written. An
 /// error (the server went away) ends it; the caller decides whether that matters.
@@ -24,38 +24,10 @@ pub async fn run(
     keyframes: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut client = tokio::select! {
-        _ = stop.cancelled() => return Ok(()),
-        c = Client::publish(&url, connect_timeout) => c.context("publish")?,
-    };
-    if let Some(meta) = &fixture.metadata {
-        client
-            .send_metadata(meta.clone())
-            .await
-            .context("sending metadata")?;
-    }
-    let start = Instant::now();
-    // Bounded by `until` as well as by `stop`.
-    for Due { after, ts, tag } in fixture.looped() {
-        let due = start + after;
-        if due > until {
-            let _ = client.close().await;
-            return Ok(());
-        }
-        tokio::select! {
-            _ = stop.cancelled() => {
-                let _ = client.close().await;
-                return Ok(());
-            }
-            _ = sleep_until(due) => {}
-        }
-        client
-            .send_media(tag.type_id, ts, tag.payload.clone())
-            .await
-            .context("sending media")?;
-        if tag.class == (Class::Video { key: true }) {
+    paced::publish(&url, &fixture, connect_timeout, until, &stop, |due, _| {
+        if due.tag.class == (Class::Video { key: true }) {
             keyframes.fetch_add(1, Ordering::Relaxed);
         }
-    }
-    Ok(())
+    })
+    .await
 }
