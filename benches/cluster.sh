@@ -77,18 +77,9 @@ trap 'exit 130' INT TERM
 
 # --- prerequisites ---------------------------------------------------------------------
 command -v taskset >/dev/null || { say "taskset missing (apt-get install util-linux)"; exit 1; }
-command -v jq >/dev/null || need_jq=1
-if [[ $NGINX == 1 && ( ! -e $RTMP_MODULE || -z $(command -v nginx) ) ]] || [[ -n ${need_jq:-} ]]; then
-  say "installing nginx, libnginx-mod-rtmp and jq with apt-get"
-  made_policy=""
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-rtmp jq >/dev/null
-  [[ -n $made_policy ]] && rm -f /usr/sbin/policy-rc.d
-fi
+# shellcheck source=benches/nginx-prereqs.sh
+. "$root/benches/nginx-prereqs.sh"
+install_bench_prereqs $NGINX
 if [[ -z ${SKIP_BUILD:-} ]]; then
   say "building release binaries"
   cargo build --release -q -p sluice -p sluice-bench

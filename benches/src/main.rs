@@ -12,6 +12,7 @@ mod cli;
 mod fixture;
 mod hist;
 mod http;
+mod local;
 mod media;
 mod paced;
 mod procfs;

@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use crate::cli::{Args, Proto, Reader};
 use crate::fixture::{self, Fixture};
 use crate::hist::Hist;
 use crate::http::HttpUrl;
+use crate::local::check_local;
 use crate::procfs::{self, Sample};
 use crate::publisher;
 use crate::report::{Report, note};
@@ -27,19 +27,6 @@ use crate::viewer::{self, Target};
 const RSS_EVERY: Duration = Duration::from_millis(200);
 /// How long to wait for tasks to finish once told to stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// Refuses targets that are not on this machine unless `allow_remote`: the generator is
-/// meant for loopback benchmarks, and 1,000 viewers at someone else's server is an attack.
-async fn check_local(addr: &str, allow_remote: bool) -> anyhow::Result<()> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-        .await
-        .with_context(|| format!("resolving {addr}"))?
-        .collect();
-    if !allow_remote && addrs.iter().any(|a| !a.ip().is_loopback()) {
-        bail!("{addr} is not a loopback address (pass --allow-remote to target it anyway)");
-    }
-    Ok(())
-}
 
 /// Reads the server's counters if `--server-pid` was given.
 fn server_sample(pid: Option<u32>) -> anyhow::Result<Option<Sample>> {

@@ -15,6 +15,8 @@
 // into this binary too so that the two stay one implementation.
 #[path = "../fixture.rs"]
 mod fixture;
+#[path = "../local.rs"]
+mod local;
 #[allow(dead_code)] // the HTTP-FLV tag scanner is sluice-bench's alone
 #[path = "../media.rs"]
 mod media;
@@ -31,12 +33,12 @@ mod cluster {
     pub mod stats;
 }
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+
+pub use local::check_local;
 
 /// Cluster benches: edge cold start and origin failover.
 #[derive(Debug, Parser)]
@@ -163,18 +165,6 @@ pub fn print<T: Serialize>(report: &T, json: bool) -> anyhow::Result<()> {
         serde_json::to_string_pretty(report)?
     };
     println!("{text}");
-    Ok(())
-}
-
-/// Refuses targets that are not on this machine unless `allow_remote`.
-pub async fn check_local(addr: &str, allow_remote: bool) -> anyhow::Result<()> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-        .await
-        .with_context(|| format!("resolving {addr}"))?
-        .collect();
-    if !allow_remote && addrs.iter().any(|a| !a.ip().is_loopback()) {
-        bail!("{addr} is not a loopback address (pass --allow-remote to target it anyway)");
-    }
     Ok(())
 }
 

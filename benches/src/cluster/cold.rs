@@ -186,14 +186,7 @@ pub async fn run(args: ColdArgs) -> anyhow::Result<bool> {
         let pulls = admin::pulls(a).await?;
         edge_pulls_listed = Some(pulls.iter().filter(|p| p.0.starts_with(&prefix)).count());
     }
-    stop.cancel();
-    while tokio::time::timeout(Duration::from_secs(5), publishers.join_next())
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-    {}
-    publishers.abort_all();
+    publish::stop_all(&stop, &mut publishers).await;
 
     let (o, e) = (at_origin.report(), at_edge.report());
     let report = Report {

@@ -158,14 +158,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
         per_viewer.push(r.context("viewer task")?);
     }
     viewers.abort_all();
-    stop.cancel();
-    while tokio::time::timeout(Duration::from_secs(5), publishers.join_next())
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-    {}
-    publishers.abort_all();
+    publish::stop_all(&stop, &mut publishers).await;
 
     let keys: Vec<f64> = per_viewer
         .iter()

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sluice_proto::client::RtmpUrl;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,4 +31,17 @@ pub async fn run(
         }
     })
     .await
+}
+
+/// Stops the publishers started under `stop`: each gets up to 5 s to close its connection,
+/// then whatever is left is aborted.
+pub async fn stop_all<T: 'static>(stop: &CancellationToken, publishers: &mut JoinSet<T>) {
+    stop.cancel();
+    while tokio::time::timeout(Duration::from_secs(5), publishers.join_next())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {}
+    publishers.abort_all();
 }
