@@ -23,11 +23,11 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use sluice_core::stream::CacheSettings;
 use sluice_core::{Cursor, ReadState, Registry, Schedule, StreamKey};
 use sluice_media::flv::{Demuxer, TagHeader};
-use sluice_media::{Frame, FrameKind};
-use sluice_proto::io::{MAX_SLICES, consume, fill_slices};
-use sluice_proto::rtmp::{SHARED_STREAM_ID, frame_message};
+use sluice_media::{Frame, FrameKind, RtmpForm};
 use sluice_rtmp::Message;
 use sluice_rtmp::chunk::{ChunkLimits, ChunkReader, ChunkWriter, encode_full};
+use sluice_runtime::io::{MAX_SLICES, consume, fill_slices};
+use sluice_runtime::wire::{FIRST_STREAM_ID, rtmp_chunks};
 
 /// The fixture every bench of real tags reads.
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/h264_aac.flv");
@@ -74,7 +74,7 @@ impl Media {
             },
             type_id: self.kind.type_id(),
             timestamp: self.timestamp,
-            stream_id: SHARED_STREAM_ID,
+            stream_id: FIRST_STREAM_ID,
             payload: self.payload.clone(),
         }
     }
@@ -595,9 +595,15 @@ fn write_all(w: &mut impl Write, bufs: &mut VecDeque<Bytes>) -> io::Result<u64> 
     Ok(total)
 }
 
-/// The frame's shared RTMP form, as the RTMP front end builds it (once per frame).
+/// The frame's shared RTMP form, as the viewer driver builds it (once per frame).
 fn rtmp_wire(frame: &Frame) -> Bytes {
-    frame.rtmp_chunks(|f| encode_full(&frame_message(f, SHARED_STREAM_ID), SERVE_CHUNK_SIZE))
+    rtmp_chunks(
+        frame,
+        RtmpForm {
+            chunk_size: SERVE_CHUNK_SIZE,
+            stream_id: FIRST_STREAM_ID,
+        },
+    )
 }
 
 /// A viewer task: waits for the stream to change, reads everything new, counts the frames.

@@ -19,7 +19,7 @@ pub enum Reader {
     /// The sans-IO `ClientConnection` with a scratch buffer shared by all viewers; counts
     /// reads and socket bytes.
     Lean,
-    /// `sluice_proto::client::Client` (its own 64 KiB buffer per viewer; no read counts).
+    /// `sluice_runtime::client::Client` (its own 64 KiB buffer per viewer; no read counts).
     Client,
 }
 

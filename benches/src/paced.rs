@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_proto::client::{Client, RtmpUrl};
+use sluice_runtime::client::{Client, RtmpUrl};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use sluice_proto::client::RtmpUrl;
+use sluice_runtime::client::RtmpUrl;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -20,11 +20,11 @@ use anyhow::{Context, bail};
 use bytes::BytesMut;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use nix::sys::time::TimeSpec;
-use sluice_proto::client::{Client, RtmpUrl};
 use sluice_rtmp::chunk::ChunkLimits;
 use sluice_rtmp::client::{ClientConfig, ClientEvent};
 use sluice_rtmp::connection::ClientConnection;
 use sluice_rtmp::handshake::{Handshake, Progress, Role};
+use sluice_runtime::client::{Client, RtmpUrl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -131,7 +131,7 @@ pub async fn run(cfg: Rc<Config>, sh: Rc<RefCell<Shared>>, stop: CancellationTok
     v
 }
 
-/// RTMP through `sluice_proto::client::Client`: one event at a time, its own 64 KiB buffer.
+/// RTMP through `sluice_runtime::client::Client`: one event at a time, its own 64 KiB buffer.
 async fn rtmp_client(
     cfg: &Config,
     url: &RtmpUrl,

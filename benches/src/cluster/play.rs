@@ -1,4 +1,4 @@
-//! RTMP viewers for the cluster benches, on `sluice_proto::client::Client` (one viewer at a
+//! RTMP viewers for the cluster benches, on `sluice_runtime::client::Client` (one viewer at a
 //! time, or a handful, so its per-connection buffer does not matter): time to the first
 //! keyframe, and a long-lived viewer that records gaps and keyframes around a kill.
 
@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use sluice_media::flv::TAG_VIDEO;
-use sluice_proto::client::{Client, RtmpUrl};
 use sluice_rtmp::client::ClientEvent;
+use sluice_runtime::client::{Client, RtmpUrl};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 

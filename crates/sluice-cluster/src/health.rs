@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use sluice_core::cluster::Upstream;
+use sluice_core::topology::Upstream;
 
 /// Backoff bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! fails over between them.
 //!
 //! - [`pull`]: the pull manager (single flight per stream, failover, splicing, misses) — the
-//!   [`Puller`](sluice_core::cluster::Puller) the front ends ask.
+//!   [`Puller`](sluice_core::topology::Puller) the front ends ask.
 //! - [`health`]: per-upstream health and backoff, shared by all pulls of the node.
 //! - [`source`]: one attempt on one upstream, whatever the transport.
 //! - [`quic`]: the QUIC relay endpoint (serving other nodes and pulling from them).

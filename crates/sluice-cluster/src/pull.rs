@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde::Serialize;
-use sluice_core::cluster::{PullConfig, PullStatus, PullTicket, Puller, Upstream, Via};
+use sluice_core::topology::{PullConfig, PullStatus, PullTicket, Puller, Upstream, Via};
 use sluice_core::{Publisher, StreamKey};
 use sluice_media::{Frame, FrameKind};
-use sluice_proto::Context;
+use sluice_runtime::Context;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 

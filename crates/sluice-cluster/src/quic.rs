@@ -90,8 +90,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use quinn::{Endpoint, TransportConfig, VarInt};
-use sluice_core::cluster::{ClusterConfig, Via};
-use sluice_proto::Context;
+use sluice_core::topology::{ClusterConfig, Via};
+use sluice_runtime::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

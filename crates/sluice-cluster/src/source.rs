@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_core::StreamKey;
-use sluice_core::cluster::{Transport, Upstream, Via};
+use sluice_core::topology::{Transport, Upstream, Via};
 use sluice_media::FrameKind;
-use sluice_proto::client::{Client, ClientError, RtmpUrl};
 use sluice_rtmp::client::ClientEvent;
+use sluice_runtime::client::{Client, ClientError, RtmpUrl};
 
 use crate::quic::{QuicRelay, QuicSource};
 

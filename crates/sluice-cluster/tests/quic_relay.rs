@@ -10,10 +10,10 @@ use parking_lot::Mutex;
 use quinn::{TransportConfig, VarInt};
 use sluice_cluster::quic::{QuicRelay, QuicSource};
 use sluice_cluster::source::{PullError, Pulled};
-use sluice_core::cluster::{PullTicket, Puller, Via};
+use sluice_core::topology::{PullTicket, Puller, Via};
 use sluice_core::{Config, Publisher, StreamKey};
 use sluice_media::FrameKind;
-use sluice_proto::Context;
+use sluice_runtime::Context;
 
 /// A cluster CA and one node certificate (server and client) in `dir`.
 fn make_certs(dir: &Path) {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::ClusterConfig;
 use crate::schedule::{Schedule, ScheduleSettings};
+use crate::topology::ClusterConfig;
 
 /// The documented default configuration, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("../../../config/sluice.toml");
@@ -44,7 +44,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Process-wide settings.
-    pub server: ServerConfig,
+    pub server: ProcessConfig,
     /// RTMP listener (ingest and play).
     pub rtmp: RtmpConfig,
     /// HTTP listener (HTTP-FLV playback).
@@ -64,7 +64,7 @@ pub struct Config {
 /// Process-wide settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerConfig {
+pub struct ProcessConfig {
     /// How long shutdown waits for sessions to close before exiting anyway.
     pub shutdown_timeout_ms: u64,
 }
@@ -77,10 +77,10 @@ pub struct RtmpConfig {
     pub listen: SocketAddr,
     /// Connections accepted at once; more are refused at accept.
     pub max_connections: usize,
-    /// Deadline for the handshake and the connect command (and an HTTP-FLV request head).
+    /// Deadline for the handshake and the connect command.
     pub handshake_timeout_ms: u64,
-    /// A publisher silent this long, or a player (RTMP or HTTP-FLV) whose socket takes
-    /// nothing this long, is closed.
+    /// A publisher silent this long, or a player whose socket takes nothing this long, is
+    /// closed.
     pub idle_timeout_ms: u64,
     /// Outgoing chunk size announced to every peer (128..=65536).
     pub chunk_size: u32,
@@ -100,6 +100,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Connections accepted at once; more are refused at accept.
     pub max_connections: usize,
+    /// Deadline for a request head to arrive (and for a short answer to be written).
+    pub request_timeout_ms: u64,
+    /// A viewer whose socket takes nothing this long is closed.
+    pub idle_timeout_ms: u64,
     /// Value of Access-Control-Allow-Origin on playback responses; empty disables CORS.
     pub cors_allow_origin: String,
 }
@@ -283,7 +287,21 @@ impl Config {
         if self.rtmp.handshake_timeout_ms == 0 {
             return invalid("rtmp.handshake_timeout_ms must be positive");
         }
+        if self.http.request_timeout_ms == 0 {
+            return invalid("http.request_timeout_ms must be positive");
+        }
         Ok(())
+    }
+}
+
+impl HttpConfig {
+    /// Request head deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    /// How long a viewer's socket may take nothing.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 }
 
@@ -417,7 +435,7 @@ mod tests {
 
     #[test]
     fn cluster_example_configs_load_and_use_their_documented_ports() {
-        use crate::cluster::{Role, Transport};
+        use crate::topology::{Role, Transport};
         let load = |text: &str| Config::load(Some(text), []).unwrap();
         let origin = load(include_str!("../../../config/examples/origin.toml"));
         assert_eq!(origin.cluster.role, Role::Origin);

@@ -20,12 +20,12 @@
 //! ingest is slowed by TCP flow control, because its connection reads only as fast as it
 //! appends, and memory is bounded by the ring's byte budget.
 
-pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod registry;
 pub mod schedule;
 pub mod stream;
+pub mod topology;
 
 pub use config::Config;
 pub use registry::{Publisher, Registry};

@@ -56,9 +56,6 @@ pub struct Metrics {
     pub viewer_skips: Family<Label1, Counter>,
     /// Frames not sent to a viewer by the schedule, by reason (`disposable`, `inter`, `jump`).
     pub frames_dropped: Family<Label1, Counter>,
-    /// Frames serialised for one viewer only because it played on an unusual message stream
-    /// id (the shared form could not be used).
-    pub rtmp_private_serialisations: Counter,
     /// RTMP messages a session dropped or refused without closing the connection (unknown
     /// commands, malformed metadata, media on a stream not publishing), by reason.
     pub rtmp_messages_dropped: Family<Label1, Counter>,
@@ -129,7 +126,6 @@ impl Metrics {
             connections_closed: Family::default(),
             viewer_skips: Family::default(),
             frames_dropped: Family::default(),
-            rtmp_private_serialisations: Counter::default(),
             rtmp_messages_dropped: Family::default(),
             config_reloads: Family::default(),
             pulls: Gauge::default(),
@@ -178,11 +174,6 @@ impl Metrics {
             "frames_dropped",
             "Frames not sent to a viewer by the schedule",
             m.frames_dropped.clone(),
-        );
-        registry.register(
-            "rtmp_private_serialisations",
-            "Frames serialised for a single RTMP viewer on an unusual stream id",
-            m.rtmp_private_serialisations.clone(),
         );
         registry.register(
             "rtmp_messages_dropped",

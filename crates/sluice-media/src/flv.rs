@@ -86,9 +86,14 @@ impl TagHeader {
     }
 }
 
+/// The length of an FLV tag with a `body_len`-byte body: header, body, previous-tag-size.
+pub fn tag_len(body_len: usize) -> usize {
+    TagHeader::LEN + body_len + 4
+}
+
 /// Encodes one FLV tag: 11-byte header, `body`, 4-byte previous-tag-size.
 pub fn encode_tag(tag_type: u8, timestamp: u32, body: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(11 + body.len() + 4);
+    let mut out = BytesMut::with_capacity(tag_len(body.len()));
     out.put_u8(tag_type);
     out.put_uint(body.len() as u64, 3);
     out.put_uint(u64::from(timestamp & 0x00ff_ffff), 3);

@@ -1,6 +1,6 @@
 //! One frame of a stream, and the wire forms built from it once and shared by every viewer.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 
@@ -55,11 +55,34 @@ pub struct Frame {
     wire: WireCache,
 }
 
-/// Lazily built, shared serialisations of a frame.
+/// The parameters an RTMP serialisation of a frame depends on: the key under which it is
+/// cached, so that two viewers whose parameters differ never share bytes (a reload that
+/// changes `rtmp.chunk_size` leaves connected viewers on the old size and new ones on the
+/// new one, both of the same frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RtmpForm {
+    /// The chunk size the viewer's connection announced.
+    pub chunk_size: u32,
+    /// The message stream id the viewer plays on.
+    pub stream_id: u32,
+}
+
+/// RTMP forms cached per frame beyond the first: a reload or an unusual client adds one
+/// each; past this many, further forms are built on every use (correct, only slower).
+const MAX_EXTRA_RTMP_FORMS: usize = 3;
+
+/// Lazily built, shared serialisations of a frame, each under the key of every parameter it
+/// depends on.
 #[derive(Debug, Default)]
 struct WireCache {
     flv: OnceLock<Bytes>,
-    rtmp: OnceLock<Bytes>,
+    /// The HTTP/1.1 chunk size line that goes before the FLV tag (after the CRLF ending the
+    /// chunk before it).
+    flv_chunk_line: OnceLock<Bytes>,
+    /// The first RTMP form asked for (all of them, almost always): read without a lock.
+    rtmp: OnceLock<(RtmpForm, Bytes)>,
+    /// Other RTMP forms, under a short lock.
+    rtmp_extra: Mutex<Vec<(RtmpForm, Bytes)>>,
 }
 
 /// The parts of a [`Frame`], named, so that building one reads as what each flag means.
@@ -196,11 +219,48 @@ impl Frame {
             .clone()
     }
 
-    /// This frame's RTMP wire form, built by `build` on first use and shared afterwards. The
-    /// builder is the RTMP crate's chunk writer; every caller must pass the same one (same chunk
-    /// size, stream id and chunk stream ids), which the stream guarantees.
-    pub fn rtmp_chunks(&self, build: impl FnOnce(&Frame) -> Bytes) -> Bytes {
-        self.wire.rtmp.get_or_init(|| build(self)).clone()
+    /// The HTTP/1.1 chunk size line of this frame's FLV tag, preceded by the CRLF that ends
+    /// the chunk before it (a chunked FLV body is one chunk per tag); built once and shared.
+    pub fn flv_chunk_line(&self) -> Bytes {
+        self.wire
+            .flv_chunk_line
+            .get_or_init(|| {
+                let len = crate::flv::tag_len(self.payload.len());
+                Bytes::from(format!("\r\n{len:x}\r\n"))
+            })
+            .clone()
+    }
+
+    /// This frame's RTMP wire form for `form`, built by `build` on first use and shared by
+    /// every viewer with the same parameters afterwards. `build` is the RTMP chunk writer
+    /// for exactly `form` (the runtime's wire module is its one caller).
+    pub fn rtmp_chunks(&self, form: RtmpForm, build: impl FnOnce(&Frame) -> Bytes) -> Bytes {
+        match self.wire.rtmp.get() {
+            Some((first, bytes)) if *first == form => return bytes.clone(),
+            Some(_) => {}
+            None => {
+                let bytes = build(self);
+                // Another viewer may have set the first form meanwhile; these bytes are
+                // right for `form` either way.
+                let _ = self.wire.rtmp.set((form, bytes.clone()));
+                return bytes;
+            }
+        }
+        // A poisoned lock only means another viewer's builder panicked mid-way; the
+        // list itself is always whole.
+        let mut extra = self
+            .wire
+            .rtmp_extra
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, bytes)) = extra.iter().find(|(f, _)| *f == form) {
+            return bytes.clone();
+        }
+        let bytes = build(self);
+        if extra.len() < MAX_EXTRA_RTMP_FORMS {
+            extra.push((form, bytes.clone()));
+        }
+        bytes
     }
 }
 
@@ -326,13 +386,60 @@ mod tests {
         let tag = f.flv_tag();
         assert_eq!(tag.len(), 11 + 6 + 4);
         assert_eq!(tag.as_ptr(), f.flv_tag().as_ptr());
+        let line = f.flv_chunk_line();
+        assert_eq!(
+            &line[..],
+            b"\r\n15\r\n",
+            "CRLF, the tag's length in hex, CRLF"
+        );
+        assert_eq!(line.as_ptr(), f.flv_chunk_line().as_ptr());
+        let form = |chunk_size| RtmpForm {
+            chunk_size,
+            stream_id: 1,
+        };
         let mut calls = 0;
-        f.rtmp_chunks(|_| {
+        let a = f.rtmp_chunks(form(128), |_| {
             calls += 1;
-            Bytes::from_static(b"x")
+            Bytes::from_static(b"128")
         });
-        f.rtmp_chunks(|_| unreachable!("cached"));
+        f.rtmp_chunks(form(128), |_| unreachable!("cached"));
         assert_eq!(calls, 1);
+        assert_eq!(&a[..], b"128");
+    }
+
+    #[test]
+    fn rtmp_forms_with_other_parameters_never_share_bytes() {
+        let f = video(&[0x17, 1, 0, 0, 0, 0xab]);
+        let form = |chunk_size, stream_id| RtmpForm {
+            chunk_size,
+            stream_id,
+        };
+        let built = |tag: &'static str| move |_: &Frame| Bytes::from_static(tag.as_bytes());
+        assert_eq!(
+            &f.rtmp_chunks(form(4096, 1), built("4096/1"))[..],
+            b"4096/1"
+        );
+        assert_eq!(&f.rtmp_chunks(form(128, 1), built("128/1"))[..], b"128/1");
+        assert_eq!(&f.rtmp_chunks(form(128, 3), built("128/3"))[..], b"128/3");
+        // Each is cached under its own key.
+        for (chunk_size, stream_id, want) in [
+            (4096, 1, &b"4096/1"[..]),
+            (128, 1, b"128/1"),
+            (128, 3, b"128/3"),
+        ] {
+            let got = f.rtmp_chunks(form(chunk_size, stream_id), |_| unreachable!("cached"));
+            assert_eq!(&got[..], want);
+        }
+        // Past the cache's room, forms are still right, built on each use.
+        assert_eq!(
+            &f.rtmp_chunks(form(60000, 1), built("60000/1"))[..],
+            b"60000/1"
+        );
+        assert_eq!(&f.rtmp_chunks(form(256, 1), built("256/1"))[..], b"256/1");
+        assert_eq!(
+            &f.rtmp_chunks(form(256, 1), built("256/1 again"))[..],
+            b"256/1 again"
+        );
     }
 
     proptest::proptest! {

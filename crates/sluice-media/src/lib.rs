@@ -13,4 +13,4 @@ pub mod time;
 
 pub use codec::{AudioInfo, CodecId, VideoInfo, audio_info, is_non_reference, video_info};
 pub use flv::FlvError;
-pub use frame::{Frame, FrameKind, FrameParts};
+pub use frame::{Frame, FrameKind, FrameParts, RtmpForm};

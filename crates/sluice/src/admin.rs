@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Serialize;
 use sluice_cluster::PullManager;
-use sluice_proto::Context;
+use sluice_runtime::Context;
 
 /// The admin router.
 pub fn router(ctx: Arc<Context>, pulls: PullManager) -> Router {

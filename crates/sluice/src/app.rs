@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use sluice_cluster::PullManager;
 use sluice_cluster::quic::QuicRelay;
 use sluice_core::Config;
-use sluice_core::cluster::Transport;
-use sluice_proto::Context;
+use sluice_core::topology::Transport;
+use sluice_runtime::Context;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -146,8 +146,8 @@ impl App {
         };
         info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, admin = %admin.local_addr()?, quic = ?quic_addr, role = ?ctx.config.load().cluster.role, node = %ctx.config.load().cluster.node_id(), "sluice listening");
         let quic_task = quic.map(|relay| tokio::spawn(relay.serve(ctx.clone())));
-        let rtmp_task = tokio::spawn(sluice_proto::rtmp::serve(rtmp, ctx.clone()));
-        let http_task = tokio::spawn(sluice_proto::flv::serve(http, ctx.clone()));
+        let rtmp_task = tokio::spawn(sluice_front::rtmp_conn::serve(rtmp, ctx.clone()));
+        let http_task = tokio::spawn(sluice_front::http::serve(http, ctx.clone()));
         let admin_task = tokio::spawn(serve_http(
             admin,
             crate::admin::router(ctx.clone(), pulls),

@@ -32,7 +32,7 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use sluice_core::Config;
 use sluice_core::config::ConfigError;
-use sluice_proto::Context;
+use sluice_runtime::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};

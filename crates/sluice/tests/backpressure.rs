@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::rtmp::{DEADLINE, url};
 use common::{Node, eventually, test_config};
-use sluice_proto::client::Client;
+use sluice_runtime::client::Client;
 
 /// Resident memory of this process (the node runs in it), from /proc.
 fn rss_bytes() -> u64 {

@@ -14,11 +14,11 @@ use common::rtmp::{
 };
 use common::{Node, eventually, test_config};
 use rml_amf0::Amf0Value;
-use sluice_proto::client::Client;
 use sluice_rtmp::chunk::{ChunkLimits, ChunkReader};
 use sluice_rtmp::client::ClientEvent;
 use sluice_rtmp::command::Command;
 use sluice_rtmp::message::Message;
+use sluice_runtime::client::Client;
 use sluice_testkit::fixtures::H264_AAC;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

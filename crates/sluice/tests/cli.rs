@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_core::Config;
-use sluice_proto::client::{Client, RtmpUrl};
 use sluice_rtmp::client::ClientEvent;
+use sluice_runtime::client::{Client, RtmpUrl};
 use sluice_testkit::process::{self, Child};
 use sluice_testkit::{fixture, fixtures, tools};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -24,8 +24,8 @@ use common::cluster::{
     Recorder, Seen, Sluice, Spec, Transport, WAIT, check_continuity, expect_not_found,
     first_video_since, fixture_video_index, is_avc_config, is_keyframe, logged, sluice_once,
 };
-use sluice_proto::client::{Client, RtmpUrl};
 use sluice_rtmp::client::ClientEvent;
+use sluice_runtime::client::{Client, RtmpUrl};
 use sluice_testkit::nginx::Nginx;
 use sluice_testkit::probe::{self, ProbeReport};
 use sluice_testkit::process::{self, Child};

@@ -319,12 +319,12 @@ async fn bodies_end_cleanly_when_the_stream_ends() {
     node.stop().await;
 }
 
-/// A client that never finishes its request head is closed at `rtmp.handshake_timeout_ms`;
+/// A client that never finishes its request head is closed at `http.request_timeout_ms`;
 /// one whose head is over 8 KiB gets 431; anything but HTTP/1 gets 400. None of them
 /// disturbs a viewer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_oversized_and_bad_requests_are_refused() {
-    let node = Node::start(test_config("[rtmp]\nhandshake_timeout_ms = 300\n")).await;
+    let node = Node::start(test_config("[http]\nrequest_timeout_ms = 300\n")).await;
     let addr = node.addrs.http;
 
     for partial in [&b""[..], b"GET /live/slow.flv HTTP/1.1\r\nHost: x\r\n"] {
@@ -394,11 +394,11 @@ async fn connections_over_the_limit_get_503() {
     node.stop().await;
 }
 
-/// A viewer whose socket takes nothing is closed after `rtmp.idle_timeout_ms`.
+/// A viewer whose socket takes nothing is closed after `http.idle_timeout_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_reads_nothing_is_closed() {
     let node = Node::start(test_config(
-        "[rtmp]\nidle_timeout_ms = 1000\n[schedule.apps.live]\nsend_buffer_bytes = 8192\n",
+        "[http]\nidle_timeout_ms = 1000\n[schedule.apps.live]\nsend_buffer_bytes = 8192\n",
     ))
     .await;
     let (tags, metadata) = fixture_media(H264_AAC);

@@ -19,8 +19,8 @@ use std::time::Duration;
 use common::rtmp::{fixture_media, spawn_paced_publisher, url};
 use common::{eventually, http_get, metric_value};
 use serde_json::Value;
-use sluice_proto::client::Client;
 use sluice_rtmp::client::ClientEvent;
+use sluice_runtime::client::Client;
 use sluice_testkit::fixtures::H264_AAC;
 use sluice_testkit::process::Child;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -42,6 +42,9 @@ struct Settings {
     cors: &'static str,
     apps: &'static [&'static str],
     rtmp_listen: &'static str,
+    /// `rtmp.chunk_size`: applies to connections made after a reload.
+    chunk_size: u32,
+    wait_for_publisher_ms: u64,
     /// Appended as is (whole sections).
     extra: &'static str,
 }
@@ -50,6 +53,8 @@ const INITIAL: Settings = Settings {
     cors: ONE,
     apps: &["live", "other"],
     rtmp_listen: "127.0.0.1:0",
+    chunk_size: 4096,
+    wait_for_publisher_ms: 500,
     extra: "",
 };
 
@@ -57,14 +62,16 @@ fn config_text(s: &Settings) -> String {
     let apps: Vec<String> = s.apps.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "[server]\nshutdown_timeout_ms = 5000\n\
-         [rtmp]\nlisten = \"{}\"\n\
+         [rtmp]\nlisten = \"{}\"\nchunk_size = {}\n\
          [http]\nlisten = \"127.0.0.1:0\"\ncors_allow_origin = \"{}\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
-         [streams]\napps = [{}]\nwait_for_publisher_ms = 500\n\
+         [streams]\napps = [{}]\nwait_for_publisher_ms = {}\nrepublish_grace_ms = 500\n\
          [log]\nformat = \"json\"\nlevel = \"info\"\n{}",
         s.rtmp_listen,
+        s.chunk_size,
         s.cors,
         apps.join(", "),
+        s.wait_for_publisher_ms,
         s.extra
     )
 }
@@ -436,7 +443,7 @@ async fn a_broken_file_is_refused_and_the_running_config_stays() {
         ),
         (
             "a bad value",
-            with_two.replace("[rtmp]\n", "[rtmp]\nchunk_size = 10\n"),
+            with_two.replace("chunk_size = 4096\n", "chunk_size = 10\n"),
             "rtmp.chunk_size must be within",
         ),
         ("no file", String::new(), "No such file"),
@@ -532,5 +539,95 @@ async fn sighup_without_a_config_file_is_logged_and_harmless() {
     assert_eq!(
         http_get(server.admin, "/healthz").await,
         (200, "ok\n".to_owned())
+    );
+}
+
+/// The defect a reload of `rtmp.chunk_size` used to cause: a frame's RTMP bytes were cached
+/// once, at whichever chunk size asked first, so a viewer that connected after the reload
+/// got bytes chunked for another size and ffmpeg failed ("RTMP packet size mismatch"). Now
+/// wire forms are keyed by every parameter they depend on.
+///
+/// Three ffprobe (5.1) viewers connect one after another, with the file changed between
+/// them (4096, then 128, then 60000), and wait for the publisher; ffmpeg then publishes the
+/// fixture in real time, and all three play it at once. Each must decode every frame (50
+/// video, 88 audio: waiting since before the first frame, a viewer gets the stream whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_on_chunk_sizes_set_by_reloads_all_decode_every_frame() {
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
+    let settings = |chunk_size| Settings {
+        chunk_size,
+        wait_for_publisher_ms: 120_000,
+        ..INITIAL
+    };
+    let server = Server::start(&settings(4096), &[]).await;
+    let url = format!("rtmp://{}/live/chunks", server.rtmp);
+    let mut probes = Vec::new();
+    for (i, chunk_size) in [4096u32, 128, 60000].into_iter().enumerate() {
+        if i > 0 {
+            server.write_in_place(&config_text(&settings(chunk_size)));
+            server
+                .logged(RELOADED, |f| {
+                    field_has(f, "changed", "rtmp.chunk_size") && server.count(RELOADED) == i
+                })
+                .await;
+        }
+        let probe_url = url.clone();
+        probes.push((
+            chunk_size,
+            tokio::task::spawn_blocking(move || {
+                sluice_testkit::probe::probe(&probe_url, PROBE_TIMEOUT)
+            }),
+        ));
+        let viewers = i + 1;
+        let attached = eventually(WAIT, || async {
+            let (_, body) = http_get(server.admin, "/api/streams").await;
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            v["streams"].as_array().is_some_and(|s| {
+                s.iter().any(|s| {
+                    s["stream"] == "chunks" && s["viewers"].as_u64() == Some(viewers as u64)
+                })
+            })
+        })
+        .await;
+        assert!(
+            attached,
+            "viewer {viewers} (chunk size {chunk_size}) did not attach:\n{}",
+            server.child.stderr_tail()
+        );
+    }
+
+    let mut publisher = sluice_testkit::process::publish(
+        sluice_testkit::tools::ffmpeg5(),
+        &sluice_testkit::fixture(H264_AAC),
+        &url,
+        true,
+        &[],
+    );
+    tokio::task::spawn_blocking(move || publisher.wait_success(WAIT))
+        .await
+        .expect("publisher task")
+        .expect("the publisher finishes");
+
+    for (chunk_size, probe) in probes {
+        let report = probe
+            .await
+            .expect("probe task")
+            .unwrap_or_else(|e| panic!("the viewer on chunk size {chunk_size}: {e:#}"));
+        let what = format!("the viewer on chunk size {chunk_size}: {report:?}");
+        let video = report.video().unwrap_or_else(|| panic!("{what}: no video"));
+        let audio = report.audio().unwrap_or_else(|| panic!("{what}: no audio"));
+        assert_eq!((video.codec(), audio.codec()), ("h264", "aac"), "{what}");
+        assert_eq!((video.frames(), audio.frames()), (50, 88), "{what}");
+    }
+    assert_eq!(
+        server
+            .rtmp_closed()
+            .await
+            .iter()
+            .filter(|l| l.contains("protocol_error") || l.contains("io_error"))
+            .count(),
+        0,
+        "{}",
+        server.child.stderr_tail()
     );
 }

@@ -13,8 +13,8 @@ use common::rtmp::{
 };
 use common::{Node, test_config};
 use sluice_media::flv::{TAG_AUDIO, TAG_VIDEO};
-use sluice_proto::client::{Client, ClientError};
 use sluice_rtmp::message::Message;
+use sluice_runtime::client::{Client, ClientError};
 use sluice_testkit::fixtures::{H264_AAC, H264_AAC_BFRAMES};
 
 /// A viewer that asked before the publisher came gets the stream from its first frame.

@@ -15,10 +15,10 @@ use common::budget::{
 };
 use common::rtmp::{DEADLINE, Tag, handshake_on, url};
 use common::{Node, test_config};
-use sluice_proto::client::Client;
 use sluice_rtmp::chunk::ChunkLimits;
 use sluice_rtmp::client::{ClientConfig, ClientEvent};
 use sluice_rtmp::connection::ClientConnection;
+use sluice_runtime::client::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A player on a socket with a small receive buffer, reading as `pace` says, for `total`.

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use parking_lot::Mutex;
 use quinn::{Connection, ReadError, RecvStream, SendStream};
-use sluice_core::cluster::Via;
+use sluice_core::topology::Via;
 use sluice_media::FrameKind;
 use sluice_relay::{
     Control, ControlDecoder, ControlEncoder, GopDecoder, GopEvent, GopHeader, Kind, Limits, Pull,

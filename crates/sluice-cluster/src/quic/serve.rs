@@ -16,14 +16,14 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, WriteError};
-use sluice_core::cluster::{ClusterConfig, PullRefusal, PullTicket, Via};
+use sluice_core::topology::{ClusterConfig, PullRefusal, PullTicket, Via};
 use sluice_core::{ReadState, Schedule, StreamKey};
 use sluice_media::{Frame, FrameKind};
-use sluice_proto::Context;
 use sluice_relay::{
     Control, ControlDecoder, ControlEncoder, DecodeError, GopEncoder, GopHeader, Limits,
     RefuseCode, VERSION,
 };
+use sluice_runtime::Context;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;

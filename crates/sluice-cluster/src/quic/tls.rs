@@ -10,7 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use sluice_core::cluster::ClusterConfig;
+use sluice_core::topology::ClusterConfig;
 
 use super::{ALPN, RelayError};
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_media::flv::TAG_VIDEO;
-use sluice_proto::client::Client;
+use sluice_runtime::client::Client;
 use sluice_testkit::fixtures::H264_AAC;
 
 use super::rtmp::{DEADLINE, Tag, fixture_media, is_sequence_header, is_video_keyframe, url};

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
-use sluice_proto::client::{Client, ClientError, RtmpUrl};
 use sluice_rtmp::client::ClientEvent;
+use sluice_runtime::client::{Client, ClientError, RtmpUrl};
 use sluice_testkit::process::Child;
 use tokio_util::sync::CancellationToken;
 

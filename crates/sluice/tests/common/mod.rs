@@ -12,7 +12,7 @@ use std::time::Duration;
 use sluice::App;
 use sluice::app::Addrs;
 use sluice_core::Config;
-use sluice_proto::Context;
+use sluice_runtime::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A running node; shut down (and awaited) on drop of the runtime or by `stop`.
@@ -32,6 +32,7 @@ listen = "127.0.0.1:0"
 handshake_timeout_ms = 2000
 [http]
 listen = "127.0.0.1:0"
+request_timeout_ms = 2000
 [admin]
 listen = "127.0.0.1:0"
 [streams]

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sluice_media::flv::{Demuxer, TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO};
-use sluice_proto::client::{Client, RtmpUrl};
 use sluice_rtmp::client::ClientEvent;
 use sluice_rtmp::message::Message;
+use sluice_runtime::client::{Client, RtmpUrl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use sluice_core::cluster::{PullTicket, Puller, Via};
 use sluice_core::metrics::Metrics;
+use sluice_core::topology::{PullTicket, Puller, Via};
 use sluice_core::{CacheSettings, Config, Cursor, Registry, StreamKey};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

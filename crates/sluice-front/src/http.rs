@@ -1,51 +1,44 @@
-//! HTTP-FLV playback: `GET /{app}/{stream}.flv` streams an FLV file that never ends (until the
-//! stream does). Each frame's FLV tag is built once and shared by every HTTP-FLV viewer.
+//! The HTTP listener: HTTP-FLV playback, `GET /{app}/{stream}.flv`, an FLV file that never
+//! ends (until the stream does). Each frame's FLV tag is built once and shared by every
+//! HTTP-FLV viewer.
 //!
 //! The connection is handled here, not by a general HTTP server: the request head is read
-//! into a small buffer (at most [`MAX_HEAD`] bytes, within `rtmp.handshake_timeout_ms`) and
-//! parsed with `httparse`; the response head and the body are then written from the
-//! connection task with the non-blocking vectored writes the RTMP player uses
-//! ([`crate::io`]). This is what makes a viewer cheap (measured with 1,000 viewers of a
-//! 2.5 Mbit/s stream: about 6 KiB of RSS each, against 26 KiB with hyper/axum's
-//! per-connection buffers and state) and what holds a slow reader to its latency budget:
-//! the kernel gets only what the socket takes now, frames not started go back to the cursor
-//! (`Cursor::unread`) to be decided again when the socket drains, and a socket that takes
-//! nothing for `rtmp.idle_timeout_ms` is closed (`write_stalled`).
+//! into a small buffer (at most [`MAX_HEAD`] bytes, within `http.request_timeout_ms`) and
+//! parsed with `httparse`; once the stream has frames, the response head is written and the
+//! body handed to the runtime's viewer driver ([`Viewer`]) in [`Wire::FlvChunked`] (or
+//! [`Wire::FlvPlain`]) form. That is what makes a viewer cheap (measured with 1,000 viewers
+//! of a 2.5 Mbit/s stream: about 6 KiB of RSS each, against 26 KiB with hyper/axum's
+//! per-connection buffers and state) and what holds a slow reader to its latency budget
+//! (see the driver; a socket that takes nothing for `http.idle_timeout_ms` is closed,
+//! `write_stalled`).
 //!
 //! One request per connection (`connection: close`). HTTP/1.1 bodies are chunked, one chunk
-//! per tag: the chunk size lines are small buffers written around the shared tag bytes, and
-//! the last chunk ends the body when the stream ends or the node shuts down, so a player can
+//! per tag: the chunk size lines are small buffers, shared too, written around the tag bytes,
+//! and the last chunk ends the body when the stream ends or the node shuts down, so a player can
 //! tell a clean end from a cut connection. HTTP/1.0 bodies end when the connection closes.
 //!
 //! The response starts only once the stream has frames: a stream nobody publishes within
 //! `streams.wait_for_publisher_ms` is a 404, not an empty 200.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sluice_core::cluster::{PullTicket, Via};
+use sluice_core::StreamKey;
 use sluice_core::metrics::{ProtocolCounters, proto};
-use sluice_core::{Cursor, ReadState, StreamKey};
+use sluice_core::topology::Via;
 use sluice_media::{Frame, FrameKind};
 use sluice_rtmp::command::Amf0Value;
+use sluice_runtime::close::Close;
+use sluice_runtime::viewer::{Ended, Peer, Viewer};
+use sluice_runtime::wire::Wire;
+use sluice_runtime::{Context, accept, io};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span};
 
-use crate::Context;
-use crate::fanout::{self, Handback, TakeBackError, Wire};
-use crate::io::{self, write_units_until_full};
-use crate::pacing::{Hold, ScheduleCache, Window, apply_socket_options};
-
-/// Most frames read for one vectored write.
-const BATCH_FRAMES: usize = 64;
-/// Batch capacity (buffers) kept between writes: a start burst grows it, and this is
-/// per-viewer memory.
-const STEADY_BATCH: usize = 32;
 /// The largest request head accepted; a larger one is answered 431.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// The head buffer starts this small and doubles up to [`MAX_HEAD`]; it is freed once the
@@ -58,11 +51,6 @@ const REFUSALS: usize = 64;
 /// How long a connection we answered and closed is read on, so that our close does not reset
 /// the connection (and destroy the answer) while the client still sends.
 const LINGER: Duration = Duration::from_millis(500);
-/// Chunk size lines are cut from a buffer of this size, reused once the lines are written:
-/// no allocation per tag.
-const PREFIX_ARENA: usize = 256;
-/// The longest chunk size line: CRLF ending the previous chunk, 8 hex digits, CRLF.
-const MAX_PREFIX: usize = 12;
 /// Ends the chunk left open after the last tag, then the body.
 const LAST_CHUNK: &[u8] = b"\r\n0\r\n\r\n";
 /// Discards what a viewer sends after its request (nothing, normally).
@@ -73,7 +61,7 @@ const SINK: usize = 256;
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     let limit = Arc::new(Semaphore::new(ctx.config.load().http.max_connections));
     let refusals = Arc::new(Semaphore::new(REFUSALS));
-    crate::accept::until_shutdown(&listener, &ctx, proto::HTTP_FLV, |socket, peer| {
+    accept::until_shutdown(&listener, &ctx, proto::HTTP_FLV, |socket, peer| {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             ctx.metrics.refused(proto::HTTP_FLV, "max_connections");
             // Bounded: a flood beyond the limit is closed unanswered.
@@ -99,34 +87,6 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
         );
     })
     .await;
-}
-
-/// Why a viewer's connection ended (the `reason` label of `connections_closed`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Close {
-    PeerClosed,
-    /// The socket took nothing for the idle timeout.
-    WriteStalled,
-    Io,
-    Shutdown,
-    StreamEnded,
-    NoPublisher,
-    /// A HEAD request, answered.
-    HeadRequest,
-}
-
-impl Close {
-    fn label(self) -> &'static str {
-        match self {
-            Close::PeerClosed => "peer_closed",
-            Close::WriteStalled => "write_stalled",
-            Close::Io => "io_error",
-            Close::Shutdown => "shutdown",
-            Close::StreamEnded => "stream_ended",
-            Close::NoPublisher => "no_publisher",
-            Close::HeadRequest => "head_request",
-        }
-    }
 }
 
 /// Why no request was read.
@@ -361,21 +321,19 @@ async fn answer(
     .await;
 }
 
-/// Waits for input from a viewer, which has nothing more to say after its request: `Some`
-/// when it closed or failed; bytes it sends anyway are read and dropped.
-async fn peer_input(socket: &TcpStream, counters: &ProtocolCounters) -> Option<Close> {
-    if socket.readable().await.is_err() {
-        return Some(Close::Io);
+/// A viewer's side while it plays: it has nothing more to say after its request, so what it
+/// sends anyway is read (counted by the driver) and dropped.
+struct Quiet;
+
+impl Peer for Quiet {
+    const READ_BUF: usize = SINK;
+
+    fn input(&mut self, _data: &[u8]) -> Result<(), Ended> {
+        Ok(())
     }
-    let mut sink = [0u8; SINK];
-    match socket.try_read(&mut sink) {
-        Ok(0) => Some(Close::PeerClosed),
-        Ok(n) => {
-            counters.bytes_in.inc_by(n as u64);
-            None
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-        Err(_) => Some(Close::Io),
+
+    fn output(&mut self) -> Option<Bytes> {
+        None
     }
 }
 
@@ -398,7 +356,7 @@ impl Handler {
     }
 
     async fn run(mut self) {
-        let deadline = self.ctx.config.load().rtmp.handshake_timeout();
+        let deadline = self.ctx.config.load().http.request_timeout();
         let shutdown = self.ctx.shutdown.clone();
         let read = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -513,81 +471,39 @@ impl Handler {
     }
 
     async fn answer(&mut self, response: &[u8]) {
-        let deadline = self.ctx.config.load().rtmp.handshake_timeout();
+        let deadline = self.ctx.config.load().http.request_timeout();
         answer(&self.socket, response, &self.counters, deadline).await;
     }
 
     /// Waits for the stream's first frames (a 404 if none come), then streams it.
     async fn play(&mut self, key: StreamKey, http10: bool, head_only: bool) -> Close {
         let ctx = self.ctx.clone();
-        let (mut cursor, mut pull) = ctx.watch(&key, &Via::default());
-        let mut frames = Vec::with_capacity(BATCH_FRAMES);
-        let wait = match &pull {
-            Some(pull) => pull.wait,
-            None => ctx.config.load().streams.wait_for_publisher(),
+        let chunked = !http10;
+        let wire = if chunked {
+            Wire::FlvChunked
+        } else {
+            Wire::FlvPlain
         };
-        let give_up = Instant::now() + wait;
-        loop {
-            if let Some(reason) = pull.as_ref().and_then(PullTicket::failure) {
-                drop(cursor);
-                info!(%key, %reason, "http-flv: stream not found upstream");
+        let idle = ctx.config.load().http.idle_timeout();
+        let watch = ctx.watch(&key, &Via::default());
+        let mut viewer = Viewer::new(ctx.clone(), self.socket.clone(), watch, wire, idle);
+        match viewer.first_frames(&mut Quiet).await {
+            Ok(()) => {}
+            Err(Ended::Close(Close::NoPublisher)) => {
+                // The stream is forgotten before the answer, when nobody else watches it.
+                drop(viewer);
                 return self.not_found(http10).await;
             }
-            let state = {
-                let cfg = ctx.config.load();
-                let schedule = cfg.schedule.for_app(&key.app);
-                cursor.read(
-                    &mut frames,
-                    BATCH_FRAMES,
-                    std::time::Instant::now(),
-                    schedule,
-                )
-            };
-            ctx.metrics.count_drops(&cursor.take_drops());
-            if matches!(state, ReadState::Frames) && !frames.is_empty() {
-                break;
+            Err(Ended::Close(Close::Shutdown)) => {
+                drop(viewer);
+                let response = plain(http10, "503 Service Unavailable", None, "");
+                self.answer(&response).await;
+                return Close::Shutdown;
             }
-            let pull_changed = async {
-                match &mut pull {
-                    Some(pull) => pull.changed().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let waited = tokio::select! {
-                _ = cursor.changed() => None,
-                _ = pull_changed => None,
-                _ = sleep_until(give_up) => Some(Close::NoPublisher),
-                _ = ctx.shutdown.cancelled() => Some(Close::Shutdown),
-                gone = peer_input(&self.socket, &self.counters) => gone,
-            };
-            match waited {
-                None => {}
-                Some(Close::NoPublisher) => {
-                    drop(cursor);
-                    return self.not_found(http10).await;
-                }
-                Some(Close::Shutdown) => {
-                    drop(cursor);
-                    let response = plain(http10, "503 Service Unavailable", None, "");
-                    self.answer(&response).await;
-                    return Close::Shutdown;
-                }
-                Some(close) => return close,
-            }
+            Err(Ended::Close(close)) => return close,
+            Err(Ended::Finished) => return Close::PeerClosed,
         }
-        drop(pull);
-
-        // The application is known now: its schedule sets the socket's options.
-        let idle = {
-            let cfg = ctx.config.load();
-            apply_socket_options(
-                socket2::SockRef::from(&*self.socket),
-                cfg.schedule.for_app(&key.app),
-            );
-            cfg.rtmp.idle_timeout()
-        };
         info!(%key, "http-flv viewer");
-        let chunked = !http10;
         let mut head = Head::new(http10, "200 OK")
             .header("content-type", "video/x-flv")
             .header("cache-control", "no-cache, no-store")
@@ -599,11 +515,11 @@ impl Handler {
         }
         let mut preamble = head.finish();
         if head_only {
-            drop(cursor);
+            drop(viewer);
             self.answer(&preamble).await;
             return Close::HeadRequest;
         }
-        let (has_audio, has_video) = tracks(&frames);
+        let (has_audio, has_video) = tracks(viewer.pending());
         let file_header = sluice_media::flv::encode_file_header(has_audio, has_video);
         if chunked {
             // This chunk stays open: each tag's size line starts by ending the one before.
@@ -619,27 +535,11 @@ impl Handler {
         }
         drop(preamble);
 
-        let viewers = ctx
-            .metrics
-            .viewers
-            .get_or_create(&[("protocol", proto::HTTP_FLV)])
-            .clone();
-        viewers.inc();
-        let mut viewer = Viewer {
-            ctx: &ctx,
-            socket: &self.socket,
-            counters: &self.counters,
-            cursor,
-            chunked,
-            prefixes: BytesMut::new(),
-            batch: VecDeque::new(),
-            window: Window::default(),
-            schedule: ScheduleCache::default(),
-            idle,
+        let close = match viewer.play(&mut Quiet).await {
+            Ended::Close(close) => close,
+            Ended::Finished => Close::PeerClosed,
         };
-        let close = viewer.run(frames).await;
         drop(viewer);
-        viewers.dec();
         debug!(reason = close.label(), stream = %key, "http-flv viewer left");
         // The goodbye: the body's end where it has one, then the connection's.
         if matches!(close, Close::Shutdown | Close::StreamEnded) {
@@ -667,227 +567,6 @@ impl Handler {
         self.answer(&response).await;
         Close::NoPublisher
     }
-}
-
-/// A viewer's streaming state, after the response head.
-struct Viewer<'a> {
-    ctx: &'a Arc<Context>,
-    socket: &'a Arc<TcpStream>,
-    counters: &'a ProtocolCounters,
-    cursor: Cursor,
-    /// HTTP/1.1: one chunk per tag.
-    chunked: bool,
-    /// Where chunk size lines are cut from (see [`PREFIX_ARENA`]).
-    prefixes: BytesMut,
-    /// The buffers of one write; empty between writes.
-    batch: VecDeque<Bytes>,
-    window: Window,
-    schedule: ScheduleCache,
-    /// How long a socket may take nothing.
-    idle: Duration,
-}
-
-impl Viewer<'_> {
-    /// Streams until the viewer, the stream or the node ends; `frames` were read already.
-    async fn run(&mut self, mut frames: Vec<Arc<Frame>>) -> Close {
-        // Created once, not per wake (see the RTMP player).
-        let shutdown = self.ctx.shutdown.clone();
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
-        let mut now = Instant::now();
-        loop {
-            let cfg = self.ctx.config.load();
-            let schedule = self
-                .schedule
-                .get(&cfg, Some(&self.cursor.stream().key().app));
-            let mut give_up = None;
-            let mut hold = Hold::No;
-            if frames.is_empty() {
-                now = Instant::now();
-                hold = self.window.hold(now, &schedule, self.cursor.stream());
-                if matches!(hold, Hold::No) {
-                    if frames.capacity() > BATCH_FRAMES {
-                        frames.shrink_to(BATCH_FRAMES);
-                    }
-                    let state =
-                        self.cursor
-                            .read(&mut frames, BATCH_FRAMES, now.into_std(), &schedule);
-                    self.ctx.metrics.count_drops(&self.cursor.take_drops());
-                    give_up = match state {
-                        ReadState::Frames | ReadState::Pending => None,
-                        ReadState::Unpublished(at) => {
-                            Some(Instant::from_std(at) + cfg.streams.republish_grace())
-                        }
-                        ReadState::WaitingForPublisher => {
-                            Some(now + cfg.streams.wait_for_publisher())
-                        }
-                    };
-                }
-            }
-            drop(cfg);
-            if !frames.is_empty() {
-                // Everything due, up to a cap, in one vectored write of what the socket takes.
-                let unsent = match self.send(&frames).await {
-                    Ok(unsent) => unsent,
-                    Err(close) => return close,
-                };
-                if unsent > 0 {
-                    // The socket is full: give the rest back, so it is decided again (and
-                    // skipped if it grew too old) once it drains.
-                    self.cursor.unread(&frames[frames.len() - unsent..]);
-                }
-                let full_batch = frames.len() == BATCH_FRAMES;
-                frames.clear();
-                // With batching, the next write is a window after this one.
-                self.window.on_change(now, &schedule, self.cursor.stream());
-                if unsent > 0 {
-                    tokio::select! {
-                        _ = &mut cancelled => return Close::Shutdown,
-                        _ = sleep(self.idle) => return Close::WriteStalled,
-                        writable = self.socket.writable() => {
-                            if writable.is_err() {
-                                return Close::Io;
-                            }
-                        }
-                    }
-                    continue;
-                }
-                if full_batch {
-                    continue;
-                }
-                // Everything due went out: wait without reading the ring again only to find
-                // it empty (see the RTMP player).
-                hold = self
-                    .window
-                    .hold(Instant::now(), &schedule, self.cursor.stream());
-            }
-            // A caught-up viewer is written by its stream's shared writer until handed back
-            // (see `fanout` and the RTMP player).
-            let wire = if self.chunked {
-                Wire::FlvChunked
-            } else {
-                Wire::FlvPlain
-            };
-            if give_up.is_none()
-                && schedule.merge_write_bytes == 0
-                && let Some(joined) = fanout::join(self.ctx, &self.cursor, self.socket, wire)
-            {
-                let gone = tokio::select! {
-                    _ = joined.handed_back() => None,
-                    _ = &mut cancelled => Some(Close::Shutdown),
-                    gone = peer_input(self.socket, self.counters) => gone,
-                };
-                if let Err(close) = self.take_back(joined.leave()).await {
-                    return close;
-                }
-                if let Some(close) = gone {
-                    return close;
-                }
-                continue;
-            }
-            let expired = async {
-                match give_up {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let socket = self.socket;
-            let counters = self.counters;
-            let cursor = &mut self.cursor;
-            let woken = async {
-                match hold {
-                    Hold::No => {
-                        cursor.changed().await;
-                        true
-                    }
-                    Hold::Until { at, count_bytes } => {
-                        // Inside a batching window only its end (or, with a byte trigger, a
-                        // change to count) wakes the viewer.
-                        tokio::select! {
-                            _ = sleep_until(at) => {}
-                            _ = cursor.changed(), if count_bytes => {}
-                        }
-                        false
-                    }
-                }
-            };
-            let changed = tokio::select! {
-                changed = woken => changed,
-                _ = expired => return Close::StreamEnded,
-                _ = &mut cancelled => return Close::Shutdown,
-                gone = peer_input(socket, counters) => match gone {
-                    Some(close) => return close,
-                    None => false,
-                },
-            };
-            if changed {
-                self.window
-                    .on_change(Instant::now(), &schedule, self.cursor.stream());
-            }
-        }
-    }
-
-    /// Takes the viewer back from the stream's writer (see [`Handback::finish`]).
-    async fn take_back(&mut self, back: Handback) -> Result<(), Close> {
-        let written = back
-            .finish(self.socket, &mut self.cursor, self.idle)
-            .await
-            .map_err(|e| match e {
-                TakeBackError::Stalled => Close::WriteStalled,
-                TakeBackError::Io => Close::Io,
-            })?;
-        self.counters.bytes_out.inc_by(written);
-        Ok(())
-    }
-
-    /// Writes `frames`' tags (each in its chunk for HTTP/1.1) as far as the socket takes
-    /// them without waiting; returns how many whole frames it did not take (the tail).
-    async fn send(&mut self, frames: &[Arc<Frame>]) -> Result<usize, Close> {
-        for frame in frames {
-            let tag = frame.flv_tag();
-            if self.chunked {
-                let prefix = self.chunk_prefix(tag.len());
-                self.batch.push_back(prefix);
-            }
-            self.batch.push_back(tag);
-        }
-        let unit = if self.chunked { 2 } else { 1 };
-        let written = write_units_until_full(self.socket, &mut self.batch, unit, self.idle)
-            .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::TimedOut => Close::WriteStalled,
-                _ => Close::Io,
-            })?;
-        let unsent = self.batch.len() / unit;
-        self.batch.clear();
-        // A start or catch-up burst grows the batch; keep only what a steady viewer uses.
-        if self.batch.capacity() > STEADY_BATCH {
-            self.batch.shrink_to(STEADY_BATCH);
-        }
-        self.counters.bytes_out.inc_by(written);
-        self.counters.media_writes.inc();
-        self.counters
-            .frames_out
-            .inc_by((frames.len() - unsent) as u64);
-        Ok(unsent)
-    }
-
-    /// The size line of a `len`-byte chunk, after the CRLF ending the chunk before it. Cut
-    /// from [`Viewer::prefixes`], whose allocation is reused once the lines cut from it are
-    /// written and dropped (the batch is emptied after every write).
-    fn chunk_prefix(&mut self, len: usize) -> Bytes {
-        if self.prefixes.capacity() - self.prefixes.len() < MAX_PREFIX {
-            self.prefixes.reserve(PREFIX_ARENA);
-        }
-        let _ = write!(self.prefixes, "\r\n{len:x}\r\n");
-        self.prefixes.split().freeze()
-    }
-}
-
-/// The size line of a `len`-byte chunk, after the CRLF ending the chunk before it (for a
-/// shared writer, which builds it once per frame for all its viewers).
-pub(crate) fn chunk_line(len: usize) -> Bytes {
-    Bytes::from(format!("\r\n{len:x}\r\n"))
 }
 
 /// Which tracks the FLV file header announces, from what a viewer starts with: its media,

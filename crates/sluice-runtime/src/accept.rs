@@ -14,7 +14,7 @@ use crate::Context;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Hands every accepted connection to `accepted` until `ctx.shutdown` is cancelled.
-pub(crate) async fn until_shutdown(
+pub async fn until_shutdown(
     listener: &TcpListener,
     ctx: &Context,
     protocol: &'static str,

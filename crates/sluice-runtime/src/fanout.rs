@@ -41,51 +41,11 @@ use tracing::{Instrument, debug, info_span};
 use crate::Context;
 use crate::io::MAX_SLICES;
 use crate::pacing::ScheduleCache;
+use crate::wire::Wire;
 
 /// Most frames one pass reads from the ring (a writer this far behind hands its viewers
 /// back long before, by the schedule's thresholds).
 const PASS_FRAMES: usize = 256;
-
-/// How a frame goes on the wire; one writer per stream and format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Wire {
-    /// RTMP chunks of the shared form (message stream id 1) at this chunk size.
-    Rtmp { chunk_size: u32 },
-    /// An HTTP/1.1 chunked FLV body: each tag in its own chunk.
-    FlvChunked,
-    /// An HTTP/1.0 FLV body: the tags as they are.
-    FlvPlain,
-}
-
-impl Wire {
-    fn protocol(self) -> &'static str {
-        match self {
-            Wire::Rtmp { .. } => sluice_core::metrics::proto::RTMP,
-            Wire::FlvChunked | Wire::FlvPlain => sluice_core::metrics::proto::HTTP_FLV,
-        }
-    }
-
-    /// Buffers per frame.
-    fn unit(self) -> usize {
-        match self {
-            Wire::FlvChunked => 2,
-            Wire::Rtmp { .. } | Wire::FlvPlain => 1,
-        }
-    }
-
-    /// Appends `frame`'s buffers (shared by every viewer of the format) to `out`.
-    fn push(self, frame: &Frame, out: &mut Vec<Bytes>) {
-        match self {
-            Wire::Rtmp { chunk_size } => out.push(crate::rtmp::shared_chunks(frame, chunk_size)),
-            Wire::FlvChunked => {
-                let tag = frame.flv_tag();
-                out.push(crate::flv::chunk_line(tag.len()));
-                out.push(tag);
-            }
-            Wire::FlvPlain => out.push(frame.flv_tag()),
-        }
-    }
-}
 
 /// Which writer a viewer joins.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -792,7 +752,7 @@ mod tests {
         publisher
             .push_media(FrameKind::Video, 0, avc(true, 1, 64), Instant::now())
             .expect("frame");
-        let (mut cursor, _) = ctx.watch(&key, &sluice_core::cluster::Via::default());
+        let (mut cursor, _) = ctx.watch(&key, &sluice_core::topology::Via::default());
         let mut frames = Vec::new();
         cursor.read(&mut frames, 16, Instant::now(), &Schedule::default());
         assert_eq!(frames.len(), 1);

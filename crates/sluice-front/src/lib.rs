@@ -1,0 +1,11 @@
+//! Sluice's front ends: each accepts connections, negotiates its protocol's session, takes
+//! publishers' media into their streams, and hands viewers to the runtime's one viewer
+//! driver (`sluice_runtime::viewer`) with their wire format. None has a viewer loop of its
+//! own.
+//!
+//! - [`rtmp_conn`]: the RTMP listener (handshake, chunk streams and commands through the
+//!   sans-IO `sluice-rtmp`; publish and play).
+//! - [`http`]: the HTTP listener (HTTP-FLV playback).
+
+pub mod http;
+pub mod rtmp_conn;

@@ -1,0 +1,621 @@
+//! The RTMP listener: one task per connection, which publishes into or plays from a stream.
+//!
+//! The task owns its socket and a sans-IO `ServerConnection` (handshake, chunk streams,
+//! commands). A publisher's media goes into its stream from this task. A player is handed,
+//! once its play is accepted, to the runtime's viewer driver ([`Viewer`]) with its wire
+//! format, [`Wire::Rtmp`] at the chunk size and message stream id of this connection, so
+//! its frames' bytes are shared with every viewer of exactly those parameters. While it
+//! plays, the session goes on through [`Session`]: what the client sends is handled as
+//! before, and the session's output is written ahead of more media.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_core::metrics::{ProtocolCounters, proto};
+use sluice_core::stream::{IngestError, PublishError};
+use sluice_core::topology::Via;
+use sluice_core::{Publisher, StreamKey};
+use sluice_media::{FrameKind, RtmpForm};
+use sluice_rtmp::chunk::ChunkLimits;
+use sluice_rtmp::connection::ServerConnection;
+use sluice_rtmp::handshake::{self, Handshake, Progress};
+use sluice_rtmp::message::MessageType;
+use sluice_rtmp::server::{ServerConfig, ServerEvent, SessionStats};
+use sluice_runtime::close::Close;
+use sluice_runtime::viewer::{Ended, Peer, Viewer};
+use sluice_runtime::wire::Wire;
+use sluice_runtime::{Context, accept, io};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// Read buffer of a publisher; players send little (acks, pings), so theirs stays small:
+/// per-viewer memory is what fan-out at scale pays for.
+const PUBLISHER_READ_BUF: usize = 64 * 1024;
+const PLAYER_READ_BUF: usize = 1024;
+/// How long a goodbye (the session's last output) may take.
+const GOODBYE: Duration = Duration::from_millis(500);
+
+/// Accepts RTMP connections until shutdown. Connections over `rtmp.max_connections` are
+/// refused at accept; accept errors back off briefly instead of spinning.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    let limit = Arc::new(Semaphore::new(ctx.config.load().rtmp.max_connections));
+    accept::until_shutdown(&listener, &ctx, proto::RTMP, |socket, peer| {
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            ctx.metrics.refused(proto::RTMP, "max_connections");
+            drop(socket);
+            return;
+        };
+        ctx.metrics
+            .connections
+            .get_or_create(&[("protocol", proto::RTMP)])
+            .inc();
+        let conn = ctx.next_conn_id();
+        let span = info_span!("rtmp", conn, %peer);
+        let task_ctx = ctx.clone();
+        ctx.tracker.spawn(
+            async move {
+                let reason = Handler::new(task_ctx.clone(), socket).run().await;
+                task_ctx.metrics.closed(proto::RTMP, reason.label());
+                debug!(reason = reason.label(), "connection closed");
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    })
+    .await;
+}
+
+/// What this connection is doing with a stream.
+enum Role {
+    Idle,
+    Publishing {
+        publisher: Publisher,
+        stream_id: u32,
+    },
+    /// Played by the viewer driver, on this message stream.
+    Playing {
+        stream_id: u32,
+    },
+}
+
+struct Handler {
+    ctx: Arc<Context>,
+    /// Shared with the viewer driver (and its stream's writer) while playing.
+    socket: Arc<TcpStream>,
+    conn: ServerConnection,
+    app: Option<String>,
+    role: Role,
+    /// A play the session just accepted, for the viewer driver.
+    starting: Option<Viewer>,
+    /// The client stopped playing (closeStream / deleteStream); the session goes on.
+    play_finished: bool,
+    /// Serialised session output waiting to be written.
+    out: BytesMut,
+    /// Set when the session decided to close after flushing (a rejection).
+    close_after_flush: Option<Close>,
+    /// Session drop counters already reported to metrics.
+    reported: SessionStats,
+    counters: ProtocolCounters,
+    /// `rtmp.idle_timeout_ms` when the connection started (per-connection settings do not
+    /// change under it).
+    idle: Duration,
+}
+
+/// The session of a connection whose player the viewer driver serves.
+struct Session<'a>(&'a mut Handler);
+
+impl Peer for Session<'_> {
+    const READ_BUF: usize = PLAYER_READ_BUF;
+
+    fn input(&mut self, data: &[u8]) -> Result<(), Ended> {
+        let handler = &mut *self.0;
+        handler.input(data)?;
+        if let Some(close) = handler.close_after_flush {
+            return Err(close.into());
+        }
+        if std::mem::take(&mut handler.play_finished) {
+            return Err(Ended::Finished);
+        }
+        Ok(())
+    }
+
+    fn output(&mut self) -> Option<Bytes> {
+        let handler = &mut *self.0;
+        handler.conn.drain_output(&mut handler.out);
+        (!handler.out.is_empty()).then(|| handler.out.split().freeze())
+    }
+}
+
+impl Handler {
+    fn new(ctx: Arc<Context>, socket: TcpStream) -> Self {
+        let cfg = ctx.config.load();
+        let _ = socket.set_nodelay(true);
+        let conn = ServerConnection::new(
+            ServerConfig {
+                chunk_size: cfg.rtmp.chunk_size,
+                window_ack_size: cfg.rtmp.window_ack_size,
+                peer_bandwidth: cfg.rtmp.window_ack_size,
+            },
+            ChunkLimits {
+                max_chunk_size: cfg.rtmp.max_incoming_chunk_size,
+                max_message_size: cfg.rtmp.max_message_size,
+                ..ChunkLimits::default()
+            },
+        );
+        Handler {
+            ctx: ctx.clone(),
+            socket: Arc::new(socket),
+            conn,
+            app: None,
+            role: Role::Idle,
+            starting: None,
+            play_finished: false,
+            out: BytesMut::new(),
+            close_after_flush: None,
+            reported: SessionStats::default(),
+            counters: ctx.metrics.protocol_counters(proto::RTMP),
+            idle: cfg.rtmp.idle_timeout(),
+        }
+    }
+
+    async fn run(mut self) -> Close {
+        let deadline = self.ctx.config.load().rtmp.handshake_timeout();
+        let remaining = match timeout(deadline, self.handshake()).await {
+            Err(_) => {
+                info!("handshake timed out");
+                return Close::HandshakeTimeout;
+            }
+            Ok(Err(close)) => return close,
+            Ok(Ok(remaining)) => remaining,
+        };
+        let close = match self.input(&remaining) {
+            Ok(()) => self.serve().await,
+            Err(close) => close,
+        };
+        self.finish(close).await;
+        close
+    }
+
+    /// Runs the handshake; returns bytes that arrived after it.
+    async fn handshake(&mut self) -> Result<Vec<u8>, Close> {
+        let mut hs = Handshake::new(handshake::Role::Server);
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match io::read(&self.socket, &mut buf).await {
+                Ok(0) => return Err(Close::PeerClosed),
+                Ok(n) => n,
+                Err(_) => return Err(Close::Io),
+            };
+            self.count_in(n);
+            let (out, remaining) = match hs.process(&buf[..n]) {
+                Ok(Progress::InProgress { out }) => (out, None),
+                Ok(Progress::Done { out, remaining }) => (out, Some(remaining)),
+                Err(error) => {
+                    info!(%error, "handshake failed");
+                    return Err(Close::HandshakeError);
+                }
+            };
+            if !out.is_empty() {
+                io::write_all(&self.socket, &out)
+                    .await
+                    .map_err(|_| Close::Io)?;
+                self.count_out(out.len());
+            }
+            if let Some(remaining) = remaining {
+                return Ok(remaining);
+            }
+        }
+    }
+
+    fn count_in(&self, n: usize) {
+        self.counters.bytes_in.inc_by(n as u64);
+    }
+
+    fn count_out(&self, n: usize) {
+        self.counters.bytes_out.inc_by(n as u64);
+    }
+
+    /// The main loop after the handshake: the session, a publisher's media, and players
+    /// handed to the viewer driver.
+    async fn serve(&mut self) -> Close {
+        let mut read_buf = BytesMut::with_capacity(PLAYER_READ_BUF);
+        let idle = self.idle;
+        let shutdown = self.ctx.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let idle_sleep = sleep_until(Instant::now() + idle);
+        tokio::pin!(idle_sleep);
+        loop {
+            if let Err(close) = self.flush().await {
+                return close;
+            }
+            if let Some(close) = self.close_after_flush {
+                return close;
+            }
+            if let Some(viewer) = self.starting.take() {
+                if let Some(close) = self.play(viewer).await {
+                    return close;
+                }
+                // Played and stopped; the session goes on (and may play again).
+                idle_sleep.as_mut().reset(Instant::now() + idle);
+                continue;
+            }
+            if matches!(self.role, Role::Publishing { .. })
+                && read_buf.capacity() < PUBLISHER_READ_BUF
+            {
+                read_buf.reserve(PUBLISHER_READ_BUF);
+            }
+            let Handler { socket, role, .. } = &mut *self;
+            let displaced = async {
+                match role {
+                    Role::Publishing { publisher, .. } => publisher.displaced().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let read = tokio::select! {
+                _ = &mut cancelled => return Close::Shutdown,
+                _ = &mut idle_sleep => return Close::IdleTimeout,
+                _ = displaced => {
+                    info!("publisher displaced by a newer one");
+                    self.stop_role();
+                    return Close::Displaced;
+                }
+                read = io::read_buf(socket, &mut read_buf) => read,
+            };
+            match read {
+                Ok(0) => return Close::PeerClosed,
+                Ok(n) => {
+                    self.count_in(n);
+                    idle_sleep.as_mut().reset(Instant::now() + idle);
+                    let result = self.input(&read_buf);
+                    read_buf.clear();
+                    if let Err(close) = result {
+                        return close;
+                    }
+                }
+                Err(_) => return Close::Io,
+            }
+        }
+    }
+
+    /// Plays through the viewer driver until the client stops playing (`None`: the
+    /// session goes on) or the connection is to close; queues the goodbye the protocol has.
+    async fn play(&mut self, mut viewer: Viewer) -> Option<Close> {
+        let ended = viewer.play(&mut Session(self)).await;
+        let Role::Playing { stream_id } = self.role else {
+            return Some(Close::ProtocolError);
+        };
+        let close = match ended {
+            Ended::Finished => {
+                self.stop_role();
+                return None;
+            }
+            Ended::Close(close) => close,
+        };
+        match close {
+            Close::StreamEnded | Close::Shutdown => self.conn.session.stream_eof(stream_id),
+            Close::NoPublisher => {
+                let reason = viewer.pull_failure();
+                self.conn.session.reject_play(
+                    stream_id,
+                    "NetStream.Play.StreamNotFound",
+                    reason.as_deref().unwrap_or("no publisher for this stream"),
+                );
+            }
+            _ => {}
+        }
+        Some(close)
+    }
+
+    /// Writes pending session output.
+    async fn flush(&mut self) -> Result<(), Close> {
+        self.conn.drain_output(&mut self.out);
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = self.out.split().freeze();
+        match timeout(self.idle, io::write_all(&self.socket, &out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Close::Io),
+            Err(_) => return Err(Close::WriteStalled),
+        }
+        self.count_out(out.len());
+        Ok(())
+    }
+
+    /// Feeds received bytes to the session and acts on its events.
+    fn input(&mut self, data: &[u8]) -> Result<(), Close> {
+        let mut data = data;
+        loop {
+            let result = self.conn.handle_input(data);
+            // Events from the messages handled before an error still count (a rejected
+            // connect's answer, the media before a broken chunk).
+            let mut decided = false;
+            while let Some(event) = self.conn.session.poll_event() {
+                decided = true;
+                self.event(event)?;
+            }
+            self.report_drops();
+            if let Err(error) = result {
+                warn!(%error, "closing: protocol error");
+                return Err(Close::ProtocolError);
+            }
+            // The connection stops at each request awaiting our decision; we decide
+            // synchronously, so go on with what the peer pipelined behind it.
+            if !decided || self.close_after_flush.is_some() {
+                return Ok(());
+            }
+            data = &[];
+        }
+    }
+
+    /// Turns what the session tolerated since the last call into metrics and one log line.
+    fn report_drops(&mut self) {
+        let now = self.conn.session.stats();
+        if *now == self.reported {
+            return;
+        }
+        let was = std::mem::replace(&mut self.reported, now.clone());
+        let deltas = [
+            (
+                "media_not_publishing",
+                now.media_dropped - was.media_dropped,
+            ),
+            ("bad_data", now.data_dropped - was.data_dropped),
+            (
+                "unknown_command",
+                now.unknown_commands - was.unknown_commands,
+            ),
+            (
+                "truncated_aggregate",
+                now.aggregates_truncated - was.aggregates_truncated,
+            ),
+            ("ignored_type", now.ignored_messages - was.ignored_messages),
+        ];
+        for (reason, n) in deltas.into_iter().filter(|(_, n)| *n > 0) {
+            warn!(reason, count = n, "rtmp messages dropped");
+            self.ctx
+                .metrics
+                .rtmp_messages_dropped
+                .get_or_create(&[("reason", reason)])
+                .inc_by(n);
+        }
+    }
+
+    fn event(&mut self, event: ServerEvent) -> Result<(), Close> {
+        match event {
+            ServerEvent::ConnectRequested {
+                app,
+                tc_url,
+                flash_ver,
+                ..
+            } => {
+                if !self.ctx.config.load().streams.app_allowed(&app) {
+                    info!(app, "connect refused: application not served");
+                    self.ctx.metrics.refused(proto::RTMP, "unknown_app");
+                    self.conn
+                        .session
+                        .reject_connect("application not served here");
+                    self.close_after_flush = Some(Close::Rejected);
+                } else {
+                    debug!(app, ?tc_url, ?flash_ver, "connect");
+                    self.conn.session.accept_connect();
+                    self.app = Some(app);
+                }
+            }
+            ServerEvent::PublishRequested {
+                stream_id,
+                stream_key,
+                ..
+            } => {
+                self.publish(stream_id, &stream_key);
+            }
+            ServerEvent::PlayRequested {
+                stream_id,
+                stream_key,
+            } => self.start_play(stream_id, &stream_key),
+            ServerEvent::PublishFinished { .. } => {
+                if let Role::Publishing { publisher, .. } = &self.role {
+                    info!(stream = %publisher.stream().key(), "unpublished");
+                    self.stop_role();
+                }
+            }
+            ServerEvent::PlayFinished { .. } => {
+                if matches!(self.role, Role::Playing { .. }) {
+                    self.play_finished = true;
+                }
+            }
+            ServerEvent::Media {
+                stream_id,
+                type_id,
+                timestamp,
+                payload,
+            } => {
+                let audio = MessageType::from_id(type_id) == Some(MessageType::Audio);
+                let (kind, label) = if audio {
+                    (FrameKind::Audio, "audio")
+                } else {
+                    (FrameKind::Video, "video")
+                };
+                self.ingest(stream_id, label, |p, now| {
+                    p.push_media(kind, timestamp, payload, now)
+                })?;
+            }
+            ServerEvent::Metadata {
+                stream_id,
+                timestamp,
+                payload,
+            } => {
+                self.ingest(stream_id, "script", |p, now| {
+                    p.push_metadata(timestamp, payload, now)
+                })?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Hands a message on `stream_id` to this connection's publisher, if it publishes there,
+    /// counting it as `kind`. A payload that does not parse is dropped and counted as
+    /// `invalid`; a publisher displaced by a newer one ends the connection.
+    fn ingest(
+        &mut self,
+        stream_id: u32,
+        kind: &'static str,
+        push: impl FnOnce(&mut Publisher, std::time::Instant) -> Result<(), IngestError>,
+    ) -> Result<(), Close> {
+        let Role::Publishing {
+            publisher,
+            stream_id: publishing_on,
+        } = &mut self.role
+        else {
+            return Ok(());
+        };
+        if *publishing_on != stream_id {
+            return Ok(());
+        }
+        let counted = match push(publisher, std::time::Instant::now()) {
+            Ok(()) => kind,
+            Err(IngestError::Displaced) => {
+                info!("publisher displaced by a newer one");
+                self.stop_role();
+                return Err(Close::Displaced);
+            }
+            Err(error) => {
+                debug!(%error, kind, "message dropped");
+                "invalid"
+            }
+        };
+        self.ctx
+            .metrics
+            .frames_in
+            .get_or_create(&[("kind", counted)])
+            .inc();
+        Ok(())
+    }
+
+    /// The stream key for a publish/play name under the connected app: the query string (auth
+    /// tokens and the like) is not part of the key.
+    fn key(&self, name: &str) -> Option<StreamKey> {
+        let app = self.app.as_deref()?;
+        let name = name.split('?').next().unwrap_or_default().trim();
+        (!name.is_empty() && !name.contains('/')).then(|| StreamKey::new(app, name))
+    }
+
+    fn publish(&mut self, stream_id: u32, name: &str) {
+        let Some(key) = self.key(name).filter(|_| matches!(self.role, Role::Idle)) else {
+            self.refuse_publish(stream_id, "bad_publish", "invalid stream name or state");
+            return;
+        };
+        let cfg = self.ctx.config.load();
+        if !cfg.cluster.role.accepts_publishers() {
+            self.refuse_publish(
+                stream_id,
+                "edge_node",
+                "this node is an edge: publish to an origin",
+            );
+            return;
+        }
+        let takeover =
+            cfg.streams.publish_conflict == sluice_core::config::PublishConflict::Takeover;
+        match self.ctx.registry.publish(
+            &key,
+            self.ctx.cache_settings(),
+            takeover,
+            std::time::Instant::now(),
+        ) {
+            Ok(publisher) => {
+                info!(app = %key.app, stream = %key.name, "publishing");
+                self.conn.session.accept_publish(stream_id);
+                self.ctx.metrics.publishers.inc();
+                self.role = Role::Publishing {
+                    publisher,
+                    stream_id,
+                };
+            }
+            Err(error) => {
+                info!(%error, "publish refused");
+                let reason = match error {
+                    PublishError::AlreadyPublishing(_) => "stream_busy",
+                    _ => "bad_publish",
+                };
+                self.refuse_publish(stream_id, reason, &error.to_string());
+            }
+        }
+    }
+
+    /// Answers NetStream.Publish.BadName (what ffmpeg and OBS report to the user), counts
+    /// `reason`, and closes once that is written.
+    fn refuse_publish(&mut self, stream_id: u32, reason: &'static str, description: &str) {
+        self.ctx.metrics.refused(proto::RTMP, reason);
+        self.conn
+            .session
+            .reject_publish(stream_id, "NetStream.Publish.BadName", description);
+        self.close_after_flush = Some(Close::Rejected);
+    }
+
+    fn start_play(&mut self, stream_id: u32, name: &str) {
+        let Some(key) = self.key(name).filter(|_| matches!(self.role, Role::Idle)) else {
+            self.ctx.metrics.refused(proto::RTMP, "bad_play");
+            self.conn.session.reject_play(
+                stream_id,
+                "NetStream.Play.StreamNotFound",
+                "invalid stream name or state",
+            );
+            self.close_after_flush = Some(Close::Rejected);
+            return;
+        };
+        info!(app = %key.app, stream = %key.name, "playing");
+        let via = Via::from_query(name.split_once('?').map_or("", |(_, q)| q));
+        let (cursor, pull) = self.ctx.watch(&key, &via);
+        if !via.0.is_empty() && pull.is_none() && !cursor.stream().is_publishing() {
+            // Another node pulling: it does not wait for a publisher here, it asks its next
+            // upstream.
+            self.ctx.metrics.refused(proto::RTMP, "pull_not_found");
+            self.conn.session.reject_play(
+                stream_id,
+                "NetStream.Play.StreamNotFound",
+                "not published on this node",
+            );
+            self.close_after_flush = Some(Close::Rejected);
+            return;
+        }
+        self.conn.session.accept_play(stream_id);
+        let wire = Wire::Rtmp(RtmpForm {
+            chunk_size: self.conn.session.chunk_size(),
+            stream_id,
+        });
+        self.starting = Some(Viewer::new(
+            self.ctx.clone(),
+            self.socket.clone(),
+            (cursor, pull),
+            wire,
+            self.idle,
+        ));
+        self.role = Role::Playing { stream_id };
+    }
+
+    /// Leaves the current role, keeping gauges in step.
+    fn stop_role(&mut self) {
+        if let Role::Publishing { .. } = std::mem::replace(&mut self.role, Role::Idle) {
+            self.ctx.metrics.publishers.dec();
+        }
+    }
+
+    /// Stops the role and writes the goodbye queued (where the peer is there to read it),
+    /// then ends the sending direction, within a short deadline.
+    async fn finish(&mut self, close: Close) {
+        self.starting = None;
+        self.stop_role();
+        if close.peer_reachable() {
+            let _ = timeout(GOODBYE, async {
+                let _ = self.flush().await;
+                let _ = io::shutdown_write(&self.socket);
+            })
+            .await;
+        }
+    }
+}
