@@ -576,7 +576,7 @@ impl Write for Sink {
     }
 }
 
-/// `sluice-proto`'s vectored write loop over a blocking writer (a sink here): the same slice
+/// `sluice-runtime`'s vectored write loop over a blocking writer (a sink here): the same slice
 /// building and consuming, without the socket.
 fn write_all(w: &mut impl Write, bufs: &mut VecDeque<Bytes>) -> io::Result<u64> {
     let mut total = 0u64;

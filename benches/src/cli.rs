@@ -13,6 +13,10 @@ pub enum Proto {
     Flv,
 }
 
+/// Most publishers one run drives: a bound, not a target (at 2.5 Mbit/s, 1,000 paced
+/// publishers already fill a generator core).
+pub const MAX_STREAMS: i64 = 1000;
+
 /// Which RTMP reader viewers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Reader {
@@ -23,10 +27,11 @@ pub enum Reader {
     Client,
 }
 
-/// Load generator: one RTMP publisher paced from an FLV fixture and N RTMP or HTTP-FLV
-/// viewers against any server on this machine; prints one JSON report.
+/// Load generator: S RTMP publishers paced from an FLV fixture and N RTMP or HTTP-FLV
+/// viewers spread evenly over their streams, against any server on this machine; prints one
+/// JSON report.
 ///
-/// Timeline: warm-up (publisher alone) → ramp (viewers connect) → settle → the measured
+/// Timeline: warm-up (publishers alone) → ramp (viewers connect) → settle → the measured
 /// window (--duration) → drain. Latency, delivery, reads, bytes and CPU are measured over the
 /// window; time to first frame and the first-frame check over the whole run.
 #[derive(Debug, Parser)]
@@ -42,9 +47,20 @@ pub struct Args {
     /// Viewer protocol [default: from the play URL's scheme].
     #[arg(long, value_enum)]
     pub proto: Option<Proto>,
-    /// Viewers to connect.
+    /// Viewers to connect, spread evenly over the streams (viewer i plays stream i mod S).
+    /// 0 measures ingest alone: the report's `ingest_us_per_frame`.
     #[arg(long, default_value_t = 100)]
     pub viewers: usize,
+    /// Publishers (streams), each pacing the fixture. With more than one, stream k's key is
+    /// the URLs' key with `-k` appended (live/bench -> live/bench-0 ... live/bench-{S-1};
+    /// bench.flv -> bench-0.flv); with one, the URLs are used as given.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_STREAMS))]
+    pub streams: u16,
+    /// Publisher k starts k/S of this many ms after the first, so that the streams' frames
+    /// (and keyframes) are out of phase as independent broadcasters' are [default: the
+    /// fixture's keyframe interval]. The warm-up starts after the last one.
+    #[arg(long)]
+    pub stagger_ms: Option<u64>,
     /// Length of the measured window, seconds (after warm-up, ramp and settle).
     #[arg(long, default_value_t = 15.0)]
     pub duration: f64,
@@ -56,7 +72,8 @@ pub struct Args {
     /// Spread viewer connects evenly over this many ms.
     #[arg(long, default_value_t = 1000)]
     pub ramp_ms: u64,
-    /// Publish alone this long before the first viewer (fills the server's GOP cache).
+    /// Publish alone this long before the first viewer (fills the server's GOP cache), after
+    /// the last publisher started.
     #[arg(long, default_value_t = 2500)]
     pub warmup_ms: u64,
     /// Wait this long after the ramp before the window starts.
@@ -91,4 +108,51 @@ pub struct Args {
     /// Allow non-loopback targets.
     #[arg(long)]
     pub allow_remote: bool,
+}
+
+/// The URL of stream `index` of `streams`: `url` itself for a single stream, else its stream
+/// key with `-{index}` appended, before a `.flv` extension and any query string.
+pub fn stream_url(url: &str, index: usize, streams: usize) -> String {
+    if streams <= 1 {
+        return url.to_owned();
+    }
+    let (path, query) = match url.find('?') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    match path.strip_suffix(".flv") {
+        Some(stem) => format!("{stem}-{index}.flv{query}"),
+        None => format!("{path}-{index}{query}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_urls() {
+        let rtmp = "rtmp://127.0.0.1:1935/live/bench";
+        assert_eq!(stream_url(rtmp, 0, 1), rtmp);
+        assert_eq!(
+            stream_url(rtmp, 0, 20),
+            "rtmp://127.0.0.1:1935/live/bench-0"
+        );
+        assert_eq!(
+            stream_url(rtmp, 19, 20),
+            "rtmp://127.0.0.1:1935/live/bench-19"
+        );
+        assert_eq!(
+            stream_url("rtmp://h/live/bench?token=a.flv", 3, 4),
+            "rtmp://h/live/bench-3?token=a.flv"
+        );
+        assert_eq!(
+            stream_url("http://127.0.0.1:8080/live/bench.flv", 7, 200),
+            "http://127.0.0.1:8080/live/bench-7.flv"
+        );
+        assert_eq!(
+            stream_url("http://h/live/bench.flv?x=1", 1, 2),
+            "http://h/live/bench-1.flv?x=1"
+        );
+    }
 }

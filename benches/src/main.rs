@@ -1,8 +1,8 @@
-//! `sluice-bench`: the load generator. One process drives one RTMP publisher, paced in real
-//! time from an FLV fixture and looping with increasing timestamps, and N RTMP or HTTP-FLV
-//! viewers against any server (Sluice, nginx-rtmp, SRS...); it matches every video frame's
-//! send and receive instants by timestamp and prints one JSON report. See
-//! `benches/README.md`.
+//! `sluice-bench`: the load generator. One process drives S RTMP publishers (one stream
+//! each, default 1), paced in real time from an FLV fixture and looping with increasing
+//! timestamps, and N RTMP or HTTP-FLV viewers spread over their streams, against any server
+//! (Sluice, nginx-rtmp, SRS...); it matches every video frame's send and receive instants by
+//! timestamp and prints one JSON report. See `benches/README.md`.
 //!
 //! It runs on one thread (a current-thread tokio runtime and a `LocalSet`) so that it can be
 //! pinned to one core next to a server pinned to the other; shared state is an
@@ -33,7 +33,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let report = tokio::task::LocalSet::new().block_on(&rt, run::run(args))?;
     report::print(&report, json)?;
-    if report.publisher_error.is_some() || report.viewers_connected == 0 {
+    let no_viewer = report.viewers_requested > 0 && report.viewers_connected == 0;
+    if report.publisher_error.is_some() || no_viewer {
         std::process::exit(2);
     }
     Ok(())

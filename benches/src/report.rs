@@ -22,6 +22,8 @@ pub struct Report {
     pub fixture_kbps: u64,
     /// Length of the measured window, s.
     pub window_s: f64,
+    /// Publishers (streams); viewers were spread evenly over them.
+    pub streams: usize,
     /// Viewers asked for.
     pub viewers_requested: usize,
     /// Viewers whose play the server accepted.
@@ -32,10 +34,13 @@ pub struct Report {
     pub viewers_dropped: usize,
     /// Distinct error messages with their counts (at most 5).
     pub errors: Vec<String>,
-    /// Coded video frames the publisher sent in the window.
+    /// Coded video frames the publishers sent in the window (all streams).
     pub video_frames_sent: u64,
-    /// Coded audio frames the publisher sent in the window.
+    /// Coded audio frames the publishers sent in the window (all streams).
     pub audio_frames_sent: u64,
+    /// Coded frames (audio + video) the publishers sent per second of the window: the
+    /// server's ingest rate.
+    pub frames_published_per_s: f64,
     /// Frames (audio + video) received / frames sent while each viewer was connected.
     pub delivery_ratio: f64,
     /// The same for video alone.
@@ -94,13 +99,19 @@ pub struct Report {
     pub bytes_received: u64,
     /// `bytes_received` as a rate, Mbit/s.
     pub delivered_mbps: f64,
+    /// The same in Gbit/s.
+    pub delivered_gbps: f64,
     /// Viewer read() calls that returned data, per viewer-second (lean readers only): a lower
     /// bound of the server's writes per viewer-second.
     pub viewer_reads_per_viewer_s: Option<f64>,
-    /// Server CPU, % of one core (utime + stime over the window).
+    /// Server CPU, % of one core over the window: its threads' run time (schedstat, ns) when
+    /// readable, else utime + stime (10 ms ticks).
     pub server_cpu_pct: Option<f64>,
     /// Server CPU % per delivered Gbit/s.
     pub server_cpu_pct_per_gbps: Option<f64>,
+    /// With `--viewers 0` only: server CPU time over the window / frames published in it, µs
+    /// (the server's idle work included, which a run of a few frames per second shows).
+    pub ingest_us_per_frame: Option<f64>,
     /// Server write/writev syscalls (/proc/PID/io `syscw`) per viewer-second; `null` when
     /// none were counted (servers that send with send()/sendmsg(), such as nginx-rtmp).
     pub server_writes_per_viewer_s: Option<f64>,

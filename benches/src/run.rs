@@ -12,7 +12,7 @@ use tokio::task::{JoinHandle, spawn_local};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Args, Proto, Reader};
+use crate::cli::{Args, Proto, Reader, stream_url};
 use crate::fixture::{self, Fixture};
 use crate::hist::Hist;
 use crate::http::HttpUrl;
@@ -43,22 +43,29 @@ async fn pause_until(at: Instant, interrupted: &CancellationToken) {
 
 /// Runs the benchmark described by `args`.
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let publish = RtmpUrl::parse(&args.publish).context("--publish")?;
+    let streams = usize::from(args.streams);
     let play = args.play.clone().unwrap_or_else(|| args.publish.clone());
     let proto = match (args.proto, play.starts_with("http://")) {
         (Some(p), _) => p,
         (None, true) => Proto::Flv,
         (None, false) => Proto::Rtmp,
     };
-    let target = match proto {
-        Proto::Rtmp => Target::Rtmp {
-            url: RtmpUrl::parse(&play).context("--play")?,
-            lean: args.rtmp_reader == Reader::Lean,
-        },
-        Proto::Flv => Target::Flv(HttpUrl::parse(&play).context("--play")?),
-    };
-    check_local(&publish.addr, args.allow_remote).await?;
-    match &target {
+    let mut publish = Vec::with_capacity(streams);
+    let mut targets = Vec::with_capacity(streams);
+    for k in 0..streams {
+        publish.push(RtmpUrl::parse(&stream_url(&args.publish, k, streams)).context("--publish")?);
+        let play = stream_url(&play, k, streams);
+        targets.push(match proto {
+            Proto::Rtmp => Target::Rtmp {
+                url: RtmpUrl::parse(&play).context("--play")?,
+                lean: args.rtmp_reader == Reader::Lean,
+            },
+            Proto::Flv => Target::Flv(HttpUrl::parse(&play).context("--play")?),
+        });
+    }
+    // Every stream's URL has the same host: checking the first ones checks them all.
+    check_local(&publish[0].addr, args.allow_remote).await?;
+    match &targets[0] {
         Target::Rtmp { url, .. } => check_local(&url.addr, args.allow_remote).await?,
         Target::Flv(url) => check_local(&url.addr, args.allow_remote).await?,
     }
@@ -66,7 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let connect_timeout = Duration::from_millis(args.connect_timeout_ms);
     let stall_ns = args.stall_ms * 1_000_000;
     let clock = Clock::start();
-    let sh = Rc::new(RefCell::new(Shared::default()));
+    let sh = Rc::new(RefCell::new(Shared::new(streams)));
 
     let interrupted = CancellationToken::new();
     {
@@ -81,23 +88,32 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let server_start = server_sample(args.server_pid)?;
     let t0 = Instant::now();
-    let warmup_end = t0 + Duration::from_millis(args.warmup_ms);
+    let stagger = Duration::from_millis(
+        args.stagger_ms
+            .unwrap_or(u64::from(publisher::keyframe_interval_ms(&fixture))),
+    );
+    let start_of = |k: usize| t0 + stagger * k as u32 / streams as u32;
+    let warmup_end = start_of(streams - 1) + Duration::from_millis(args.warmup_ms);
     let ramp_end = warmup_end + Duration::from_millis(args.ramp_ms);
     let window_start = ramp_end + Duration::from_millis(args.settle_ms);
     let window_end = window_start + Duration::from_secs_f64(args.duration);
     let drain_end = window_end + Duration::from_millis(args.drain_ms);
 
-    // The publisher.
-    let stop_publisher = CancellationToken::new();
-    let mut publisher = spawn_local(publisher::run(
-        publish,
-        fixture.clone(),
+    // The publishers, their starts spread over `stagger`.
+    let publishers = Rc::new(publisher::Context {
+        fixture: fixture.clone(),
         clock,
-        sh.clone(),
+        sh: sh.clone(),
         connect_timeout,
-        drain_end + STOP_GRACE,
-        stop_publisher.clone(),
-    ));
+        give_up: drain_end + STOP_GRACE,
+        stop: CancellationToken::new(),
+        ended_early: CancellationToken::new(),
+    });
+    let publisher_tasks: Vec<JoinHandle<()>> = publish
+        .into_iter()
+        .enumerate()
+        .map(|(k, url)| spawn_local(publisher::run(publishers.clone(), k, url, start_of(k))))
+        .collect();
 
     // The server's RSS, sampled until told to stop.
     let stop_sampler = CancellationToken::new();
@@ -118,22 +134,26 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         });
     }
 
-    // Warm-up: the server gets the stream (and fills its GOP cache) before any viewer.
-    let mut publisher_error = None;
+    // Warm-up: the server gets every stream (and fills its GOP caches) before any viewer.
     tokio::select! {
         _ = pause_until(warmup_end, &interrupted) => {}
-        r = &mut publisher => {
-            bail!("the publisher stopped during warm-up: {}", join_error(r));
+        _ = publishers.ended_early.cancelled() => {
+            bail!("a publisher stopped during warm-up: {}", publisher_error(&sh.borrow()).unwrap_or_default());
         }
     }
-    if sh.borrow().keyframes_sent == 0 {
-        bail!("the publisher sent no keyframe during the warm-up; raise --warmup-ms");
+    if let Some(p) = sh
+        .borrow()
+        .streams
+        .iter()
+        .position(|p| p.keyframes_sent == 0)
+    {
+        bail!("publisher {p} sent no keyframe during the warm-up; raise --warmup-ms");
     }
     let server_before = server_sample(args.server_pid)?;
 
-    // Viewers, spread over the ramp.
+    // Viewers, spread over the ramp and, round robin, over the streams.
     let cfg = Rc::new(viewer::Config {
-        target,
+        targets,
         connect_timeout,
         stall_ns,
         has_audio: fixture.has_audio,
@@ -149,6 +169,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         pause_until(at, &interrupted).await;
         viewers.push(spawn_local(viewer::run(
             cfg.clone(),
+            i % streams,
             sh.clone(),
             stop_viewers.clone(),
         )));
@@ -159,31 +180,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let server_ws = server_sample(args.server_pid)?;
     let gen_ws = procfs::sample("self")?;
     let ws = Instant::now();
-    {
-        let mut sh = sh.borrow_mut();
-        sh.window_start = Some(sh.next_seq());
-        sh.in_window = true;
-    }
+    sh.borrow_mut().open_window();
+    let mut publisher_failed = false;
     tokio::select! {
         _ = pause_until(window_end, &interrupted) => {}
-        r = &mut publisher => {
-            let e = join_error(r);
-            note(&format!("the publisher stopped: {e}"));
-            publisher_error = Some(e);
+        _ = publishers.ended_early.cancelled() => {
+            note(&format!("a publisher stopped: {}", publisher_error(&sh.borrow()).unwrap_or_default()));
+            publisher_failed = true;
         }
     }
     let window_s = ws.elapsed().as_secs_f64();
     let server_we = server_sample(args.server_pid)?;
     let gen_we = procfs::sample("self")?;
-    {
-        let mut sh = sh.borrow_mut();
-        sh.window_end = Some(sh.next_seq());
-        sh.window_end_ns = Some(clock.now_ns());
-        sh.in_window = false;
-    }
+    sh.borrow_mut().close_window(clock.now_ns());
 
     // Drain: frames sent at the end of the window are still on their way.
-    if publisher_error.is_none() {
+    if !publisher_failed {
         pause_until(drain_end, &interrupted).await;
     }
     stop_viewers.cancel();
@@ -200,15 +212,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             }
         }
     }
-    stop_publisher.cancel();
-    if publisher_error.is_none() {
-        match timeout(STOP_GRACE, &mut publisher).await {
-            Ok(r) => {
-                if let Err(e) = flatten(r) {
-                    publisher_error = Some(format!("{e:#}"));
-                }
+    publishers.stop.cancel();
+    let give_up = Instant::now() + STOP_GRACE;
+    for handle in publisher_tasks {
+        let abort = handle.abort_handle();
+        match timeout(give_up.saturating_duration_since(Instant::now()), handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => note(&format!("a publisher task failed: {e}")),
+            Err(_) => {
+                abort.abort();
+                note("a publisher did not stop in time");
             }
-            Err(_) => publisher.abort(),
         }
     }
     stop_sampler.cancel();
@@ -217,7 +231,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let sh = sh.borrow();
     let mut report = summarise(&sh, &mut done, &args, proto, &fixture, window_s, stall_ns);
-    report.publisher_error = publisher_error;
+    report.publisher_error = publisher_error(&sh);
     let gen_cpu = procfs::cpu_pct(&gen_ws, &gen_we, window_s);
     report.generator_cpu_pct = round(gen_cpu, 1);
     report.generator_hwm_kib = gen_end.hwm_kib;
@@ -234,6 +248,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         report.server_cpu_pct = Some(round(cpu, 1));
         if report.delivered_mbps > 0.0 {
             report.server_cpu_pct_per_gbps = Some(round(cpu / (report.delivered_mbps / 1000.0), 1));
+        }
+        // With no viewer the server's CPU is ingest's (plus its idle timers): per frame
+        // published, that is what one ingested frame costs.
+        let frames = report.video_frames_sent + report.audio_frames_sent;
+        if args.viewers == 0 && frames > 0 {
+            report.ingest_us_per_frame =
+                Some(round(procfs::cpu_secs(&a, &b) * 1e6 / frames as f64, 2));
         }
         let viewer_s = report.viewers_connected as f64 * window_s;
         // syscw counts write/writev only: a server that sends with send()/sendmsg() (nginx-rtmp
@@ -258,15 +279,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn flatten(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
-    r.map_err(anyhow::Error::new)?
-}
-
-fn join_error(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> String {
-    match flatten(r) {
-        Ok(()) => "it ended".to_owned(),
-        Err(e) => format!("{e:#}"),
-    }
+/// The first publisher's reason for stopping early, and how many others did.
+fn publisher_error(sh: &Shared) -> Option<String> {
+    let (first, others) = sh.publisher_errors.split_first()?;
+    Some(match others.len() {
+        0 => first.clone(),
+        n => format!("{first} (and {n} more publishers)"),
+    })
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -310,12 +329,20 @@ fn summarise(
         fixture: fixture.path.display().to_string(),
         fixture_kbps: fixture.kbps,
         window_s: round(window_s, 3),
+        streams: sh.streams.len(),
         viewers_requested: args.viewers,
         ..Report::default()
     };
-    if let (Some(a), Some(b)) = (sh.window_start, sh.window_end) {
-        r.video_frames_sent = b[VIDEO] - a[VIDEO];
-        r.audio_frames_sent = b[AUDIO] - a[AUDIO];
+    for p in &sh.streams {
+        let [video, audio] = p.sent_in_window_count();
+        r.video_frames_sent += video;
+        r.audio_frames_sent += audio;
+    }
+    if window_s > 0.0 {
+        r.frames_published_per_s = round(
+            (r.video_frames_sent + r.audio_frames_sent) as f64 / window_s,
+            1,
+        );
     }
     let mut reads = 0;
     for v in viewers.iter_mut() {
@@ -390,6 +417,7 @@ fn summarise(
     r.play_start_max_ms = ms(play_start.max());
     if window_s > 0.0 {
         r.delivered_mbps = round(r.bytes_received as f64 * 8.0 / window_s / 1e6, 2);
+        r.delivered_gbps = round(r.bytes_received as f64 * 8.0 / window_s / 1e9, 4);
         if reads > 0 && r.viewers_connected > 0 {
             r.viewer_reads_per_viewer_s = Some(round(
                 reads as f64 / (r.viewers_connected as f64 * window_s),

@@ -49,35 +49,23 @@ pub struct Rx {
     pub kernel_real_ns: Option<u64>,
 }
 
-/// What the publisher and the viewers share.
+/// What one publisher sent: its coded frames by timestamp, and where the measured window
+/// starts and ends among them.
 #[derive(Debug, Default)]
-pub struct Shared {
+pub struct Published {
     /// Coded video frames sent.
     pub video: Ring,
     /// Coded audio frames sent.
     pub audio: Ring,
-    /// Inside the measured window: reads and bytes are counted.
-    pub in_window: bool,
     /// [video, audio] sequence numbers of the first frames sent in the window.
     pub window_start: Option<[u64; 2]>,
     /// [video, audio] sequence numbers of the first frames sent after the window.
     pub window_end: Option<[u64; 2]>,
-    /// When the window ended, ns.
-    pub window_end_ns: Option<u64>,
-    /// Latency of video frames sent in the window, µs: from kernel receive timestamps where
-    /// the reader has them, else from when the generator read the bytes.
-    pub latency: Hist,
-    /// The same from when the generator read the bytes (includes the generator's own delay).
-    pub latency_user: Hist,
-    /// Samples of `latency` taken from kernel receive timestamps.
-    pub latency_kernel_samples: u64,
-    /// Largest delay of the publisher behind its real-time schedule in the window, µs.
-    pub publisher_lag_max_us: u64,
-    /// Keyframes the publisher has sent.
+    /// Keyframes sent.
     pub keyframes_sent: u64,
 }
 
-impl Shared {
+impl Published {
     /// Whether the frame with sequence number `seq` of `kind` was sent in the window.
     fn sent_in_window(&self, kind: usize, seq: u64) -> bool {
         self.window_start.is_some_and(|s| seq >= s[kind])
@@ -88,11 +76,72 @@ impl Shared {
     pub fn next_seq(&self) -> [u64; 2] {
         [self.video.next_seq(), self.audio.next_seq()]
     }
+
+    /// [video, audio] frames sent in the window (0 before it has closed).
+    pub fn sent_in_window_count(&self) -> [u64; 2] {
+        match (self.window_start, self.window_end) {
+            (Some(a), Some(b)) => [b[VIDEO] - a[VIDEO], b[AUDIO] - a[AUDIO]],
+            _ => [0, 0],
+        }
+    }
+}
+
+/// What the publishers and the viewers share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// One per publisher (stream), indexed like the stream names.
+    pub streams: Vec<Published>,
+    /// Inside the measured window: reads and bytes are counted.
+    pub in_window: bool,
+    /// When the window ended, ns.
+    pub window_end_ns: Option<u64>,
+    /// Latency of video frames sent in the window, µs, over every stream: from kernel
+    /// receive timestamps where the reader has them, else from when the generator read the
+    /// bytes.
+    pub latency: Hist,
+    /// The same from when the generator read the bytes (includes the generator's own delay).
+    pub latency_user: Hist,
+    /// Samples of `latency` taken from kernel receive timestamps.
+    pub latency_kernel_samples: u64,
+    /// Largest delay of any publisher behind its real-time schedule in the window, µs.
+    pub publisher_lag_max_us: u64,
+    /// Why publishers stopped early ("stream: reason"), in the order they did; at most one
+    /// per publisher.
+    pub publisher_errors: Vec<String>,
+}
+
+impl Shared {
+    /// State for `streams` publishers.
+    pub fn new(streams: usize) -> Self {
+        Self {
+            streams: (0..streams).map(|_| Published::default()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Starts the measured window on every stream.
+    pub fn open_window(&mut self) {
+        for p in &mut self.streams {
+            p.window_start = Some(p.next_seq());
+        }
+        self.in_window = true;
+    }
+
+    /// Ends the measured window on every stream at `now_ns`.
+    pub fn close_window(&mut self, now_ns: u64) {
+        for p in &mut self.streams {
+            p.window_end = Some(p.next_seq());
+        }
+        self.window_end_ns = Some(now_ns);
+        self.in_window = false;
+    }
 }
 
 /// One viewer's counters. A few hundred bytes, whatever the run's length.
 #[derive(Debug, Default, Clone)]
 pub struct Viewer {
+    /// Which stream it plays (index into `Shared::streams`).
+    pub stream: usize,
     /// When it started connecting, ns.
     pub connect_ns: u64,
     /// When the server accepted the play (RTMP) or answered 200 (HTTP), ns.
@@ -131,9 +180,10 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    /// A viewer that starts connecting at `now_ns`.
-    pub fn new(now_ns: u64) -> Self {
+    /// A viewer of stream `stream` that starts connecting at `now_ns`.
+    pub fn new(now_ns: u64, stream: usize) -> Self {
         Self {
+            stream,
             connect_ns: now_ns,
             ..Self::default()
         }
@@ -155,7 +205,7 @@ impl Viewer {
     /// The viewer stopped before the end of the run (error or end of stream).
     pub fn ended(&mut self, sh: &Shared, why: String) {
         if self.end_seq.is_none() {
-            self.end_seq = Some(sh.next_seq());
+            self.end_seq = Some(sh.streams[self.stream].next_seq());
         }
         self.error.get_or_insert(why);
     }
@@ -192,13 +242,13 @@ impl Viewer {
                     self.first_ok =
                         key && self.seen_video_header && (self.seen_audio_header || !has_audio);
                 }
+                let sent_video = &sh.streams[self.stream].video;
                 let sent = match self.offset {
-                    Some(off) => sh.video.find(ts.wrapping_sub(off), size),
+                    Some(off) => sent_video.find(ts.wrapping_sub(off), size),
                     None => {
-                        let found = sh
-                            .video
+                        let found = sent_video
                             .find(ts, size)
-                            .or_else(|| sh.video.find_recent_by_size(size, key, OFFSET_SEARCH));
+                            .or_else(|| sent_video.find_recent_by_size(size, key, OFFSET_SEARCH));
                         if let Some(s) = found {
                             self.offset = Some(ts.wrapping_sub(s.ts));
                         }
@@ -224,7 +274,7 @@ impl Viewer {
             }
             Class::Audio => {
                 // Audio sizes repeat too often to find an offset by; use video's.
-                match sh
+                match sh.streams[self.stream]
                     .audio
                     .find(ts.wrapping_sub(self.offset.unwrap_or(0)), size)
                 {
@@ -241,7 +291,7 @@ impl Viewer {
     /// Counts a matched frame; true if it was sent in the window.
     fn count(&mut self, sh: &Shared, kind: usize, seq: u64) -> bool {
         self.first_seq[kind].get_or_insert(seq);
-        let in_window = sh.sent_in_window(kind, seq);
+        let in_window = sh.streams[self.stream].sent_in_window(kind, seq);
         if in_window {
             self.received[kind] += 1;
         }
@@ -251,7 +301,8 @@ impl Viewer {
     /// Frames of `kind` this viewer should have received: those sent in the window from its
     /// first frame (a server may start a viewer at the next keyframe) until it ended.
     pub fn expected(&self, sh: &Shared, kind: usize) -> u64 {
-        let (Some(ws), Some(we)) = (sh.window_start, sh.window_end) else {
+        let sent = &sh.streams[self.stream];
+        let (Some(ws), Some(we)) = (sent.window_start, sent.window_end) else {
             return 0;
         };
         if self.started_ns.is_none() {
@@ -290,21 +341,20 @@ mod tests {
 
     #[test]
     fn matches_by_timestamp_counts_the_window_and_finds_rewritten_timestamps() {
-        let mut sh = Shared::default();
+        let mut sh = Shared::new(1);
         // 10 video frames 33 ms apart, a keyframe every 5; audio alongside.
         for i in 0..10u32 {
             let at = (u64::from(i) * 33 * MS, 0);
-            sh.video.push(i * 33, 1000 + i, i % 5 == 0, at);
-            sh.audio.push(i * 33, 300, false, at);
+            sh.streams[0].video.push(i * 33, 1000 + i, i % 5 == 0, at);
+            sh.streams[0].audio.push(i * 33, 300, false, at);
             if i == 4 {
-                sh.window_start = Some(sh.next_seq());
-                sh.in_window = true;
+                sh.open_window();
             }
         }
-        sh.window_end = Some(sh.next_seq());
+        sh.close_window(330 * MS);
 
         // A viewer on a server that keeps timestamps, 2 ms behind, from the keyframe at 5.
-        let mut a = Viewer::new(0);
+        let mut a = Viewer::new(0, 0);
         a.started(0);
         media(&mut a, &mut sh, 100, (9, 0, 40, Class::VideoHeader));
         media(&mut a, &mut sh, 100, (8, 0, 4, Class::AudioHeader));
@@ -331,7 +381,7 @@ mod tests {
 
         // A viewer on a server that restarts timestamps at 0, missing one inter frame, and
         // whose first frame is not a keyframe.
-        let mut b = Viewer::new(0);
+        let mut b = Viewer::new(0, 0);
         b.started(0);
         for i in [6u32, 8, 9] {
             media(
@@ -354,11 +404,13 @@ mod tests {
 
     #[test]
     fn kernel_receive_time_is_preferred_for_latency() {
-        let mut sh = Shared::default();
-        sh.window_start = Some(sh.next_seq());
-        sh.video.push(0, 10, true, (1000 * MS, 5000 * MS));
-        sh.window_end = Some(sh.next_seq());
-        let mut v = Viewer::new(0);
+        let mut sh = Shared::new(1);
+        sh.open_window();
+        sh.streams[0]
+            .video
+            .push(0, 10, true, (1000 * MS, 5000 * MS));
+        sh.close_window(2000 * MS);
+        let mut v = Viewer::new(0, 0);
         let rx = Rx {
             user_ns: 1030 * MS,
             kernel_real_ns: Some(5002 * MS),
@@ -376,9 +428,54 @@ mod tests {
     }
 
     #[test]
+    fn viewers_match_their_own_stream_and_its_window() {
+        // Two publishers of the same fixture, the second started 10 ms later: the same
+        // timestamps and sizes, different send instants and counts.
+        let mut sh = Shared::new(2);
+        for i in 0..4u32 {
+            for (k, late) in [(0, 0), (1, 10)] {
+                let at = ((u64::from(i) * 33 + late) * MS, 0);
+                sh.streams[k].video.push(i * 33, 1000 + i, i == 0, at);
+            }
+        }
+        sh.open_window();
+        for i in 4..6u32 {
+            sh.streams[0]
+                .video
+                .push(i * 33, 1000 + i, false, (u64::from(i) * 33 * MS, 0));
+        }
+        for i in 4..8u32 {
+            let at = ((u64::from(i) * 33 + 10) * MS, 0);
+            sh.streams[1].video.push(i * 33, 1000 + i, false, at);
+        }
+        sh.close_window(300 * MS);
+        assert_eq!(sh.streams[0].sent_in_window_count(), [2, 0]);
+        assert_eq!(sh.streams[1].sent_in_window_count(), [4, 0]);
+
+        let mut v = Viewer::new(0, 1);
+        v.started(0);
+        for i in 4..8u32 {
+            let frame = (9, i * 33, 1000 + i, Class::Video { key: false });
+            media(&mut v, &mut sh, u64::from(i) * 33 + 11, frame);
+        }
+        assert_eq!(v.received[VIDEO], 4);
+        assert_eq!(
+            v.expected(&sh, VIDEO),
+            4,
+            "stream 1's window, not stream 0's"
+        );
+        assert_eq!(v.unmatched, 0);
+        assert_eq!(
+            sh.latency_user.max(),
+            1000,
+            "1 ms after stream 1's send, not 11"
+        );
+    }
+
+    #[test]
     fn stalls() {
-        let mut sh = Shared::default();
-        let mut v = Viewer::new(0);
+        let mut sh = Shared::new(1);
+        let mut v = Viewer::new(0, 0);
         media(&mut v, &mut sh, 0, (9, 0, 1, Class::Other));
         media(&mut v, &mut sh, 500, (9, 0, 1, Class::Other));
         media(&mut v, &mut sh, 2000, (9, 0, 1, Class::Other));

@@ -95,8 +95,8 @@ pub enum Target {
 /// What every viewer task needs.
 #[derive(Debug)]
 pub struct Config {
-    /// What to play.
-    pub target: Target,
+    /// What to play, one per stream.
+    pub targets: Vec<Target>,
     /// Deadline for connecting until the play starts.
     pub connect_timeout: Duration,
     /// A gap longer than this between media messages is a stall, ns.
@@ -117,10 +117,15 @@ fn slow_rcvbuf(cfg: &Config) -> Option<u32> {
     (cfg.read_bytes_per_sec > 0).then_some(SLOW_VIEWER_RCVBUF)
 }
 
-/// Runs one viewer until `stop`; returns its counters.
-pub async fn run(cfg: Rc<Config>, sh: Rc<RefCell<Shared>>, stop: CancellationToken) -> Viewer {
-    let mut v = Viewer::new(cfg.clock.now_ns());
-    let result = match &cfg.target {
+/// Runs one viewer of stream `stream` until `stop`; returns its counters.
+pub async fn run(
+    cfg: Rc<Config>,
+    stream: usize,
+    sh: Rc<RefCell<Shared>>,
+    stop: CancellationToken,
+) -> Viewer {
+    let mut v = Viewer::new(cfg.clock.now_ns(), stream);
+    let result = match &cfg.targets[stream] {
         Target::Rtmp { url, lean: false } => rtmp_client(&cfg, url, &sh, &stop, &mut v).await,
         Target::Rtmp { url, lean: true } => rtmp_lean(&cfg, url, &sh, &stop, &mut v).await,
         Target::Flv(url) => flv(&cfg, url, &sh, &stop, &mut v).await,

@@ -1,7 +1,8 @@
 //! Sluice's streams: the registry of live streams, each a GOP cache in a shared frame ring
 //! read by viewer cursors; the typed config; the metrics every front end reports into.
 //!
-//! No sockets here: front ends (sluice-proto) attach publishers and viewers.
+//! No sockets here: front ends (sluice-front, through sluice-runtime) attach publishers and
+//! viewers.
 //!
 //! Who owns what: the connection task of a stream's publisher is the only writer of that
 //! stream (it parses each message and appends it, under a short lock); viewers' tasks read
