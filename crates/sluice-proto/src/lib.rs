@@ -4,7 +4,7 @@
 //! Protocol logic lives in the sans-IO crates; this crate owns sockets, deadlines, admission
 //! and shutdown. One task per connection; a semaphore permit moves into it at accept.
 
-mod accept;
+pub mod accept;
 pub mod client;
 mod context;
 mod fanout;

@@ -69,7 +69,8 @@ pub(crate) fn shared_chunks(frame: &Frame, chunk_size: u32) -> Bytes {
 
 /// Accepts RTMP connections until shutdown. Connections over `rtmp.max_connections` are
 /// refused at accept; accept errors back off briefly instead of spinning.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+/// Fails only when the listener does (see [`crate::accept::listener_failed`]).
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(ctx.config.load().rtmp.max_connections));
     crate::accept::until_shutdown(&listener, &ctx, proto::RTMP, |socket, peer| {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -94,7 +95,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
             .instrument(span),
         );
     })
-    .await;
+    .await
 }
 
 /// Why a connection ended (the `reason` label of `connections_closed`).
