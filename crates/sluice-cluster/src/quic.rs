@@ -159,7 +159,8 @@ impl fmt::Debug for QuicRelay {
     }
 }
 
-/// Why the relay could not start: which file or socket, and what is wrong with it.
+/// Why the relay could not start (which file or socket, and what is wrong with it), or why
+/// it stopped serving.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct RelayError(String);
@@ -225,12 +226,19 @@ impl QuicRelay {
 
     /// Serves pull requests from other nodes until `ctx.shutdown` is cancelled, then closes
     /// their connections ("going away"); returns at once when this node does not listen.
-    /// Connection and pull tasks are tracked by `ctx.tracker`.
-    pub async fn serve(self: Arc<Self>, ctx: Arc<Context>) {
+    /// Connection and pull tasks are tracked by `ctx.tracker`. Fails when the endpoint stops
+    /// accepting before shutdown (it was [closed](Self::close), or its socket failed).
+    pub async fn serve(self: Arc<Self>, ctx: Arc<Context>) -> Result<(), RelayError> {
         if !self.listening {
-            return;
+            return Ok(());
         }
-        serve::run(&self.endpoint, ctx).await;
+        serve::run(&self.endpoint, ctx).await
+    }
+
+    /// Whether this node serves pulls (`cluster.quic_listen` is set), so that
+    /// [`serve`](Self::serve) runs until shutdown rather than returning at once.
+    pub fn listening(&self) -> bool {
+        self.listening
     }
 
     /// Opens a pull of `app`/`name` at `addr` (`host:port`), sending `via`; resolves when

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub fanout_writers: Gauge,
     /// Viewers leaving a shared writer for their own task, by protocol and reason.
     pub fanout_handbacks: Family<Label2, Counter>,
+    /// Subsystems of the node (`rtmp`, `http_flv`, `admin`, `quic_relay`, `reload`) that
+    /// ended before shutdown or panicked. Any but `reload` stops the node.
+    pub subsystem_failures: Family<Label1, Counter>,
 }
 
 /// One protocol's counters, looked up once (see [`Metrics::protocol_counters`]).
@@ -140,6 +143,7 @@ impl Metrics {
             fanout_viewers: Family::default(),
             fanout_writers: Gauge::default(),
             fanout_handbacks: Family::default(),
+            subsystem_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
@@ -241,6 +245,11 @@ impl Metrics {
             "Viewers leaving a shared writer for their own task, by reason",
             m.fanout_handbacks.clone(),
         );
+        registry.register(
+            "subsystem_failures",
+            "Subsystems that ended before shutdown or panicked, by subsystem",
+            m.subsystem_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -297,6 +306,13 @@ impl Metrics {
             .dec();
         self.fanout_handbacks
             .get_or_create(&[("protocol", protocol), ("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a subsystem that ended before shutdown or panicked.
+    pub fn subsystem_failed(&self, subsystem: &'static str) {
+        self.subsystem_failures
+            .get_or_create(&[("subsystem", subsystem)])
             .inc();
     }
 

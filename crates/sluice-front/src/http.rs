@@ -58,7 +58,8 @@ const SINK: usize = 256;
 
 /// Accepts HTTP-FLV connections until shutdown. Connections over `http.max_connections` are
 /// answered 503 at accept; accept errors back off briefly instead of spinning.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+/// Fails only when the listener does (see [`crate::accept::listener_failed`]).
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(ctx.config.load().http.max_connections));
     let refusals = Arc::new(Semaphore::new(REFUSALS));
     accept::until_shutdown(&listener, &ctx, proto::HTTP_FLV, |socket, peer| {
@@ -86,7 +87,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
             .instrument(span),
         );
     })
-    .await;
+    .await
 }
 
 /// Why no request was read.

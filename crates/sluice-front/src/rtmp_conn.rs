@@ -40,7 +40,8 @@ const GOODBYE: Duration = Duration::from_millis(500);
 
 /// Accepts RTMP connections until shutdown. Connections over `rtmp.max_connections` are
 /// refused at accept; accept errors back off briefly instead of spinning.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+/// Fails only when the listener does (see [`accept::listener_failed`]).
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(ctx.config.load().rtmp.max_connections));
     accept::until_shutdown(&listener, &ctx, proto::RTMP, |socket, peer| {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -65,7 +66,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
             .instrument(span),
         );
     })
-    .await;
+    .await
 }
 
 /// What this connection is doing with a stream.

@@ -1,17 +1,22 @@
 //! A running node: listeners bound, subsystems supervised, shutdown drained with a deadline.
 
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
 use sluice_cluster::PullManager;
 use sluice_cluster::quic::QuicRelay;
 use sluice_core::Config;
 use sluice_core::topology::Transport;
 use sluice_runtime::Context;
-use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{self, JoinSet};
+use tracing::{error, info, warn};
 
 use crate::reload;
 
@@ -121,8 +126,15 @@ impl App {
         self.ctx.clone()
     }
 
-    /// Serves until the context's shutdown token is cancelled, then drains connections for at
-    /// most `server.shutdown_timeout_ms`.
+    /// Serves until the context's shutdown token is cancelled or a subsystem fails, then
+    /// drains connections for at most `server.shutdown_timeout_ms`.
+    ///
+    /// Every subsystem (the RTMP, HTTP-FLV and admin listeners, the QUIC relay, the config
+    /// reloader) runs in a task of its own, watched here. One that ends before shutdown, or
+    /// panics, is logged with its name and counted in `subsystem_failures`; the reloader is
+    /// then started again (see [`supervise`]), any other stops the node in order and
+    /// `run` returns an error naming it, so the process exits non-zero and its supervisor
+    /// (systemd, Kubernetes) starts it afresh.
     pub async fn run(self) -> anyhow::Result<()> {
         let App {
             ctx,
@@ -133,35 +145,68 @@ impl App {
             pulls,
             reload,
         } = self;
+        let mut subsystems = Subsystems::default();
         // Before the listening line: once it is logged, SIGHUP must already be handled (its
         // default action ends the process) and file changes already watched.
-        if let Some(source) = reload {
-            reload::spawn(&ctx, source);
+        if let Some(source) = &reload {
+            subsystems.spawn(
+                Subsystem::Reload,
+                reload::start(ctx.clone(), source.clone()),
+            );
         }
         let quic_addr = match &quic {
-            Some(relay) if ctx.config.load().cluster.quic_listen().is_some() => {
-                Some(relay.local_addr()?)
-            }
+            Some(relay) if relay.listening() => Some(relay.local_addr()?),
             _ => None,
         };
-        info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, admin = %admin.local_addr()?, quic = ?quic_addr, role = ?ctx.config.load().cluster.role, node = %ctx.config.load().cluster.node_id(), "sluice listening");
-        let quic_task = quic.map(|relay| tokio::spawn(relay.serve(ctx.clone())));
-        let rtmp_task = tokio::spawn(sluice_front::rtmp_conn::serve(rtmp, ctx.clone()));
-        let http_task = tokio::spawn(sluice_front::http::serve(http, ctx.clone()));
-        let admin_task = tokio::spawn(serve_http(
-            admin,
-            crate::admin::router(ctx.clone(), pulls),
-            ctx.clone(),
-        ));
+        let (rtmp_addr, http_addr, admin_addr) =
+            (rtmp.local_addr()?, http.local_addr()?, admin.local_addr()?);
+        info!(rtmp = %rtmp_addr, http = %http_addr, admin = %admin_addr, quic = ?quic_addr, role = ?ctx.config.load().cluster.role, node = %ctx.config.load().cluster.node_id(), "sluice listening");
+        if let Some(relay) = quic.as_ref().filter(|relay| relay.listening()) {
+            let serve = relay.clone().serve(ctx.clone());
+            subsystems.spawn(Subsystem::Relay, async move { Ok(serve.await?) });
+        }
+        let rtmp_ctx = ctx.clone();
+        subsystems.spawn(Subsystem::Rtmp, async move {
+            sluice_front::rtmp_conn::serve(rtmp, rtmp_ctx)
+                .await
+                .with_context(|| format!("accepting on the RTMP listener {rtmp_addr}"))
+        });
+        let http_ctx = ctx.clone();
+        subsystems.spawn(Subsystem::HttpFlv, async move {
+            sluice_front::http::serve(http, http_ctx)
+                .await
+                .with_context(|| format!("accepting on the HTTP listener {http_addr}"))
+        });
+        subsystems.spawn(
+            Subsystem::Admin,
+            serve_admin(admin, crate::admin::router(ctx.clone(), pulls), ctx.clone()),
+        );
 
-        ctx.shutdown.cancelled().await;
+        let failure = supervise(&ctx, &mut subsystems, reload.as_ref()).await;
+
         info!("shutting down");
         let deadline = Duration::from_millis(ctx.config.load().server.shutdown_timeout_ms);
+        ctx.shutdown.cancel();
         ctx.tracker.close();
-        let drained = tokio::time::timeout(deadline, async {
-            let _ = rtmp_task.await;
+        let drain = async {
+            while let Some((subsystem, result)) = subsystems.next().await {
+                if let Err(error) = result {
+                    failed_while_stopping(&ctx, subsystem, &error);
+                }
+            }
+            // The subsystems spawn connections onto the tracker; once they have ended
+            // nothing more is spawned, so the tracker's count only goes down.
             ctx.tracker.wait().await;
-            let _ = http_task.await;
+        };
+        // The relay tells its peers it is going away ("going away" on every connection,
+        // pulls both ways) while the connections drain, and waits for them to be told.
+        let close_relay = async {
+            if let Some(relay) = &quic {
+                relay.close(deadline).await;
+            }
+        };
+        let drained = tokio::time::timeout(deadline, async {
+            tokio::join!(drain, close_relay);
         })
         .await;
         if drained.is_err() {
@@ -170,26 +215,333 @@ impl App {
                 "shutdown deadline passed with connections still open"
             );
         }
-        admin_task.abort();
-        if let Some(task) = quic_task {
-            task.abort();
-        }
+        // Only subsystems that outlived the deadline are left to abort.
+        subsystems.tasks.abort_all();
         info!("stopped");
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 }
 
-/// Serves an axum router (the admin API) until shutdown.
-async fn serve_http<L>(listener: L, router: axum::Router, ctx: Arc<Context>)
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let token = ctx.shutdown.clone();
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(token.cancelled_owned())
+/// A part of the node that runs, in a task of its own, from [`App::run`] until shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subsystem {
+    /// The RTMP accept loop.
+    Rtmp,
+    /// The HTTP-FLV accept loop.
+    HttpFlv,
+    /// The admin API server.
+    Admin,
+    /// The QUIC relay's accept loop, on nodes that listen for other nodes' pulls.
+    Relay,
+    /// The config reloader (SIGHUP and the file watch).
+    Reload,
+}
+
+impl Subsystem {
+    /// Its `subsystem` label and log field.
+    fn name(self) -> &'static str {
+        match self {
+            Subsystem::Rtmp => "rtmp",
+            Subsystem::HttpFlv => "http_flv",
+            Subsystem::Admin => "admin",
+            Subsystem::Relay => "quic_relay",
+            Subsystem::Reload => "reload",
+        }
+    }
+}
+
+/// Pause before the first restart of a subsystem restarted in place (see [`supervise`]); it
+/// doubles with each further failure up to [`RESTART_BACKOFF_MAX`], so a subsystem that
+/// fails at once each time costs a log line a minute, not a busy loop.
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest pause before a restart.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The subsystems' tasks, each known by its [`Subsystem`]. Every task is joined, or aborted
+/// after the shutdown deadline, before [`App::run`] returns.
+#[derive(Debug, Default)]
+struct Subsystems {
+    tasks: JoinSet<anyhow::Result<()>>,
+    /// Which subsystem each task runs: a panicked task is known only by its id.
+    names: HashMap<task::Id, Subsystem>,
+}
+
+impl Subsystems {
+    fn spawn(
+        &mut self,
+        subsystem: Subsystem,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), subsystem);
+    }
+
+    /// The next subsystem to end, and how: its error, or its panic as one. `None` once none
+    /// is left.
+    async fn next(&mut self) -> Option<(Subsystem, anyhow::Result<()>)> {
+        loop {
+            let (id, result) = match self.tasks.join_next_with_id().await? {
+                Ok((id, result)) => (id, result),
+                Err(error) if error.is_panic() => {
+                    let id = error.id();
+                    let message = panic_message(error.into_panic());
+                    (id, Err(anyhow!("panicked: {message}")))
+                }
+                Err(error) => (error.id(), Err(anyhow!("cancelled"))),
+            };
+            // Every task's id is recorded as it is spawned, before anything is joined.
+            if let Some(subsystem) = self.names.remove(&id) {
+                return Some((subsystem, result));
+            }
+        }
+    }
+}
+
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a payload that is not text)".to_owned())
+}
+
+/// Watches the subsystems until shutdown (`None`) or until one fails that is not restarted
+/// in place (its error, with context naming it). The reloader is the one restarted, from
+/// `reload`.
+async fn supervise(
+    ctx: &Arc<Context>,
+    subsystems: &mut Subsystems,
+    reload: Option<&reload::Source>,
+) -> Option<anyhow::Error> {
+    let mut backoff = RESTART_BACKOFF;
+    loop {
+        let (subsystem, result) = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return None,
+            Some(ended) = subsystems.next() => ended,
+        };
+        if ctx.shutdown.is_cancelled() {
+            // It ended because the node is stopping (both were ready at once).
+            if let Err(error) = result {
+                failed_while_stopping(ctx, subsystem, &error);
+            }
+            return None;
+        }
+        let error = result
+            .err()
+            .unwrap_or_else(|| anyhow!("ended before shutdown"));
+        let name = subsystem.name();
+        ctx.metrics.subsystem_failed(name);
+        // What mends a failure: starting the subsystem again in place (the reload source to
+        // start it from), or stopping the node (`None`).
+        let restart = match subsystem {
+            // Stopping, and exiting non-zero, is what a supervisor expects: it starts a
+            // fresh process that binds its sockets again. A node left running without a
+            // listener would look alive to its load balancer and its peers (and, without
+            // the admin server, to nobody at all) while refusing the players, publishers or
+            // pulls that come to it.
+            Subsystem::Rtmp | Subsystem::HttpFlv | Subsystem::Admin | Subsystem::Relay => None,
+            // The reloader is not on the serving path: no connection depends on it and it
+            // holds nothing a new one lacks (the running config is in the context).
+            // Restarting the node for it would drop every viewer to mend something none of
+            // them use, while a new reloader sets up SIGHUP and the file watch afresh, which
+            // is also the remedy when the watch itself stopped. SIGHUP stays caught while it
+            // is down (tokio's handler stays installed), so the signal cannot end the node.
+            Subsystem::Reload => reload,
+        };
+        match restart {
+            Some(source) => {
+                error!(
+                    subsystem = name,
+                    error = format!("{error:#}"),
+                    ?backoff,
+                    "subsystem failed; restarting it"
+                );
+                subsystems.spawn(
+                    subsystem,
+                    restart_reload(ctx.clone(), source.clone(), backoff),
+                );
+                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+            }
+            None => {
+                error!(
+                    subsystem = name,
+                    error = format!("{error:#}"),
+                    "subsystem failed; stopping the node"
+                );
+                return Some(error.context(format!("subsystem {name} failed")));
+            }
+        }
+    }
+}
+
+/// Starts reloading again after `backoff`, unless the node stops first.
+async fn restart_reload(
+    ctx: Arc<Context>,
+    source: reload::Source,
+    backoff: Duration,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = ctx.shutdown.cancelled() => return Ok(()),
+        _ = tokio::time::sleep(backoff) => {}
+    }
+    info!(
+        subsystem = Subsystem::Reload.name(),
+        "restarting the subsystem"
+    );
+    reload::start(ctx, source).await
+}
+
+/// Logs and counts a subsystem that failed while the node was already stopping: the node
+/// stops as it was asked to, so this does not change what [`App::run`] returns.
+fn failed_while_stopping(ctx: &Context, subsystem: Subsystem, error: &anyhow::Error) {
+    ctx.metrics.subsystem_failed(subsystem.name());
+    error!(
+        subsystem = subsystem.name(),
+        error = format!("{error:#}"),
+        "subsystem failed while the node was stopping"
+    );
+}
+
+/// Serves the admin API until shutdown. Fails when its listener fails for good (see
+/// [`sluice_runtime::accept::listener_failed`]), which axum alone would retry forever.
+async fn serve_admin(
+    listener: TcpListener,
+    router: axum::Router,
+    ctx: Arc<Context>,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let (failed_tx, failed_rx) = oneshot::channel();
+    let listener = AdminListener {
+        inner: listener,
+        failed: Some(failed_tx),
+    };
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned())
+        .into_future();
+    tokio::select! {
+        result = server => result.context("the admin server failed"),
+        // Dropping the server closes its connections; the node is stopping anyway.
+        Ok(error) = failed_rx => {
+            Err(error).with_context(|| format!("accepting on the admin listener {addr}"))
+        }
+    }
+}
+
+/// Pause after a failed accept on the admin listener.
+const ADMIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The admin listener as axum sees it. axum's `Listener::accept` cannot return an error, so
+/// an error meaning the socket no longer listens is sent to `failed` instead, and that
+/// accept never returns; [`serve_admin`] ends on it. Other errors (a connection reset
+/// before it was accepted, out of descriptors) are retried after a pause.
+#[derive(Debug)]
+struct AdminListener {
+    inner: TcpListener,
+    /// Taken by the first permanent failure.
+    failed: Option<oneshot::Sender<std::io::Error>>,
+}
+
+impl axum::serve::Listener for AdminListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.inner.accept().await {
+                Ok(accepted) => return accepted,
+                Err(error) if sluice_runtime::accept::listener_failed(&error) => {
+                    if let Some(failed) = self.failed.take() {
+                        let _ = failed.send(error);
+                    }
+                    std::future::pending::<()>().await;
+                }
+                Err(error) => {
+                    warn!(%error, protocol = "admin", "accept failed");
+                    tokio::time::sleep(ADMIN_ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failures(ctx: &Context, subsystem: &'static str) -> u64 {
+        ctx.metrics
+            .subsystem_failures
+            .get_or_create(&[("subsystem", subsystem)])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_subsystem_is_reported_by_name_with_its_message() {
+        let mut subsystems = Subsystems::default();
+        subsystems.spawn(Subsystem::Admin, std::future::pending());
+        subsystems.spawn(Subsystem::Rtmp, async { panic!("accept state broken") });
+        let (subsystem, result) = subsystems.next().await.expect("a subsystem ended");
+        assert_eq!(subsystem, Subsystem::Rtmp);
+        let error = result.expect_err("a panic is a failure");
+        assert_eq!(error.to_string(), "panicked: accept state broken");
+    }
+
+    /// The policy, with stand-in subsystems whose failures the test decides: the reloader
+    /// failing is counted and it is started again while the node runs on; a listener
+    /// failing is counted and stops the node with an error naming it.
+    #[tokio::test]
+    async fn a_failed_reloader_is_restarted_and_a_failed_listener_stops_the_node() {
+        let ctx = Context::new(sluice_core::Config::default());
+        let mut subsystems = Subsystems::default();
+        subsystems.spawn(Subsystem::Reload, async {
+            anyhow::bail!("the config file watch stopped")
+        });
+        let (fail_admin, admin_fails) = oneshot::channel::<()>();
+        subsystems.spawn(Subsystem::Admin, async move {
+            let _ = admin_fails.await;
+            anyhow::bail!("the listener is gone")
+        });
+        let source = reload::Source {
+            file: None,
+            watch: false,
+        };
+        let reloader_counted = async {
+            while failures(&ctx, "reload") == 0 {
+                tokio::task::yield_now().await;
+            }
+            let _ = fail_admin.send(());
+        };
+        let (stopped, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(
+                supervise(&ctx, &mut subsystems, Some(&source)),
+                reloader_counted
+            )
+        })
         .await
-    {
-        warn!(%error, "http server failed");
+        .expect("the supervisor noticed both failures");
+
+        let error = stopped.expect("a failed listener stops the node");
+        assert_eq!(
+            format!("{error:#}"),
+            "subsystem admin failed: the listener is gone"
+        );
+        assert_eq!(failures(&ctx, "reload"), 1);
+        assert_eq!(failures(&ctx, "admin"), 1);
+        // The reloader was started again (its restart waits out the backoff): the only task
+        // left, and it ends cleanly at shutdown.
+        assert_eq!(
+            subsystems.names.values().copied().collect::<Vec<_>>(),
+            [Subsystem::Reload]
+        );
+        ctx.shutdown.cancel();
+        let (subsystem, result) = subsystems.next().await.expect("the restarted reloader");
+        assert_eq!(subsystem, Subsystem::Reload);
+        result.expect("ends cleanly at shutdown");
+        assert!(subsystems.next().await.is_none());
     }
 }

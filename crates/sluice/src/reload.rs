@@ -154,12 +154,18 @@ impl Trigger {
     }
 }
 
-/// Starts reloading from `source`: a task on `ctx.tracker` that handles SIGHUP and, if the
-/// file is watched, its changes, until `ctx.shutdown`. Call it inside the runtime, before
-/// announcing the node: from then on SIGHUP no longer ends the process.
+/// Starts reloading from `source`: sets up the SIGHUP handler and, if the file is watched,
+/// the watch, now, and returns the task that reloads on them until `ctx.shutdown`. Call it
+/// inside the runtime, before announcing the node: from then on SIGHUP no longer ends the
+/// process.
 ///
 /// Neither half is essential to serving, so a failure to set one up is logged, not returned.
-pub fn spawn(ctx: &Arc<Context>, source: Source) {
+/// The task fails if the file watch stops (its notify thread ended) before shutdown: the
+/// supervisor ([`crate::app`]) then starts reloading afresh, watch included.
+pub fn start(
+    ctx: Arc<Context>,
+    source: Source,
+) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
     let hup = signal(SignalKind::hangup())
         .inspect_err(|error| warn!(%error, "cannot handle SIGHUP; no config reload by signal"))
         .ok();
@@ -179,11 +185,11 @@ pub fn spawn(ctx: &Arc<Context>, source: Source) {
         info!(file = %file.display(), "watching the config file for changes");
     }
     let reloader = Reloader {
-        ctx: ctx.clone(),
+        ctx,
         file: source.file,
         last_read: None,
     };
-    ctx.tracker.spawn(reloader.run(hup, watch));
+    reloader.run(hup, watch)
 }
 
 /// A watch on the file's directory and the receiver of its (coalesced) change signals.
@@ -261,7 +267,9 @@ struct Reloader {
 }
 
 impl Reloader {
-    async fn run(mut self, mut hup: Option<Signal>, watch: Option<Watch>) {
+    /// Reloads on each SIGHUP and watched change until shutdown (Ok), or until the watch
+    /// stops delivering changes (an error, so that the supervisor sets it up again).
+    async fn run(mut self, mut hup: Option<Signal>, watch: Option<Watch>) -> anyhow::Result<()> {
         // The watcher stops when dropped, at the end of this task.
         let (_watcher, mut changes) = match watch {
             Some((watcher, rx)) => (Some(watcher), Some(rx)),
@@ -270,15 +278,18 @@ impl Reloader {
         let shutdown = self.ctx.shutdown.clone();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 () = next_signal(&mut hup) => {
                     info!("SIGHUP received");
                     self.reload(Trigger::Signal);
                 }
-                () = next_change(&mut changes) => {
+                change = next_change(&mut changes) => {
                     let Some(rx) = changes.as_mut() else { continue };
+                    if change.is_none() {
+                        anyhow::bail!("the config file watch stopped");
+                    }
                     if !settle(rx, &shutdown).await {
-                        return;
+                        return Ok(());
                     }
                     self.reload(Trigger::Watch);
                 }
@@ -369,14 +380,12 @@ async fn next_signal(hup: &mut Option<Signal>) {
     std::future::pending().await
 }
 
-/// The next change signal; never, without a watch.
-async fn next_change(changes: &mut Option<mpsc::Receiver<()>>) {
-    if let Some(rx) = changes
-        && rx.recv().await.is_some()
-    {
-        return;
+/// The next change signal, or `None` once the watch has stopped; never, without a watch.
+async fn next_change(changes: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
-    std::future::pending().await
 }
 
 /// Waits until no change has arrived for [`DEBOUNCE`]. False if shutdown came first.

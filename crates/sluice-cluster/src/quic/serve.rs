@@ -29,7 +29,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span};
 
-use super::{MAX_CONNECTIONS, ReadFail, code, read_control, record_of};
+use super::{MAX_CONNECTIONS, ReadFail, RelayError, code, read_control, record_of};
 
 /// Audio-only streams have no keyframes to cut at: a new GOP stream begins after this much
 /// audio, so a late stretch is cancelled in pieces of about this length.
@@ -51,8 +51,9 @@ const WRITE_BATCH: usize = 32;
 /// Protocol label for refused connections.
 const PROTOCOL: &str = "quic_relay";
 
-/// Accepts relay connections until shutdown.
-pub(super) async fn run(endpoint: &Endpoint, ctx: Arc<Context>) {
+/// Accepts relay connections until shutdown (Ok), or until the endpoint stops accepting
+/// before it: it was closed, or its socket failed.
+pub(super) async fn run(endpoint: &Endpoint, ctx: Arc<Context>) -> Result<(), RelayError> {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     if let Ok(addr) = endpoint.local_addr() {
         info!(%addr, "QUIC relay listening");
@@ -60,9 +61,18 @@ pub(super) async fn run(endpoint: &Endpoint, ctx: Arc<Context>) {
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
-            _ = ctx.shutdown.cancelled() => break,
+            _ = ctx.shutdown.cancelled() => return Ok(()),
         };
-        let Some(incoming) = incoming else { break };
+        let Some(incoming) = incoming else {
+            // Closing the relay is part of shutdown: the endpoint may close before this
+            // loop sees the token.
+            if ctx.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            return Err(RelayError(
+                "the QUIC relay endpoint stopped accepting connections".to_owned(),
+            ));
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             ctx.metrics.refused(PROTOCOL, "max_connections");
             incoming.refuse();
