@@ -15,8 +15,8 @@ use sluice_core::stream::{IngestError, PublishError};
 use sluice_core::{Cursor, Publisher, ReadState, StreamKey};
 use sluice_media::{Frame, FrameKind};
 use sluice_rtmp::Message;
-use sluice_rtmp::chunk::{ChunkLimits, encode_full};
-use sluice_rtmp::connection::ServerConnection;
+use sluice_rtmp::chunk::{ChunkError, ChunkLimits, encode_full};
+use sluice_rtmp::connection::{ConnectionError, ServerConnection};
 use sluice_rtmp::handshake::{self, Handshake, Progress};
 use sluice_rtmp::server::{ServerConfig, ServerEvent, SessionStats};
 use tokio::net::{TcpListener, TcpStream};
@@ -113,6 +113,8 @@ enum Close {
     Displaced,
     StreamEnded,
     NoPublisher,
+    /// The peer's incomplete messages outgrew `rtmp.max_buffered_message_bytes`.
+    IngestBudget,
 }
 
 impl Close {
@@ -130,6 +132,7 @@ impl Close {
             Close::Displaced => "displaced",
             Close::StreamEnded => "stream_ended",
             Close::NoPublisher => "no_publisher",
+            Close::IngestBudget => "ingest_budget",
         }
     }
 }
@@ -200,6 +203,7 @@ impl Handler {
             ChunkLimits {
                 max_chunk_size: cfg.rtmp.max_incoming_chunk_size,
                 max_message_size: cfg.rtmp.max_message_size,
+                max_buffered_bytes: cfg.rtmp.max_buffered_message_bytes,
                 ..ChunkLimits::default()
             },
         );
@@ -593,6 +597,10 @@ impl Handler {
             }
             self.report_drops();
             if let Err(error) = result {
+                if let ConnectionError::Chunk(ChunkError::BufferBudget { max, .. }) = error {
+                    warn!(%error, budget = max, "closing: ingest buffer budget exceeded");
+                    return Err(Close::IngestBudget);
+                }
                 warn!(%error, "closing: protocol error");
                 return Err(Close::ProtocolError);
             }
