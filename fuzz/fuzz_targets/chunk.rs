@@ -8,12 +8,17 @@ use sluice_rtmp::chunk::{ChunkLimits, ChunkReader, ChunkWriter};
 use sluice_rtmp::control::Control;
 
 fuzz_target!(|data: &[u8]| {
-    // The first byte picks the push size, so split points are explored too.
+    // The first byte picks the push size, so split points are explored too; the second the
+    // budget for incomplete messages (256 B to 64 KiB), so interleaved messages run into it.
     let Some((&split, data)) = data.split_first() else {
+        return;
+    };
+    let Some((&budget, data)) = data.split_first() else {
         return;
     };
     let mut reader = ChunkReader::new(ChunkLimits {
         max_message_size: 1 << 20,
+        max_buffered_bytes: (usize::from(budget) + 1) * 256,
         ..ChunkLimits::default()
     });
     let mut got = Vec::new();
@@ -25,7 +30,10 @@ fuzz_target!(|data: &[u8]| {
                     let _ = Control::decode(&m);
                     got.push(m);
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    assert!(reader.buffered_bytes() <= (usize::from(budget) + 1) * 256);
+                    break;
+                }
                 Err(_) => break 'feed,
             }
         }

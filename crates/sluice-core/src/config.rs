@@ -88,6 +88,9 @@ pub struct RtmpConfig {
     pub max_incoming_chunk_size: u32,
     /// Largest message a peer may send.
     pub max_message_size: u32,
+    /// Bytes one connection may hold in incomplete messages, all chunk streams together (at
+    /// least `max_message_size`).
+    pub max_buffered_message_bytes: usize,
     /// Window acknowledgement size and peer bandwidth we announce.
     pub window_ack_size: u32,
 }
@@ -278,6 +281,13 @@ impl Config {
         if self.rtmp.max_message_size < 1024 {
             return invalid("rtmp.max_message_size must be at least 1024");
         }
+        if self.rtmp.max_buffered_message_bytes < self.rtmp.max_message_size as usize {
+            return Err(ConfigError::Invalid(format!(
+                "rtmp.max_buffered_message_bytes ({}) must be at least rtmp.max_message_size ({}): \
+                 a message of the largest allowed size must fit",
+                self.rtmp.max_buffered_message_bytes, self.rtmp.max_message_size
+            )));
+        }
         if self.streams.gop_cache_gops == 0 {
             return invalid("streams.gop_cache_gops must be at least 1");
         }
@@ -385,6 +395,7 @@ mod tests {
         assert_eq!(c.rtmp.listen.port(), 1935);
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9580");
+        assert_eq!(c.rtmp.max_buffered_message_bytes, 16 << 20);
         // print-config output parses back to the same config
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
     }
@@ -505,6 +516,12 @@ mod tests {
         assert!(e.to_string().contains("chunk_sise"), "{e}");
         assert!(Config::load(Some("[nope]\n"), []).is_err());
         assert!(Config::load(Some("[rtmp]\nchunk_size = 10\n"), []).is_err());
+        let budget = "[rtmp]\nmax_message_size = 2000000\nmax_buffered_message_bytes = 1999999\n";
+        let e = Config::load(Some(budget), []).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("max_buffered_message_bytes"), "{e}");
+        let fits = "[rtmp]\nmax_message_size = 2000000\nmax_buffered_message_bytes = 2000000\n";
+        assert!(Config::load(Some(fits), []).is_ok());
         let env = vec![("SLUICE__RTMP__NOPE".to_owned(), "1".to_owned())];
         assert!(matches!(
             Config::load(None, env),

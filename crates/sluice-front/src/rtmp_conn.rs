@@ -17,8 +17,8 @@ use sluice_core::stream::{IngestError, PublishError};
 use sluice_core::topology::Via;
 use sluice_core::{Publisher, StreamKey};
 use sluice_media::{FrameKind, RtmpForm};
-use sluice_rtmp::chunk::ChunkLimits;
-use sluice_rtmp::connection::ServerConnection;
+use sluice_rtmp::chunk::{ChunkError, ChunkLimits};
+use sluice_rtmp::connection::{ConnectionError, ServerConnection};
 use sluice_rtmp::handshake::{self, Handshake, Progress};
 use sluice_rtmp::message::MessageType;
 use sluice_rtmp::server::{ServerConfig, ServerEvent, SessionStats};
@@ -143,6 +143,7 @@ impl Handler {
             ChunkLimits {
                 max_chunk_size: cfg.rtmp.max_incoming_chunk_size,
                 max_message_size: cfg.rtmp.max_message_size,
+                max_buffered_bytes: cfg.rtmp.max_buffered_message_bytes,
                 ..ChunkLimits::default()
             },
         );
@@ -341,6 +342,10 @@ impl Handler {
             }
             self.report_drops();
             if let Err(error) = result {
+                if let ConnectionError::Chunk(ChunkError::BufferBudget { max, .. }) = error {
+                    warn!(%error, budget = max, "closing: ingest buffer budget exceeded");
+                    return Err(Close::IngestBudget);
+                }
                 warn!(%error, "closing: protocol error");
                 return Err(Close::ProtocolError);
             }

@@ -17,6 +17,17 @@
 //! purpose. A type-3 chunk that starts a new message adds the chunk stream's last timestamp
 //! field, which after a type-0 header is the absolute timestamp (spec 5.3.1.2.4, FFmpeg,
 //! SRS); nginx-rtmp adds 0 there instead, so [`ChunkWriter`] never emits that combination.
+//!
+//! Memory a peer can make us hold: every chunk stream may have a message in flight, each up
+//! to `max_message_size`, so the reader keeps one budget for all of them
+//! ([`ChunkLimits::max_buffered_bytes`]). It counts the bytes allocated for incomplete
+//! messages, never their announced lengths: a buffer starts at 4 KiB (less if the message is
+//! announced shorter) and at most doubles when a chunk does not fit, never past the announced
+//! length nor past what the budget has left. A chunk that does not fit even so fails the
+//! connection with [`ChunkError::BufferBudget`]. So a peer holds at most the budget however
+//! many chunk streams it opens, and messages in flight together whose announced lengths add
+//! up to no more than the budget always pass. Messages that arrive whole in one chunk are
+//! copied out at once and never count.
 
 use std::collections::HashMap;
 
@@ -35,9 +46,9 @@ const EXT_TS_MARKER: u32 = 0xFF_FFFF;
 const MAX_WIRE_MESSAGE_LEN: usize = 0xFF_FFFF;
 /// Chunk stream ids a basic header can express.
 const CSID_RANGE: std::ops::RangeInclusive<u32> = 2..=65599;
-/// Cap on what a partial message reserves up front, so a peer announcing many large messages
-/// cannot make us allocate memory it never sends.
-const PREALLOC_CAP: usize = 64 * 1024;
+/// Smallest buffer for a message that spans chunks (unless it is announced shorter), so the
+/// first few 128-byte chunks do not each reallocate.
+const MIN_PARTIAL_ALLOC: usize = 4 * 1024;
 
 /// Limits a reader enforces on what a peer may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +59,10 @@ pub struct ChunkLimits {
     pub max_message_size: u32,
     /// Distinct chunk stream ids tracked at once (default 64).
     pub max_chunk_streams: usize,
+    /// Cap on the bytes allocated for incomplete messages across all chunk streams (default
+    /// 32 MiB). Counted from what arrived, not from announced lengths. Keep it at least
+    /// `max_message_size`, or messages near that size can never arrive.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for ChunkLimits {
@@ -56,6 +71,7 @@ impl Default for ChunkLimits {
             max_chunk_size: 65536,
             max_message_size: 16 * 1024 * 1024,
             max_chunk_streams: 64,
+            max_buffered_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -111,6 +127,19 @@ pub enum ChunkError {
     #[error("peer opened more than {max} chunk streams")]
     TooManyChunkStreams {
         /// Configured cap.
+        max: usize,
+    },
+    /// Incomplete messages would need more memory than the connection's budget allows.
+    #[error(
+        "incomplete messages would hold {needed} bytes (chunk stream {csid}), above the budget of {max}"
+    )]
+    BufferBudget {
+        /// Chunk stream whose chunk did not fit.
+        csid: u32,
+        /// Bytes incomplete messages would take with this chunk: what the other chunk
+        /// streams hold plus what this one's message needs.
+        needed: usize,
+        /// Configured budget.
         max: usize,
     },
     /// A SetChunkSize or Abort message was too short.
@@ -204,6 +233,8 @@ pub struct ChunkReader {
     chunk_size: u32,
     streams: HashMap<u32, InStream>,
     bytes_received: u64,
+    /// Capacity of every chunk stream's partial message, summed: what the budget limits.
+    buffered: usize,
 }
 
 impl ChunkReader {
@@ -215,6 +246,7 @@ impl ChunkReader {
             chunk_size: DEFAULT_CHUNK_SIZE,
             streams: HashMap::new(),
             bytes_received: 0,
+            buffered: 0,
         }
     }
 
@@ -250,6 +282,12 @@ impl ChunkReader {
     /// Total bytes pushed so far, for Acknowledgement windows.
     pub fn bytes_received(&self) -> u64 {
         self.bytes_received
+    }
+
+    /// Bytes allocated for incomplete messages right now (at most
+    /// [`ChunkLimits::max_buffered_bytes`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
     }
 
     /// Consumes one whole chunk if it is buffered; returns the message it completed, if any.
@@ -308,11 +346,11 @@ impl ChunkReader {
             rd.pos += 4;
         }
 
-        let have = self
+        let (have, capacity) = self
             .streams
             .get(&csid)
             .and_then(|s| s.partial.as_ref())
-            .map_or(0, BytesMut::len);
+            .map_or((0, 0), |p| (p.len(), p.capacity()));
         if !in_progress && len > self.limits.max_message_size {
             return Err(ChunkError::MessageTooLarge {
                 csid,
@@ -326,6 +364,14 @@ impl ChunkReader {
         if !rd.has(take) {
             return Err(Stop::NeedMore);
         }
+        // A message that spans chunks is held until its last chunk: grow its buffer within
+        // the budget before committing anything.
+        let spans_chunks = in_progress || take < remaining;
+        let grow_to = if spans_chunks && have + take > capacity {
+            Some(self.grow_partial(csid, capacity, have + take, len as usize)?)
+        } else {
+            None
+        };
 
         // The whole chunk is buffered: commit.
         let header_len = rd.pos;
@@ -352,15 +398,23 @@ impl ChunkReader {
             // out as a slice of the receive buffer, which would pin that buffer's whole
             // block for as long as the frame lives in a stream's ring: a 300-byte audio frame
             // could keep tens of KiB alive, outside the ring's byte budget.
-            None if take == remaining => Bytes::copy_from_slice(&data),
+            None if !spans_chunks => Bytes::copy_from_slice(&data),
             partial => {
-                let mut p = partial
-                    .unwrap_or_else(|| BytesMut::with_capacity((len as usize).min(PREALLOC_CAP)));
-                p.extend_from_slice(&data);
+                let mut p = partial.unwrap_or_default();
+                if let Some(target) = grow_to {
+                    // Grown by hand: BytesMut's own growth may overshoot the announced
+                    // length and the budget, and its capacity is what we count.
+                    let mut grown = BytesMut::with_capacity(target);
+                    grown.extend_from_slice(&p);
+                    self.buffered = (self.buffered - p.capacity()) + grown.capacity();
+                    p = grown;
+                }
+                p.extend_from_slice(&data); // fits: no reallocation behind the count
                 if p.len() < len as usize {
                     s.partial = Some(p);
                     return Ok(None);
                 }
+                self.buffered -= p.capacity();
                 p.freeze()
             }
         };
@@ -371,6 +425,34 @@ impl ChunkReader {
             stream_id: s.stream_id,
             payload,
         }))
+    }
+
+    /// The capacity a partial message on `csid` grows to, from `capacity` to hold `needed`
+    /// bytes of a `len`-byte message: double what it had (at least `MIN_PARTIAL_ALLOC`), but
+    /// never past `len` or what the budget has left; an error if even `needed` does not fit.
+    fn grow_partial(
+        &self,
+        csid: u32,
+        capacity: usize,
+        needed: usize,
+        len: usize,
+    ) -> Result<usize, ChunkError> {
+        let max = self.limits.max_buffered_bytes;
+        let others = self.buffered - capacity;
+        let left = max.saturating_sub(others);
+        if needed > left {
+            return Err(ChunkError::BufferBudget {
+                csid,
+                needed: others.saturating_add(needed),
+                max,
+            });
+        }
+        Ok(capacity
+            .saturating_mul(2)
+            .max(MIN_PARTIAL_ALLOC)
+            .min(len)
+            .min(left)
+            .max(needed))
     }
 
     /// Applies the chunk-layer control messages.
@@ -397,8 +479,8 @@ impl ChunkReader {
                 self.chunk_size = size;
             }
             Some(Control::Abort(csid)) => {
-                if let Some(s) = self.streams.get_mut(&csid) {
-                    s.partial = None;
+                if let Some(p) = self.streams.get_mut(&csid).and_then(|s| s.partial.take()) {
+                    self.buffered -= p.capacity();
                 }
             }
             _ => {}
@@ -834,6 +916,104 @@ mod tests {
         assert_eq!(r.next_message().unwrap(), Some(m));
     }
 
+    /// A reader with `budget` for incomplete messages, whose peer sends `chunk_size` chunks.
+    fn budget_reader(budget: usize, chunk_size: u32) -> ChunkReader {
+        let mut r = ChunkReader::new(ChunkLimits {
+            max_buffered_bytes: budget,
+            ..ChunkLimits::default()
+        });
+        r.push(&scs(chunk_size));
+        assert!(r.next_message().unwrap().is_some());
+        r
+    }
+
+    #[test]
+    fn announced_lengths_are_not_reserved() {
+        // 40 chunk streams each announce 8 MiB and send one 4 KiB chunk: what is held is
+        // what arrived, not 40 x 8 MiB (nor 40 x a fixed preallocation).
+        let mut r = budget_reader(1 << 20, 4096);
+        for csid in 3..43u8 {
+            r.push(&[csid]);
+            r.push(&type0(0, 8 << 20, 9, 1));
+            r.push(&[0x17; 4096]);
+            assert_eq!(r.next_message(), Ok(None));
+        }
+        assert_eq!(r.buffered_bytes(), 40 * 4096);
+    }
+
+    #[test]
+    fn interleaved_partials_over_the_budget_fail() {
+        let budget = 1 << 20;
+        let mut r = budget_reader(budget, 4096);
+        let mut held = 0;
+        let error = 'rounds: {
+            for round in 0..1000 {
+                for csid in 3..43u8 {
+                    if round == 0 {
+                        r.push(&[csid]);
+                        r.push(&type0(0, 8 << 20, 9, 1));
+                    } else {
+                        r.push(&[0xC0 | csid]);
+                    }
+                    r.push(&[0x17; 4096]);
+                    match r.next_message() {
+                        Ok(None) => held += 4096,
+                        Ok(Some(m)) => panic!("no message can complete: {m:?}"),
+                        Err(e) => break 'rounds e,
+                    }
+                    assert!(r.buffered_bytes() <= budget);
+                }
+            }
+            panic!("never refused");
+        };
+        let ChunkError::BufferBudget { needed, max, .. } = error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(max, budget);
+        assert!(needed > budget, "{needed}");
+        // Buffers at most double what they hold, so at least half the budget was used.
+        assert!(held > budget / 2 && held <= budget, "{held}");
+    }
+
+    #[test]
+    fn a_message_as_large_as_the_budget_fits() {
+        let m = msg(4, 9, 0, 1, &[3; 10_000]);
+        let mut r = ChunkReader::new(ChunkLimits {
+            max_message_size: 10_000,
+            max_buffered_bytes: 10_000,
+            ..ChunkLimits::default()
+        });
+        r.push(&encode_full(&m, 128));
+        assert_eq!(r.next_message(), Ok(Some(m)));
+        assert_eq!(r.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn completion_and_abort_release_the_budget() {
+        let mut r = budget_reader(10_000, 128);
+        // 6000 of 8000 bytes on csid 4, then an abort: the budget is free again.
+        r.push(&[0x04]);
+        r.push(&type0(0, 8000, 9, 1));
+        for i in 0..6000 / 128 {
+            if i > 0 {
+                r.push(&[0xC4]);
+            }
+            r.push(&[1; 128]);
+        }
+        assert_eq!(r.next_message(), Ok(None));
+        assert!(r.buffered_bytes() >= 6000);
+        r.push(&[0x02]);
+        r.push(&type0(0, 4, 2, 0));
+        r.push(&4u32.to_be_bytes());
+        assert_eq!(r.next_message().unwrap().map(|m| m.type_id), Some(2));
+        assert_eq!(r.buffered_bytes(), 0);
+        // Now a whole 9000-byte message fits, and releases its bytes when done.
+        let m = msg(6, 9, 0, 1, &[2; 9000]);
+        r.push(&encode_full(&m, 128));
+        assert_eq!(r.next_message(), Ok(Some(m)));
+        assert_eq!(r.buffered_bytes(), 0);
+    }
+
     fn scs(size: u32) -> Vec<u8> {
         let mut s = vec![0x02];
         s.extend(type0(0, 4, 1, 0));
@@ -902,6 +1082,29 @@ mod tests {
         assert_eq!(
             r.next_message(),
             Err(ChunkError::TooManyChunkStreams { max: 2 })
+        );
+
+        // Two 600-byte messages in flight against a 1000-byte budget: the second one's last
+        // chunk does not fit beside the first one's 600.
+        let mut r = budget_reader(1000, 200);
+        let mut s = Vec::new();
+        for csid in [4u8, 5] {
+            s.push(csid);
+            s.extend(type0(0, 600, 9, 1));
+            s.extend([0; 200]);
+            s.push(0xC0 | csid);
+            s.extend([0; 200]);
+        }
+        s.push(0xC5);
+        s.extend([0; 200]);
+        r.push(&s);
+        assert_eq!(
+            r.next_message(),
+            Err(ChunkError::BufferBudget {
+                csid: 5,
+                needed: 600 + 600,
+                max: 1000
+            })
         );
 
         let mut s = vec![0x02];

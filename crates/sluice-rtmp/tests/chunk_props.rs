@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use rml_rtmp::chunk_io::ChunkDeserializer;
 use sluice_rtmp::Message;
-use sluice_rtmp::chunk::{ChunkLimits, ChunkReader, ChunkWriter, encode_full};
+use sluice_rtmp::chunk::{ChunkError, ChunkLimits, ChunkReader, ChunkWriter, encode_full};
 
 /// Chunk stream ids covering the 1-, 2- and 3-byte basic header forms and their edges.
 fn csid() -> impl Strategy<Value = u32> {
@@ -224,6 +224,110 @@ proptest! {
         expected.push(sentinel);
         let mut reader = ChunkReader::new(ChunkLimits::default());
         prop_assert_eq!(feed(&mut reader, &stream, &cuts), expected);
+    }
+
+    /// Interleaved messages against a budget for incomplete ones: a peer whose incomplete
+    /// messages hold more than the budget at some point is refused with `BufferBudget`; one
+    /// whose messages in flight at once announce no more than the budget in total parses
+    /// whole (buffers never grow past an announced length). In between, either may happen,
+    /// but nothing else. What the reader holds never exceeds the budget.
+    #[test]
+    fn buffer_budget_on_interleaved_messages(
+        lens in prop::collection::vec(prop_oneof![0usize..300, 0usize..5000], 1..8),
+        order in prop::collection::vec(any::<u8>(), 0..200),
+        chunk_size in prop_oneof![Just(128usize), 1usize..700],
+        budget in prop_oneof![1usize..20_000, 1usize..3000],
+        cuts in prop::collection::vec(1usize..3000, 1..5),
+    ) {
+        let msgs: Vec<Message> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| Message {
+                csid: 3 + i as u32,
+                type_id: 9,
+                timestamp: i as u32,
+                stream_id: 1,
+                payload: payload(len, i as u64),
+            })
+            .collect();
+        let mut writer = ChunkWriter::new();
+        let mut stream = BytesMut::new();
+        let scs = writer.set_chunk_size(chunk_size as u32);
+        writer.write(&scs, &mut stream);
+        let mut expected = vec![scs];
+        // The model: per message, bytes received so far while it spans chunks.
+        let mut queues: Vec<std::collections::VecDeque<Vec<u8>>> =
+            msgs.iter().map(|m| chunks_of(m, chunk_size, true).into()).collect();
+        let mut held = vec![0usize; msgs.len()];
+        let mut in_flight = vec![false; msgs.len()];
+        let (mut peak_held, mut peak_announced) = (0, 0);
+        let mut picks = order.iter().copied().chain(std::iter::repeat(0));
+        loop {
+            let live: Vec<usize> = (0..queues.len()).filter(|&i| !queues[i].is_empty()).collect();
+            if live.is_empty() {
+                break;
+            }
+            let q = live[usize::from(picks.next().unwrap_or(0)) % live.len()];
+            stream.extend(queues[q].pop_front().unwrap_or_default());
+            let len = msgs[q].payload.len();
+            if len > chunk_size {
+                in_flight[q] = true;
+                held[q] = (held[q] + chunk_size).min(len);
+                peak_held = peak_held.max(held.iter().sum::<usize>());
+                let announced: usize = (0..msgs.len())
+                    .filter(|&i| in_flight[i])
+                    .map(|i| msgs[i].payload.len())
+                    .sum();
+                peak_announced = peak_announced.max(announced);
+            }
+            if queues[q].is_empty() {
+                in_flight[q] = false;
+                held[q] = 0;
+                expected.push(msgs[q].clone());
+            }
+        }
+
+        let mut reader = ChunkReader::new(ChunkLimits {
+            max_buffered_bytes: budget,
+            ..ChunkLimits::default()
+        });
+        let mut got = Vec::new();
+        let mut error = None;
+        let mut rest = &stream[..];
+        'feed: for &c in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at(c.min(rest.len()));
+            rest = tail;
+            reader.push(piece);
+            loop {
+                prop_assert!(reader.buffered_bytes() <= budget);
+                match reader.next_message() {
+                    Ok(Some(m)) => got.push(m),
+                    Ok(None) => break,
+                    Err(e) => {
+                        error = Some(e);
+                        break 'feed;
+                    }
+                }
+            }
+        }
+        match error {
+            None => {
+                prop_assert!(peak_held <= budget, "held {} over {}", peak_held, budget);
+                prop_assert_eq!(&got, &expected);
+                prop_assert_eq!(reader.buffered_bytes(), 0);
+            }
+            Some(ChunkError::BufferBudget { max, needed, .. }) => {
+                prop_assert!(peak_announced > budget, "announced {} within {}", peak_announced, budget);
+                prop_assert_eq!(max, budget);
+                prop_assert!(needed > budget);
+                // Refused at the chunk that did not fit: what came before was delivered.
+                prop_assert_eq!(&got[..], &expected[..got.len()]);
+            }
+            Some(other) => prop_assert!(false, "unexpected error {other}"),
+        }
     }
 
     /// Arbitrary bytes never panic the reader.

@@ -31,6 +31,8 @@ pub enum Close {
     NoPublisher,
     /// A HEAD request, answered.
     HeadRequest,
+    /// The peer's incomplete messages outgrew `rtmp.max_buffered_message_bytes`.
+    IngestBudget,
 }
 
 impl Close {
@@ -50,6 +52,7 @@ impl Close {
             Close::StreamEnded => "stream_ended",
             Close::NoPublisher => "no_publisher",
             Close::HeadRequest => "head_request",
+            Close::IngestBudget => "ingest_budget",
         }
     }
 

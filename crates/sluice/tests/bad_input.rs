@@ -296,6 +296,101 @@ async fn bad_input_closes_only_its_own_connection() {
     node.stop().await;
 }
 
+/// This process's resident memory in bytes, from /proc/self/status (the node runs in it).
+fn vm_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
+
+/// A peer that opens 40 chunk streams, announces an 8 MiB message on each (the largest
+/// allowed) and sends 4 KiB of every one, round after round, would make the server hold
+/// 40 x 8 MiB without a budget. With the default budget (16 MiB) it is closed, counted as
+/// `ingest_budget`, the process's memory stays bounded, and a viewer of another stream
+/// keeps receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_partial_messages_are_held_to_the_ingest_budget() {
+    const STREAMS: u32 = 40;
+    const CHUNK: usize = 4096;
+    const ANNOUNCED: u32 = 8 << 20;
+    // Enough to put 120 MiB in the server's hands were it not refused, and no message ever
+    // completes (3 MiB of each 8 MiB).
+    const ROUNDS: usize = 768;
+    // Bound on how much the process grows, as resident memory: the budget (16 MiB) plus,
+    // for slack, one buffer being copied as it doubles (at most 8 MiB) and what the
+    // allocator keeps of freed buffers and per-thread arenas, with room for the other
+    // tests of this file running beside it. Measured: ~11 MiB with the budget, ~116 MiB
+    // with the budget set out of reach, so the bound tells the two apart either way.
+    const RSS_GROWTH_BOUND: u64 = 40 << 20;
+
+    let node = Node::start(test_config("")).await;
+    let bystander = Bystander::start(&node).await;
+    let rss_before = vm_rss();
+    let closed_before = node.metric(&closed_series("ingest_budget")).await;
+    let protocol_errors_before = node.metric(&closed_series("protocol_error")).await;
+
+    let mut socket = handshaken(node.addrs.rtmp).await;
+    socket
+        .write_all(&control(1, &(CHUNK as u32).to_be_bytes()))
+        .await
+        .expect("set chunk size");
+    let payload = [0x17u8; CHUNK];
+    let mut round_bytes = BytesMut::new();
+    let mut rss_peak = rss_before;
+    let mut sent = 0usize;
+    for round in 0..ROUNDS {
+        round_bytes.clear();
+        for csid in 3..3 + STREAMS {
+            if round == 0 {
+                common::rtmp::basic_header(&mut round_bytes, 0, csid);
+                round_bytes.extend_from_slice(&[0, 0, 0]); // timestamp
+                round_bytes.extend_from_slice(&ANNOUNCED.to_be_bytes()[1..]);
+                round_bytes.extend_from_slice(&[9, 1, 0, 0, 0]); // video, stream 1
+            } else {
+                common::rtmp::basic_header(&mut round_bytes, 3, csid);
+            }
+            round_bytes.extend_from_slice(&payload);
+        }
+        // The server closes mid-attack; writes then fail, which ends it.
+        if socket.write_all(&round_bytes).await.is_err() {
+            break;
+        }
+        sent += round_bytes.len();
+        rss_peak = rss_peak.max(vm_rss());
+    }
+    assert!(
+        closed_within(&mut socket, DEADLINE).await,
+        "server kept the connection open after {sent} bytes"
+    );
+    let counted = eventually(DEADLINE, || async {
+        node.metric(&closed_series("ingest_budget")).await == closed_before + 1.0
+    })
+    .await;
+    assert!(counted, "close not counted:\n{}", node.metrics().await);
+    assert_eq!(
+        node.metric(&closed_series("protocol_error")).await,
+        protocol_errors_before,
+        "counted as a protocol error too"
+    );
+    rss_peak = rss_peak.max(vm_rss());
+    let growth = rss_peak.saturating_sub(rss_before);
+    assert!(
+        growth < RSS_GROWTH_BOUND,
+        "resident memory grew by {} MiB (sent {} MiB)",
+        growth >> 20,
+        sent >> 20
+    );
+
+    bystander.assert_still_receiving().await;
+    bystander.stop();
+    node.stop().await;
+}
+
 /// What real clients get wrong without meaning harm is answered or dropped and counted, and
 /// the connection goes on: an unknown command gets `_error`; `@setDataFrame` without an
 /// object is dropped without touching the stream's metadata.
