@@ -149,7 +149,7 @@ impl Publisher {
     /// "takeover"`), so an idle displaced connection is closed at once rather than at its
     /// next frame.
     pub async fn displaced(&self) {
-        let mut changes = self.stream.watch_changes();
+        let mut changes = self.stream.subscribe_changes();
         while self.stream.is_published_by(self.id) {
             if changes.changed().await.is_err() {
                 // The stream is gone; so is any rival.
