@@ -197,8 +197,7 @@ impl Publisher {
         payload: Bytes,
         now: Instant,
     ) -> Result<(), IngestError> {
-        let mut frame =
-            Frame::parse(kind, 0, payload).map_err(|e| IngestError::BadPayload(e.to_string()))?;
+        let mut frame = Frame::parse(kind, 0, payload).map_err(IngestError::BadPayload)?;
         frame.dts = self.dts(timestamp, !frame.seq_header);
         self.stream.append(self.id, frame, now)
     }

@@ -238,7 +238,7 @@ pub enum IngestError {
     Displaced,
     /// The payload is not a valid FLV tag body.
     #[error("bad media payload: {0}")]
-    BadPayload(String),
+    BadPayload(sluice_media::FlvError),
 }
 
 /// A live stream. Shared as `Arc<Stream>` by its publisher, viewers and the registry.

@@ -271,6 +271,18 @@ fn a_restarted_timeline_continues_from_the_first_coded_frame_not_the_headers() {
 }
 
 #[test]
+fn a_bad_payload_is_refused_with_its_flv_error() {
+    let reg = Registry::new();
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    assert_eq!(
+        p.push_media(FrameKind::Video, 0, Bytes::new(), Instant::now()),
+        Err(sluice_core::stream::IngestError::BadPayload(
+            sluice_media::FlvError::Empty
+        ))
+    );
+}
+
+#[test]
 fn timestamps_unwrap_past_32_bits() {
     let reg = Registry::new();
     let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
