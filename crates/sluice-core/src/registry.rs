@@ -149,7 +149,7 @@ impl Publisher {
     /// "takeover"`), so an idle displaced connection is closed at once rather than at its
     /// next frame.
     pub async fn displaced(&self) {
-        let mut changes = self.stream.watch_changes();
+        let mut changes = self.stream.subscribe_changes();
         while self.stream.is_published_by(self.id) {
             if changes.changed().await.is_err() {
                 // The stream is gone; so is any rival.
@@ -167,14 +167,21 @@ impl Publisher {
         self.offset = None;
     }
 
-    /// The stream-timeline dts of a frame with RTMP `timestamp`. When continuing another
-    /// source's timeline, the offset is fixed by the first coded frame (`coded`): sequence
-    /// headers and metadata often come first with timestamp 0 (an origin starting a viewer
-    /// at its cached GOP does so), and fixing it there would push the media ahead by the
-    /// GOP's own timestamp. Until then they take the provisional offset (just after the
-    /// old timeline).
+    /// The stream-timeline dts of a frame with RTMP `timestamp` (unwrapped to 64 bits, then
+    /// [rebased](Self::rebase)).
     fn dts(&mut self, timestamp: u32, coded: bool) -> u64 {
-        let ext = self.extender.extend(timestamp) as i64;
+        let ext = self.extender.extend(timestamp);
+        self.rebase(ext, coded)
+    }
+
+    /// The stream-timeline dts of a frame at `source_dts` on its source's 64-bit timeline.
+    /// When continuing another source's timeline, the offset is fixed by the first coded
+    /// frame (`coded`): sequence headers and metadata often come first with timestamp 0 (an
+    /// origin starting a viewer at its cached GOP does so), and fixing it there would push
+    /// the media ahead by the GOP's own timestamp. Until then they take the provisional
+    /// offset (just after the old timeline).
+    fn rebase(&mut self, source_dts: u64, coded: bool) -> u64 {
+        let ext = source_dts as i64;
         let offset = match (self.offset, self.rebase_from) {
             (Some(offset), _) => offset,
             (None, None) => *self.offset.insert(0),
@@ -197,9 +204,17 @@ impl Publisher {
         payload: Bytes,
         now: Instant,
     ) -> Result<(), IngestError> {
-        let mut frame =
-            Frame::parse(kind, 0, payload).map_err(|e| IngestError::BadPayload(e.to_string()))?;
+        let mut frame = Frame::parse(kind, 0, payload).map_err(IngestError::BadPayload)?;
         frame.dts = self.dts(timestamp, !frame.seq_header);
+        self.stream.append(self.id, frame, now)
+    }
+
+    /// Ingests a frame already built (parsed once where it came from: an origin pull),
+    /// whose `dts` is on its source's 64-bit timeline (unwrapped already); it is rebased
+    /// onto the stream's timeline as [`push_media`](Self::push_media)'s are.
+    pub fn push_frame(&mut self, mut frame: Frame, now: Instant) -> Result<(), IngestError> {
+        let coded = frame.kind != FrameKind::Script && !frame.seq_header;
+        frame.dts = self.rebase(frame.dts, coded);
         self.stream.append(self.id, frame, now)
     }
 

@@ -227,9 +227,6 @@ pub enum PublishError {
     /// Another publisher holds the key and the config says reject.
     #[error("stream {0} is already being published")]
     AlreadyPublishing(StreamKey),
-    /// The application is not configured.
-    #[error("application {0:?} is not served here")]
-    UnknownApp(String),
 }
 
 /// Why a publisher's frame was not taken.
@@ -241,7 +238,7 @@ pub enum IngestError {
     Displaced,
     /// The payload is not a valid FLV tag body.
     #[error("bad media payload: {0}")]
-    BadPayload(String),
+    BadPayload(sluice_media::FlvError),
 }
 
 /// A live stream. Shared as `Arc<Stream>` by its publisher, viewers and the registry.
@@ -279,11 +276,6 @@ impl Stream {
     /// Whether publisher `id` is the one attached.
     pub(crate) fn is_published_by(&self, id: u64) -> bool {
         self.state.lock().publisher == Some(id)
-    }
-
-    /// A receiver woken on every change of the stream.
-    pub(crate) fn watch_changes(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
     }
 
     /// Whether a publisher is attached.
@@ -549,11 +541,6 @@ impl Cursor {
     /// The stream this cursor reads.
     pub fn stream(&self) -> &Arc<Stream> {
         &self.stream
-    }
-
-    /// Whether the viewer has started receiving (headers sent).
-    pub fn started(&self) -> bool {
-        self.next.is_some()
     }
 
     /// What was left out since the last call.

@@ -271,6 +271,74 @@ fn a_restarted_timeline_continues_from_the_first_coded_frame_not_the_headers() {
 }
 
 #[test]
+fn built_frames_keep_their_flags_and_64_bit_time_and_are_rebased_after_a_switch() {
+    // Frames an origin pull built (parsed once upstream) go into the ring as they are.
+    let parsed = |kind, payload: Bytes| Frame::parse(kind, 0, payload).unwrap();
+    let at = |dts: u64, frame: Frame| {
+        Frame::from_parts(sluice_media::FrameParts {
+            dts,
+            ..frame.to_parts()
+        })
+    };
+    let reg = Registry::new();
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    let far = u64::from(u32::MAX) + 1000;
+    let now = Instant::now();
+    p.push_frame(at(far, parsed(FrameKind::Video, avc(true, true, 1))), now)
+        .unwrap();
+    p.push_frame(at(far, parsed(FrameKind::Video, avc(true, false, 2))), now)
+        .unwrap();
+    p.push_frame(
+        at(far + 40, parsed(FrameKind::Video, avc(false, false, 3))),
+        now,
+    )
+    .unwrap();
+    let mut viewer = reg.subscribe(&key(), CACHE);
+    let (frames, _) = read_all(&mut viewer);
+    let got: Vec<_> = frames
+        .iter()
+        .map(|f| (f.dts, f.seq_header, f.keyframe))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (far, true, false),
+            (far, false, true),
+            (far + 40, false, false)
+        ]
+    );
+
+    // A switch: the new source's metadata and headers at 0 do not fix the offset, its
+    // first coded frame does, just after the old timeline.
+    p.restart_timeline();
+    p.push_frame(Frame::script(0, Bytes::from_static(b"\x02")), now)
+        .unwrap();
+    p.push_frame(at(0, parsed(FrameKind::Video, avc(true, true, 4))), now)
+        .unwrap();
+    p.push_frame(at(9000, parsed(FrameKind::Video, avc(true, false, 5))), now)
+        .unwrap();
+    p.push_frame(
+        at(9040, parsed(FrameKind::Video, avc(false, false, 6))),
+        now,
+    )
+    .unwrap();
+    let dts: Vec<_> = read_all(&mut viewer).0.iter().map(|f| f.dts).collect();
+    assert_eq!(dts, vec![far + 41, far + 41, far + 41, far + 81]);
+}
+
+#[test]
+fn a_bad_payload_is_refused_with_its_flv_error() {
+    let reg = Registry::new();
+    let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();
+    assert_eq!(
+        p.push_media(FrameKind::Video, 0, Bytes::new(), Instant::now()),
+        Err(sluice_core::stream::IngestError::BadPayload(
+            sluice_media::FlvError::Empty
+        ))
+    );
+}
+
+#[test]
 fn timestamps_unwrap_past_32_bits() {
     let reg = Registry::new();
     let mut p = reg.publish(&key(), CACHE, false, Instant::now()).unwrap();

@@ -61,6 +61,48 @@ impl CodecId {
             _ => CodecId::Other,
         }
     }
+
+    /// A stable number for the codec, for wire formats that carry it (the node-to-node
+    /// relay): numbers are never reused, and a new codec takes a new one.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            CodecId::Other => 0,
+            CodecId::Amf0 => 1,
+            CodecId::Avc => 2,
+            CodecId::Hevc => 3,
+            CodecId::Av1 => 4,
+            CodecId::Vp9 => 5,
+            CodecId::Vp8 => 6,
+            CodecId::Vvc => 7,
+            CodecId::Aac => 8,
+            CodecId::Mp3 => 9,
+            CodecId::Opus => 10,
+            CodecId::Flac => 11,
+            CodecId::Ac3 => 12,
+            CodecId::Eac3 => 13,
+        }
+    }
+
+    /// The codec [`to_u8`](Self::to_u8) gave `n`; `None` for a number no codec has.
+    pub fn from_u8(n: u8) -> Option<CodecId> {
+        Some(match n {
+            0 => CodecId::Other,
+            1 => CodecId::Amf0,
+            2 => CodecId::Avc,
+            3 => CodecId::Hevc,
+            4 => CodecId::Av1,
+            5 => CodecId::Vp9,
+            6 => CodecId::Vp8,
+            7 => CodecId::Vvc,
+            8 => CodecId::Aac,
+            9 => CodecId::Mp3,
+            10 => CodecId::Opus,
+            11 => CodecId::Flac,
+            12 => CodecId::Ac3,
+            13 => CodecId::Eac3,
+            _ => return None,
+        })
+    }
 }
 
 /// What a video sequence header says about the stream.
@@ -679,6 +721,20 @@ fn legacy_audio(tag: &AudioTag) -> Option<AudioInfo> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn codec_numbers_roundtrip_and_are_distinct() {
+        use super::CodecId;
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..=u8::MAX {
+            if let Some(codec) = CodecId::from_u8(n) {
+                assert_eq!(codec.to_u8(), n, "{codec:?}");
+                assert!(seen.insert(codec), "{codec:?} has two numbers");
+            }
+        }
+        assert_eq!(seen.len(), 14, "every codec has a number");
+        assert_eq!(CodecId::from_u8(14), None);
+    }
+
     #[test]
     fn non_reference_pictures_are_recognised() {
         use super::{CodecId, is_non_reference};

@@ -86,7 +86,7 @@ struct WireCache {
 }
 
 /// The parts of a [`Frame`], named, so that building one reads as what each flag means.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameParts {
     /// Audio, video or script data.
     pub kind: FrameKind,
@@ -129,6 +129,21 @@ impl Frame {
             codec,
             payload,
             wire: WireCache::default(),
+        }
+    }
+
+    /// This frame's parts (the payload shared, not copied), e.g. to send it to another node
+    /// that rebuilds it with [`Frame::from_parts`] instead of parsing it again.
+    pub fn to_parts(&self) -> FrameParts {
+        FrameParts {
+            kind: self.kind,
+            dts: self.dts,
+            cts: self.cts,
+            keyframe: self.keyframe,
+            seq_header: self.seq_header,
+            disposable: self.disposable,
+            codec: self.codec,
+            payload: self.payload.clone(),
         }
     }
 
@@ -378,6 +393,20 @@ mod tests {
         }
         assert!(Frame::parse(FrameKind::Video, 0, Bytes::from_static(&[0x17, 1])).is_err());
         assert!(Frame::parse(FrameKind::Audio, 0, Bytes::from_static(&[0xaf])).is_err());
+    }
+
+    #[test]
+    fn parts_roundtrip() {
+        let f = video(&[0x27, 1, 0xff, 0xff, 0xd8, 0]);
+        let parts = f.to_parts();
+        assert_eq!(
+            parts.payload.as_ptr(),
+            f.payload.as_ptr(),
+            "shared, not copied"
+        );
+        let again = Frame::from_parts(parts.clone());
+        assert_eq!(again.to_parts(), parts);
+        assert_eq!(flags(&again), flags(&f));
     }
 
     #[test]
