@@ -10,7 +10,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -365,11 +367,12 @@ impl PullTask {
             Some(publisher) => publisher.restart_timeline(),
             None => {
                 let cache = self.ctx.cache_settings();
-                match self
-                    .ctx
-                    .registry
-                    .publish(&self.key, cache, false, std::time::Instant::now())
-                {
+                match self.ctx.registry.publish(
+                    &self.key,
+                    cache,
+                    false,
+                    tokio::time::Instant::now(),
+                ) {
                     Ok(publisher) => self.publisher = Some(publisher),
                     Err(error) => {
                         info!(%error, "a local publisher has the stream; pull stops");
@@ -435,7 +438,7 @@ impl PullTask {
             let Some(publisher) = self.publisher.as_mut() else {
                 return Ok(SourceEnd::Stop);
             };
-            let now = std::time::Instant::now();
+            let now = tokio::time::Instant::now();
             let pushed = match pulled.kind {
                 FrameKind::Script => publisher.push_metadata(pulled.timestamp, pulled.payload, now),
                 kind => publisher.push_media(kind, pulled.timestamp, pulled.payload, now),

@@ -2,7 +2,9 @@
 //! publishers come, collide and return.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use sluice_core::{CacheSettings, Publisher, ReadState, Registry, Schedule, StreamKey};

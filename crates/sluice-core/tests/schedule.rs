@@ -2,7 +2,9 @@
 //! positions, and that one viewer's trouble costs the others nothing.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use sluice_core::schedule::ScheduleSettings;

@@ -471,7 +471,7 @@ impl Handler {
         &mut self,
         stream_id: u32,
         kind: &'static str,
-        push: impl FnOnce(&mut Publisher, std::time::Instant) -> Result<(), IngestError>,
+        push: impl FnOnce(&mut Publisher, Instant) -> Result<(), IngestError>,
     ) -> Result<(), Close> {
         let Role::Publishing {
             publisher,
@@ -483,7 +483,7 @@ impl Handler {
         if *publishing_on != stream_id {
             return Ok(());
         }
-        let counted = match push(publisher, std::time::Instant::now()) {
+        let counted = match push(publisher, Instant::now()) {
             Ok(()) => kind,
             Err(IngestError::Displaced) => {
                 info!("publisher displaced by a newer one");
@@ -527,12 +527,11 @@ impl Handler {
         }
         let takeover =
             cfg.streams.publish_conflict == sluice_core::config::PublishConflict::Takeover;
-        match self.ctx.registry.publish(
-            &key,
-            self.ctx.cache_settings(),
-            takeover,
-            std::time::Instant::now(),
-        ) {
+        match self
+            .ctx
+            .registry
+            .publish(&key, self.ctx.cache_settings(), takeover, Instant::now())
+        {
             Ok(publisher) => {
                 info!(app = %key.app, stream = %key.name, "publishing");
                 self.conn.session.accept_publish(stream_id);

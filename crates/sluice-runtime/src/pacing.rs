@@ -167,7 +167,7 @@ mod tests {
                 &StreamKey::new("live", "w"),
                 cache,
                 false,
-                std::time::Instant::now(),
+                tokio::time::Instant::now(),
             )
             .expect("publish");
         let stream = publisher.stream();

@@ -178,12 +178,8 @@ impl Viewer {
             let state = {
                 let cfg = self.ctx.config.load();
                 let schedule = cfg.schedule.for_app(&self.cursor.stream().key().app);
-                self.cursor.read(
-                    &mut self.frames,
-                    BATCH_FRAMES,
-                    Instant::now().into_std(),
-                    schedule,
-                )
+                self.cursor
+                    .read(&mut self.frames, BATCH_FRAMES, Instant::now(), schedule)
             };
             self.ctx.metrics.count_drops(&self.cursor.take_drops());
             if matches!(state, ReadState::Frames) && !self.frames.is_empty() {
@@ -260,9 +256,9 @@ impl Viewer {
                         self.frames.shrink_to(STEADY_BATCH);
                     }
                     // Everything due, up to a cap, goes out in one vectored write.
-                    let state =
-                        self.cursor
-                            .read(&mut self.frames, BATCH_FRAMES, now.into_std(), &schedule);
+                    let state = self
+                        .cursor
+                        .read(&mut self.frames, BATCH_FRAMES, now, &schedule);
                     self.ctx.metrics.count_drops(&self.cursor.take_drops());
                     match state {
                         ReadState::Frames | ReadState::Pending => {}
@@ -281,7 +277,7 @@ impl Viewer {
                         }
                         ReadState::Unpublished(at) => {
                             let grace = cfg.streams.republish_grace();
-                            give_up = Some((Instant::from_std(at) + grace, GiveUp::StreamEnded));
+                            give_up = Some((at + grace, GiveUp::StreamEnded));
                         }
                     }
                 }
@@ -503,5 +499,90 @@ impl Viewer {
             })?;
         self.counters.bytes_out.inc_by(written);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver's deadlines, on paused time: every clock the driver and the ring read is
+    //! tokio's, so the runtime's virtual time decides exactly when a wait ends.
+
+    use super::*;
+    use sluice_core::topology::Via;
+    use sluice_core::{Config, StreamKey};
+    use sluice_media::FrameKind;
+
+    use crate::io::tests::pair;
+
+    /// A client that says nothing while it plays.
+    struct Silent;
+
+    impl Peer for Silent {
+        const READ_BUF: usize = 64;
+
+        fn input(&mut self, _data: &[u8]) -> Result<(), Ended> {
+            Ok(())
+        }
+
+        fn output(&mut self) -> Option<Bytes> {
+            None
+        }
+    }
+
+    fn context(wait_ms: u64, grace_ms: u64) -> Arc<Context> {
+        let mut config = Config::default();
+        config.streams.wait_for_publisher_ms = wait_ms;
+        config.streams.republish_grace_ms = grace_ms;
+        Context::new(config)
+    }
+
+    async fn viewer(ctx: &Arc<Context>, key: &StreamKey) -> (Viewer, TcpStream) {
+        let (server, client) = pair().await;
+        let watch = ctx.watch(key, &Via::default());
+        let viewer = Viewer::new(
+            ctx.clone(),
+            Arc::new(server),
+            watch,
+            Wire::FlvPlain,
+            Duration::from_secs(30),
+        );
+        (viewer, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_viewer_waits_exactly_wait_for_publisher_ms_for_a_publisher() {
+        let ctx = context(3_000, 500);
+        let (mut viewer, _client) = viewer(&ctx, &StreamKey::new("live", "nobody")).await;
+        let started = Instant::now();
+        let ended = viewer.play(&mut Silent).await;
+        assert_eq!(ended, Ended::Close(Close::NoPublisher));
+        assert_eq!(started.elapsed(), Duration::from_millis(3_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_viewer_whose_publisher_left_ends_after_exactly_the_republish_grace() {
+        let ctx = context(3_000, 1_500);
+        let key = StreamKey::new("live", "leaves");
+        let mut publisher = ctx
+            .registry
+            .publish(&key, ctx.cache_settings(), false, Instant::now())
+            .expect("publish");
+        let keyframe = Bytes::from_static(&[0x17, 1, 0, 0, 0, 0x65, 1, 2, 3]);
+        publisher
+            .push_media(FrameKind::Video, 0, keyframe, Instant::now())
+            .expect("frame");
+        let (mut viewer, _client) = viewer(&ctx, &key).await;
+        let play = tokio::spawn(async move {
+            let ended = viewer.play(&mut Silent).await;
+            (ended, Instant::now())
+        });
+        // The viewer gets its keyframe (and is handed to the stream's writer), then the
+        // publisher leaves.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let left = Instant::now();
+        drop(publisher);
+        let (ended, at) = play.await.expect("viewer task");
+        assert_eq!(ended, Ended::Close(Close::StreamEnded));
+        assert_eq!(at - left, Duration::from_millis(1_500));
     }
 }

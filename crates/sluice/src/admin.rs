@@ -2,7 +2,7 @@
 //! `/api/upstreams` (JSON), `/healthz`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::Router;
 use axum::extract::State;

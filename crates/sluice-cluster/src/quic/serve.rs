@@ -249,7 +249,7 @@ async fn serve_pull(
         let state = cursor.read(
             &mut frames,
             READ_BATCH,
-            std::time::Instant::now(),
+            tokio::time::Instant::now(),
             &schedule,
         );
         if state == ReadState::Frames {
@@ -316,7 +316,7 @@ async fn serve_pull(
         let state = cursor.read(
             &mut frames,
             READ_BATCH,
-            std::time::Instant::now(),
+            tokio::time::Instant::now(),
             &schedule,
         );
         ctx.metrics.count_drops(&cursor.take_drops());
@@ -325,9 +325,7 @@ async fn serve_pull(
         }
         let ended_at = match state {
             ReadState::Frames => continue,
-            ReadState::Unpublished(at) => {
-                Some(Instant::from_std(at) + ctx.config.load().streams.republish_grace())
-            }
+            ReadState::Unpublished(at) => Some(at + ctx.config.load().streams.republish_grace()),
             ReadState::Pending | ReadState::WaitingForPublisher => None,
         };
         let ended = async {
