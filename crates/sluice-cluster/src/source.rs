@@ -8,7 +8,7 @@ use sluice_core::StreamKey;
 use sluice_core::cluster::{Transport, Upstream, Via};
 use sluice_media::FrameKind;
 use sluice_proto::client::{Client, ClientError, RtmpUrl};
-use sluice_rtmp::client::ClientEvent;
+use sluice_rtmp::client::{ClientEvent, StatusCode};
 
 use crate::quic::{QuicRelay, QuicSource};
 
@@ -71,15 +71,21 @@ impl PullError {
     }
 }
 
+impl PullError {
+    /// What an RTMP upstream's error status means for the pull: it lacks the stream, or it
+    /// refuses the request.
+    fn refused(code: StatusCode, description: String) -> Self {
+        match code {
+            StatusCode::StreamNotFound => PullError::NotFound(description),
+            code => PullError::Refused(format!("{code}: {description}")),
+        }
+    }
+}
+
 impl From<ClientError> for PullError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Refused { code, description } if code.ends_with("StreamNotFound") => {
-                PullError::NotFound(description)
-            }
-            ClientError::Refused { code, description } => {
-                PullError::Refused(format!("{code}: {description}"))
-            }
+            ClientError::Refused { code, description } => PullError::refused(code, description),
             ClientError::Timeout(what) => PullError::Timeout(what),
             ClientError::Io(e) => PullError::Connect(e.to_string()),
             ClientError::Closed => PullError::Closed,
@@ -162,11 +168,7 @@ impl Source {
                     }
                     Some(ClientEvent::StreamEof) => return Err(PullError::Ended),
                     Some(ClientEvent::Failed { code, description }) => {
-                        return Err(if code.ends_with("StreamNotFound") {
-                            PullError::NotFound(description)
-                        } else {
-                            PullError::Refused(format!("{code}: {description}"))
-                        });
+                        return Err(PullError::refused(code, description));
                     }
                     Some(ClientEvent::Status { code, .. })
                         if code == "NetStream.Play.UnpublishNotify"
@@ -187,5 +189,37 @@ impl Source {
             Source::Rtmp(_) => Transport::Rtmp,
             Source::Quic(_) => Transport::Quic,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtmp_refusals_are_classified_by_their_status_code() {
+        let not_found = PullError::from(ClientError::Refused {
+            code: StatusCode::StreamNotFound,
+            description: "no such stream".into(),
+        });
+        assert!(
+            matches!(&not_found, PullError::NotFound(d) if d == "no such stream"),
+            "{not_found:?}"
+        );
+        assert!(not_found.is_miss());
+        let rejected = PullError::from(ClientError::Refused {
+            code: StatusCode::ConnectRejected,
+            description: "unknown app".into(),
+        });
+        assert!(
+            matches!(&rejected, PullError::Refused(m) if m == "NetConnection.Connect.Rejected: unknown app"),
+            "{rejected:?}"
+        );
+        // Only the code decides, not a description that looks like one.
+        let other = PullError::refused(
+            StatusCode::Other("NetStream.Play.Failed".into()),
+            "NetStream.Play.StreamNotFound".into(),
+        );
+        assert!(matches!(other, PullError::Refused(_)), "{other:?}");
     }
 }

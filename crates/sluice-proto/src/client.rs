@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sluice_rtmp::chunk::ChunkLimits;
-use sluice_rtmp::client::{ClientConfig, ClientEvent};
+use sluice_rtmp::client::{ClientConfig, ClientEvent, StatusCode};
 use sluice_rtmp::connection::ClientConnection;
 use sluice_rtmp::handshake::{Handshake, Progress, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,8 +31,8 @@ pub enum ClientError {
     /// The server refused (connect, play or publish), with its status code.
     #[error("refused: {code}: {description}")]
     Refused {
-        /// onStatus code, e.g. NetStream.Play.StreamNotFound.
-        code: String,
+        /// onStatus code, e.g. [`StatusCode::StreamNotFound`].
+        code: StatusCode,
         /// The server's description.
         description: String,
     },
@@ -188,7 +188,7 @@ impl Client {
                 match event {
                     ClientEvent::ConnectRejected { description } => {
                         return Err(ClientError::Refused {
-                            code: "NetConnection.Connect.Rejected".to_owned(),
+                            code: StatusCode::ConnectRejected,
                             description,
                         });
                     }
