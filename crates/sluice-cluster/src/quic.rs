@@ -77,6 +77,10 @@
 //!   (covering packets merely reordered across streams), else abandons it and goes on with
 //!   the newer one at its keyframe. Repeated headers equal to those already delivered are
 //!   not delivered again.
+//! - Frames cross parsed: each record carries the frame's flags, codec and 64-bit dts as the
+//!   upstream parsed them, and the edge builds its frames from those parts without parsing
+//!   the payload again. A peer of another relay version is refused in its own version
+//!   (`Unsupported`, see `sluice-relay`); the pull fails with `PullError::Version`.
 
 mod pull;
 mod serve;
@@ -91,6 +95,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use quinn::{Endpoint, TransportConfig, VarInt};
 use sluice_core::cluster::{ClusterConfig, Via};
+use sluice_media::FrameKind;
 use sluice_proto::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -326,18 +331,41 @@ async fn read_control(
     }
 }
 
-/// A frame as a relay record (the payload is shared, not copied).
-fn record_of(frame: &sluice_media::Frame) -> sluice_relay::Record {
-    use sluice_media::FrameKind;
-    sluice_relay::Record {
-        kind: match frame.kind {
-            FrameKind::Audio => sluice_relay::Kind::Audio,
-            FrameKind::Video => sluice_relay::Kind::Video,
-            FrameKind::Script => sluice_relay::Kind::Script,
-        },
-        dts: frame.dts,
-        keyframe: frame.keyframe,
-        header: frame.seq_header || frame.kind == FrameKind::Script,
-        payload: frame.payload.clone(),
+/// A stream's header frames by role: its metadata and its video and audio sequence
+/// headers. Both ends of a pull keep the latest of each (the upstream to repeat them at
+/// every GOP, the edge to skip repeats).
+#[derive(Debug, Clone)]
+struct HeaderSet<T> {
+    metadata: Option<T>,
+    video: Option<T>,
+    audio: Option<T>,
+}
+
+impl<T> Default for HeaderSet<T> {
+    fn default() -> Self {
+        HeaderSet {
+            metadata: None,
+            video: None,
+            audio: None,
+        }
+    }
+}
+
+impl<T> HeaderSet<T> {
+    /// The slot of a frame with `kind` and `seq_header`; None for media.
+    fn slot(&mut self, kind: FrameKind, seq_header: bool) -> Option<&mut Option<T>> {
+        match kind {
+            FrameKind::Script => Some(&mut self.metadata),
+            FrameKind::Video if seq_header => Some(&mut self.video),
+            FrameKind::Audio if seq_header => Some(&mut self.audio),
+            _ => None,
+        }
+    }
+
+    /// The ones set, metadata first (the order a decoder wants them in).
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        [&self.metadata, &self.video, &self.audio]
+            .into_iter()
+            .flatten()
     }
 }
