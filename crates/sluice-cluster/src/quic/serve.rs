@@ -333,16 +333,16 @@ async fn serve_pull(
         };
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => break "shutdown",
-            _ = peer_done(&mut recv) => break "downstream left",
+            _ = ctx.shutdown.cancelled() => break PullEnd::Shutdown,
+            _ = peer_done(&mut recv) => break PullEnd::DownstreamLeft,
             _ = cursor.changed() => {}
-            _ = ended => break "publisher left",
+            _ = ended => break PullEnd::PublisherLeft,
         }
     };
     // Drop the cursor first, so the stream's viewer count falls at once.
     drop(cursor);
     match end {
-        "publisher left" => {
+        PullEnd::PublisherLeft => {
             // The last GOP completes; then the edge hears the stream ended.
             feed.gop = None;
             if let Ok(bytes) = control.encode(&Control::Ended) {
@@ -350,12 +350,37 @@ async fn serve_pull(
             }
             let _ = send.finish();
         }
-        _ => {
+        PullEnd::Shutdown | PullEnd::DownstreamLeft => {
             feed.close_gop(true);
             let _ = send.finish();
         }
     }
-    info!(reason = end, gops = feed.next_seq, "relay pull ended");
+    info!(
+        reason = end.as_str(),
+        gops = feed.next_seq,
+        "relay pull ended"
+    );
+}
+
+/// Why a running pull ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PullEnd {
+    /// This node is shutting down.
+    Shutdown,
+    /// The edge finished or reset the control stream.
+    DownstreamLeft,
+    /// The stream's publisher left and did not return within its grace.
+    PublisherLeft,
+}
+
+impl PullEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            PullEnd::Shutdown => "shutdown",
+            PullEnd::DownstreamLeft => "downstream left",
+            PullEnd::PublisherLeft => "publisher left",
+        }
+    }
 }
 
 /// The GOP outcome counters.
