@@ -164,10 +164,87 @@ impl fmt::Debug for QuicRelay {
     }
 }
 
-/// Why the relay could not start: which file or socket, and what is wrong with it.
+/// Why the relay could not start: which setting, file or socket, and what is wrong with it.
+/// Every cause is this node's own (its config, its files, its sockets); no peer is involved.
+/// Only a failed bind may go away by itself ([`RelayError::retry_may_help`]); the others
+/// need the config or the files fixed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RelayError(String);
+#[non_exhaustive]
+pub enum RelayError {
+    /// A setting the relay needs is empty.
+    #[error("cluster.{key} is empty: the QUIC relay needs {what} (README: Cluster TLS)")]
+    Missing {
+        /// The setting under `[cluster]`.
+        key: &'static str,
+        /// What it names.
+        what: &'static str,
+    },
+    /// A PEM file could not be read (missing, unreadable or not PEM).
+    #[error("cluster.{key} {path}: {source}")]
+    ReadPem {
+        /// The setting naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate file holds no certificate.
+    #[error("cluster.{key} {path}: no PEM certificate in the file")]
+    NoCertificate {
+        /// The setting naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+    },
+    /// The key file holds no usable private key.
+    #[error("cluster.tls_key {path}: no usable private key: {source}")]
+    NoKey {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The CA file holds a certificate that cannot be a trust anchor.
+    #[error("cluster.tls_ca {path}: not a usable CA certificate: {source}")]
+    BadCa {
+        /// The file.
+        path: String,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// No client-certificate verifier can be built from the CA certificates.
+    #[error("cluster.tls_ca: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// The node's certificate and key do not go together (or are unusable).
+    #[error("cluster.tls_cert/tls_key do not match: {0}")]
+    KeyMismatch(#[source] rustls::Error),
+    /// The TLS 1.3 set-up was refused by rustls.
+    #[error("QUIC relay TLS set-up: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The TLS set-up offers no cipher suite QUIC can use.
+    #[error("QUIC relay TLS set-up: {0}")]
+    QuicCrypto(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The listening UDP socket could not be bound.
+    #[error("cannot bind the QUIC relay on UDP {addr} (cluster.quic_listen): {source}")]
+    Bind {
+        /// `cluster.quic_listen`.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A UDP socket for pulls (client only) could not be bound.
+    #[error("cannot bind a UDP socket for QUIC relay pulls: {0}")]
+    BindClient(#[source] std::io::Error),
+}
+
+impl RelayError {
+    /// Whether starting again unchanged may succeed: a bind may fail while the port is
+    /// still held; every other cause is in the config or the files.
+    pub fn retry_may_help(&self) -> bool {
+        matches!(self, RelayError::Bind { .. } | RelayError::BindClient(_))
+    }
+}
 
 impl QuicRelay {
     /// Builds the endpoint from `[cluster]`: binds `cluster.quic_listen()` if set (server
@@ -204,17 +281,10 @@ impl QuicRelay {
                     .max_concurrent_uni_streams(VarInt::from_u32(0))
                     .max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
                 let server = tls.server_config(Arc::new(server_transport))?;
-                Endpoint::server(server, addr).map_err(|e| {
-                    RelayError(format!(
-                        "cannot bind the QUIC relay on UDP {addr} (cluster.quic_listen): {e}"
-                    ))
-                })?
+                Endpoint::server(server, addr)
+                    .map_err(|source| RelayError::Bind { addr, source })?
             }
-            None => bind_client().map_err(|e| {
-                RelayError(format!(
-                    "cannot bind a UDP socket for QUIC relay pulls: {e}"
-                ))
-            })?,
+            None => bind_client().map_err(RelayError::BindClient)?,
         };
         endpoint.set_default_client_config(client.clone());
         Ok(Arc::new(QuicRelay {

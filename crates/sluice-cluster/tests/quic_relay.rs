@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use quinn::{TransportConfig, VarInt};
-use sluice_cluster::quic::{QuicRelay, QuicSource};
+use sluice_cluster::quic::{QuicRelay, QuicSource, RelayError};
 use sluice_cluster::source::PullError;
 use sluice_core::cluster::{PullTicket, Puller, Via};
 use sluice_core::{Config, Publisher, StreamKey};
@@ -722,4 +722,27 @@ async fn an_upstream_of_the_old_version_fails_the_pull_with_its_version() {
     assert!(matches!(failed, PullError::Version(1)), "{failed:?}");
     assert!(failed.to_string().contains("version 1"), "{failed}");
     upstream.abort();
+}
+
+#[tokio::test]
+async fn start_up_errors_name_their_cause_and_whether_a_retry_may_help() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let mut cfg = config(dir.path(), "edge", "edge-1", "");
+    cfg.cluster.tls_key.clear();
+    let missing = QuicRelay::new(&cfg.cluster).expect_err("no key");
+    assert!(
+        matches!(missing, RelayError::Missing { key: "tls_key", .. }),
+        "{missing:?}"
+    );
+    assert!(!missing.retry_may_help(), "the config must change");
+
+    // A port another socket holds: the bind fails, and may succeed later.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let cfg = config(dir.path(), "origin", "origin-1", &addr);
+    let bind = QuicRelay::new(&cfg.cluster).expect_err("the port is taken");
+    assert!(matches!(bind, RelayError::Bind { .. }), "{bind:?}");
+    assert!(bind.retry_may_help());
+    assert!(bind.to_string().contains(&addr), "{bind}");
 }
