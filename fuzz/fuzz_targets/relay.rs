@@ -1,21 +1,26 @@
 //! Fuzzes the relay decoders (node-to-node bytes): arbitrary bytes, fed in pieces, must
 //! never panic, and whatever they accept must re-encode to something that decodes the same.
+//! A control stream of another version yields refusals only; a GOP stream's frames are
+//! built into `Frame`s as the edge builds them (from their parts, without parsing).
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use sluice_media::{Frame, FrameKind};
 use sluice_relay::{
     Control, ControlDecoder, ControlEncoder, GopDecoder, GopEncoder, GopEvent, Limits, StreamKind,
     VERSION,
 };
 
 fuzz_target!(|data: &[u8]| {
-    // First byte: the piece size (split points) and, in its top bit, whether to prepend a
-    // valid preamble, so the fuzzer reaches the message parsers quickly.
+    // First byte: the piece size (split points) in its low 6 bits; in its top bit, whether to
+    // prepend a valid preamble, so the fuzzer reaches the message parsers quickly; in the
+    // next, whether the control preamble names version 1 (a peer of the old version).
     let Some((&ctl, data)) = data.split_first() else {
         return;
     };
-    let piece = usize::from(ctl & 0x7f).max(1);
+    let piece = usize::from(ctl & 0x3f).max(1);
+    let control_version = if ctl & 0x40 != 0 { 1 } else { VERSION };
     let limits = Limits {
         max_control: 4096,
         max_frame: 1 << 16,
@@ -24,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let mut control = ControlDecoder::new(limits);
     let mut gop = GopDecoder::new(limits);
     if ctl & 0x80 != 0 {
-        control.feed_slice(&StreamKind::Control.preamble(VERSION));
+        control.feed_slice(&StreamKind::Control.preamble(control_version));
         gop.feed_slice(&StreamKind::Gop.preamble(VERSION));
     }
     let mut msgs = Vec::new();
@@ -61,6 +66,19 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = control.finish();
     let _ = gop.finish();
+    if control.version().is_some_and(|v| v != VERSION) {
+        assert!(
+            msgs.iter().all(|m| matches!(m, Control::Refused { .. })),
+            "only refusals are read from another version: {msgs:?}"
+        );
+    }
+    for e in &events {
+        if let GopEvent::Frame(parts) = e {
+            let frame = Frame::from_parts(parts.clone());
+            assert_eq!(frame.payload.len(), parts.payload.len());
+            assert!(!frame.payload.is_empty() || frame.kind == FrameKind::Script);
+        }
+    }
 
     // Re-encode what was accepted; it must decode to the same messages.
     let mut enc = ControlEncoder::new();

@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::health::{Backoff, Health, UpstreamHealth};
 use crate::quic::QuicRelay;
-use crate::source::{PullError, Pulled, Source};
+use crate::source::{PullError, Source};
 
 /// Remembered misses kept at most; past it, expired ones are dropped first, then all.
 const MAX_MISSES: usize = 10_000;
@@ -407,7 +407,7 @@ impl PullTask {
             .clone();
         let mut next = Some(first);
         loop {
-            let pulled = match next.take() {
+            let frame = match next.take() {
                 Some(p) => p,
                 None => tokio::select! {
                     pulled = tokio::time::timeout(settings.no_data_timeout(), source.next()) => match pulled {
@@ -421,14 +421,14 @@ impl PullTask {
             if self.stopping(settings.idle_timeout()) {
                 return Ok(SourceEnd::Stop);
             }
-            if pulled.kind == FrameKind::Video {
+            if frame.kind == FrameKind::Video {
                 self.saw_video = true;
             }
-            if splicing && !splice_point(&pulled) {
+            if splicing && !splice_point(&frame) {
                 continue;
             }
-            splicing = splicing && pulled.kind != FrameKind::Video;
-            let len = pulled.payload.len() as u64;
+            splicing = splicing && frame.kind != FrameKind::Video;
+            let len = frame.payload.len() as u64;
             counter.inc_by(len);
             {
                 let mut progress = self.state.progress.lock();
@@ -438,12 +438,7 @@ impl PullTask {
             let Some(publisher) = self.publisher.as_mut() else {
                 return Ok(SourceEnd::Stop);
             };
-            let now = tokio::time::Instant::now();
-            let pushed = match pulled.kind {
-                FrameKind::Script => publisher.push_metadata(pulled.timestamp, pulled.payload, now),
-                kind => publisher.push_media(kind, pulled.timestamp, pulled.payload, now),
-            };
-            match pushed {
+            match publisher.push_frame(frame, tokio::time::Instant::now()) {
                 Ok(()) => {}
                 Err(sluice_core::stream::IngestError::Displaced) => {
                     info!("a local publisher took the stream over; pull stops");
@@ -534,13 +529,42 @@ impl PullTask {
 
 /// Whether a pulled frame may start the stream after a switch: the video keyframe that
 /// opens a GOP, or what a decoder needs before it (sequence headers, metadata).
-fn splice_point(pulled: &Pulled) -> bool {
-    match pulled.kind {
+fn splice_point(frame: &Frame) -> bool {
+    match frame.kind {
         FrameKind::Script => true,
-        FrameKind::Audio => {
-            Frame::parse(FrameKind::Audio, 0, pulled.payload.clone()).is_ok_and(|f| f.seq_header)
-        }
-        FrameKind::Video => Frame::parse(FrameKind::Video, 0, pulled.payload.clone())
-            .is_ok_and(|f| f.keyframe || f.seq_header),
+        FrameKind::Audio => frame.seq_header,
+        FrameKind::Video => frame.keyframe || frame.seq_header,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use sluice_media::{CodecId, FrameParts};
+
+    use super::*;
+
+    /// A frame with these flags and a payload that says otherwise: the flags decide.
+    fn frame(kind: FrameKind, keyframe: bool, seq_header: bool) -> Frame {
+        Frame::from_parts(FrameParts {
+            kind,
+            dts: 0,
+            cts: 0,
+            keyframe,
+            seq_header,
+            disposable: false,
+            codec: CodecId::Other,
+            payload: Bytes::from_static(&[0xff]),
+        })
+    }
+
+    #[test]
+    fn a_switch_splices_at_headers_and_keyframes_by_their_flags() {
+        assert!(splice_point(&frame(FrameKind::Script, false, false)));
+        assert!(splice_point(&frame(FrameKind::Video, true, false)));
+        assert!(splice_point(&frame(FrameKind::Video, false, true)));
+        assert!(splice_point(&frame(FrameKind::Audio, false, true)));
+        assert!(!splice_point(&frame(FrameKind::Video, false, false)));
+        assert!(!splice_point(&frame(FrameKind::Audio, false, false)));
     }
 }

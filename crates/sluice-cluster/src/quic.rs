@@ -77,6 +77,10 @@
 //!   (covering packets merely reordered across streams), else abandons it and goes on with
 //!   the newer one at its keyframe. Repeated headers equal to those already delivered are
 //!   not delivered again.
+//! - Frames cross parsed: each record carries the frame's flags, codec and 64-bit dts as the
+//!   upstream parsed them, and the edge builds its frames from those parts without parsing
+//!   the payload again. A peer of another relay version is refused in its own version
+//!   (`Unsupported`, see `sluice-relay`); the pull fails with `PullError::Version`.
 
 mod pull;
 mod serve;
@@ -91,6 +95,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use quinn::{Endpoint, TransportConfig, VarInt};
 use sluice_core::topology::{ClusterConfig, Via};
+use sluice_media::FrameKind;
 use sluice_runtime::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -159,11 +164,94 @@ impl fmt::Debug for QuicRelay {
     }
 }
 
-/// Why the relay could not start (which file or socket, and what is wrong with it), or why
-/// it stopped serving.
+/// Why the relay could not start: which setting, file or socket, and what is wrong with it.
+/// Every cause is this node's own (its config, its files, its sockets); no peer is involved.
+/// Only a failed bind may go away by itself ([`RelayError::retry_may_help`]); the others
+/// need the config or the files fixed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RelayError(String);
+#[non_exhaustive]
+pub enum RelayError {
+    /// A setting the relay needs is empty.
+    #[error("cluster.{key} is empty: the QUIC relay needs {what} (README: Cluster TLS)")]
+    Missing {
+        /// The setting under `[cluster]`.
+        key: &'static str,
+        /// What it names.
+        what: &'static str,
+    },
+    /// A PEM file could not be read (missing, unreadable or not PEM).
+    #[error("cluster.{key} {path}: {source}")]
+    ReadPem {
+        /// The setting naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate file holds no certificate.
+    #[error("cluster.{key} {path}: no PEM certificate in the file")]
+    NoCertificate {
+        /// The setting naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+    },
+    /// The key file holds no usable private key.
+    #[error("cluster.tls_key {path}: no usable private key: {source}")]
+    NoKey {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The CA file holds a certificate that cannot be a trust anchor.
+    #[error("cluster.tls_ca {path}: not a usable CA certificate: {source}")]
+    BadCa {
+        /// The file.
+        path: String,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// No client-certificate verifier can be built from the CA certificates.
+    #[error("cluster.tls_ca: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// The node's certificate and key do not go together (or are unusable).
+    #[error("cluster.tls_cert/tls_key do not match: {0}")]
+    KeyMismatch(#[source] rustls::Error),
+    /// The TLS 1.3 set-up was refused by rustls.
+    #[error("QUIC relay TLS set-up: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The TLS set-up offers no cipher suite QUIC can use.
+    #[error("QUIC relay TLS set-up: {0}")]
+    QuicCrypto(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The listening UDP socket could not be bound.
+    #[error("cannot bind the QUIC relay on UDP {addr} (cluster.quic_listen): {source}")]
+    Bind {
+        /// `cluster.quic_listen`.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A UDP socket for pulls (client only) could not be bound.
+    #[error("cannot bind a UDP socket for QUIC relay pulls: {0}")]
+    BindClient(#[source] std::io::Error),
+    /// The endpoint stopped accepting connections before shutdown.
+    #[error("the QUIC relay endpoint stopped accepting connections")]
+    Stopped,
+}
+
+impl RelayError {
+    /// Whether starting again unchanged may succeed: a bind may fail while the port is
+    /// still held, and a stopped endpoint can be bound anew; every other cause is in the
+    /// config or the files.
+    pub fn retry_may_help(&self) -> bool {
+        matches!(
+            self,
+            RelayError::Bind { .. } | RelayError::BindClient(_) | RelayError::Stopped
+        )
+    }
+}
 
 impl QuicRelay {
     /// Builds the endpoint from `[cluster]`: binds `cluster.quic_listen()` if set (server
@@ -200,17 +288,10 @@ impl QuicRelay {
                     .max_concurrent_uni_streams(VarInt::from_u32(0))
                     .max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
                 let server = tls.server_config(Arc::new(server_transport))?;
-                Endpoint::server(server, addr).map_err(|e| {
-                    RelayError(format!(
-                        "cannot bind the QUIC relay on UDP {addr} (cluster.quic_listen): {e}"
-                    ))
-                })?
+                Endpoint::server(server, addr)
+                    .map_err(|source| RelayError::Bind { addr, source })?
             }
-            None => bind_client().map_err(|e| {
-                RelayError(format!(
-                    "cannot bind a UDP socket for QUIC relay pulls: {e}"
-                ))
-            })?,
+            None => bind_client().map_err(RelayError::BindClient)?,
         };
         endpoint.set_default_client_config(client.clone());
         Ok(Arc::new(QuicRelay {
@@ -334,18 +415,41 @@ async fn read_control(
     }
 }
 
-/// A frame as a relay record (the payload is shared, not copied).
-fn record_of(frame: &sluice_media::Frame) -> sluice_relay::Record {
-    use sluice_media::FrameKind;
-    sluice_relay::Record {
-        kind: match frame.kind {
-            FrameKind::Audio => sluice_relay::Kind::Audio,
-            FrameKind::Video => sluice_relay::Kind::Video,
-            FrameKind::Script => sluice_relay::Kind::Script,
-        },
-        dts: frame.dts,
-        keyframe: frame.keyframe,
-        header: frame.seq_header || frame.kind == FrameKind::Script,
-        payload: frame.payload.clone(),
+/// A stream's header frames by role: its metadata and its video and audio sequence
+/// headers. Both ends of a pull keep the latest of each (the upstream to repeat them at
+/// every GOP, the edge to skip repeats).
+#[derive(Debug, Clone)]
+struct HeaderSet<T> {
+    metadata: Option<T>,
+    video: Option<T>,
+    audio: Option<T>,
+}
+
+impl<T> Default for HeaderSet<T> {
+    fn default() -> Self {
+        HeaderSet {
+            metadata: None,
+            video: None,
+            audio: None,
+        }
+    }
+}
+
+impl<T> HeaderSet<T> {
+    /// The slot of a frame with `kind` and `seq_header`; None for media.
+    fn slot(&mut self, kind: FrameKind, seq_header: bool) -> Option<&mut Option<T>> {
+        match kind {
+            FrameKind::Script => Some(&mut self.metadata),
+            FrameKind::Video if seq_header => Some(&mut self.video),
+            FrameKind::Audio if seq_header => Some(&mut self.audio),
+            _ => None,
+        }
+    }
+
+    /// The ones set, metadata first (the order a decoder wants them in).
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        [&self.metadata, &self.video, &self.audio]
+            .into_iter()
+            .flatten()
     }
 }

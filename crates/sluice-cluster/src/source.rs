@@ -1,28 +1,21 @@
 //! One attempt to pull one stream from one upstream, whatever the transport: connect, have
 //! the upstream accept, then yield frames until it ends or fails.
+//!
+//! Frames come out parsed, once: an RTMP upstream's messages are parsed here (their 32-bit
+//! timestamps unwrapped), a relay upstream's frames are rebuilt from the parts it sent. The
+//! pull hands them to the stream as they are ([`sluice_core::Publisher::push_frame`]).
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use sluice_core::StreamKey;
 use sluice_core::topology::{Transport, Upstream, Via};
-use sluice_media::FrameKind;
-use sluice_rtmp::client::ClientEvent;
+use sluice_media::time::TimestampExtender;
+use sluice_media::{FlvError, Frame, FrameKind};
+use sluice_rtmp::client::{ClientEvent, StatusCode};
 use sluice_runtime::client::{Client, ClientError, RtmpUrl};
+use tracing::debug;
 
 use crate::quic::{QuicRelay, QuicSource};
-
-/// One frame from an upstream: an FLV tag body and its timestamp (ms, 32-bit as RTMP
-/// carries it; the local publisher unwraps and rebases it).
-#[derive(Debug, Clone)]
-pub struct Pulled {
-    /// Audio, video or script data (onMetaData).
-    pub kind: FrameKind,
-    /// Timestamp in milliseconds.
-    pub timestamp: u32,
-    /// The FLV tag body.
-    pub payload: Bytes,
-}
 
 /// Why a pull attempt ended.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,6 +33,9 @@ pub enum PullError {
     /// Could not reach the upstream.
     #[error("connect: {0}")]
     Connect(String),
+    /// The upstream speaks another version of the relay protocol (it said so).
+    #[error("the upstream speaks relay protocol version {0}, this node {ours}", ours = sluice_relay::VERSION)]
+    Version(u8),
     /// The upstream broke its protocol.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -64,6 +60,7 @@ impl PullError {
             PullError::Refused(_) => "refused",
             PullError::Timeout(_) => "timeout",
             PullError::Connect(_) => "connect",
+            PullError::Version(_) => "version",
             PullError::Protocol(_) => "protocol",
             PullError::Closed => "closed",
             PullError::Ended => "ended",
@@ -71,15 +68,21 @@ impl PullError {
     }
 }
 
+impl PullError {
+    /// What an RTMP upstream's error status means for the pull: it lacks the stream, or it
+    /// refuses the request.
+    fn refused(code: StatusCode, description: String) -> Self {
+        match code {
+            StatusCode::StreamNotFound => PullError::NotFound(description),
+            code => PullError::Refused(format!("{code}: {description}")),
+        }
+    }
+}
+
 impl From<ClientError> for PullError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Refused { code, description } if code.ends_with("StreamNotFound") => {
-                PullError::NotFound(description)
-            }
-            ClientError::Refused { code, description } => {
-                PullError::Refused(format!("{code}: {description}"))
-            }
+            ClientError::Refused { code, description } => PullError::refused(code, description),
             ClientError::Timeout(what) => PullError::Timeout(what),
             ClientError::Io(e) => PullError::Connect(e.to_string()),
             ClientError::Closed => PullError::Closed,
@@ -92,9 +95,16 @@ impl From<ClientError> for PullError {
 #[derive(Debug)]
 pub enum Source {
     /// RTMP play from any RTMP server.
-    Rtmp(Box<Client>),
+    Rtmp(Box<RtmpSource>),
     /// Sluice's QUIC relay.
     Quic(QuicSource),
+}
+
+/// An RTMP play, and the clock that unwraps its 32-bit timestamps.
+#[derive(Debug)]
+pub struct RtmpSource {
+    client: Client,
+    clock: TimestampExtender,
 }
 
 impl Source {
@@ -117,7 +127,10 @@ impl Source {
                     via.to_query()
                 ))?;
                 let client = Client::play(&url, deadline).await?;
-                Ok(Source::Rtmp(Box::new(client)))
+                Ok(Source::Rtmp(Box::new(RtmpSource {
+                    client,
+                    clock: TimestampExtender::default(),
+                })))
             }
             Transport::Quic => {
                 let relay = quic.ok_or_else(|| {
@@ -131,61 +144,96 @@ impl Source {
         }
     }
 
-    /// The next frame; `Err(Ended)` when the upstream's stream ended.
-    pub async fn next(&mut self) -> Result<Pulled, PullError> {
+    /// The next frame, parsed, its `dts` on the upstream's timeline (64-bit);
+    /// `Err(Ended)` when the upstream's stream ended.
+    pub async fn next(&mut self) -> Result<Frame, PullError> {
         match self {
-            Source::Rtmp(client) => loop {
-                match client.next_event().await? {
-                    None => return Err(PullError::Closed),
-                    Some(ClientEvent::Media {
-                        type_id,
-                        timestamp,
-                        payload,
-                    }) => {
-                        let kind = match type_id {
-                            8 => FrameKind::Audio,
-                            9 => FrameKind::Video,
-                            _ => continue,
-                        };
-                        return Ok(Pulled {
-                            kind,
-                            timestamp,
-                            payload,
-                        });
-                    }
-                    Some(ClientEvent::Metadata { timestamp, payload }) => {
-                        return Ok(Pulled {
-                            kind: FrameKind::Script,
-                            timestamp,
-                            payload,
-                        });
-                    }
-                    Some(ClientEvent::StreamEof) => return Err(PullError::Ended),
-                    Some(ClientEvent::Failed { code, description }) => {
-                        return Err(if code.ends_with("StreamNotFound") {
-                            PullError::NotFound(description)
-                        } else {
-                            PullError::Refused(format!("{code}: {description}"))
-                        });
-                    }
-                    Some(ClientEvent::Status { code, .. })
-                        if code == "NetStream.Play.UnpublishNotify"
-                            || code == "NetStream.Play.Stop" =>
-                    {
-                        return Err(PullError::Ended);
-                    }
-                    Some(_) => {}
-                }
-            },
+            Source::Rtmp(rtmp) => rtmp.next().await,
             Source::Quic(source) => source.next().await,
         }
     }
+}
 
-    /// The transport in use.
-    pub fn transport(&self) -> Transport {
-        match self {
-            Source::Rtmp(_) => Transport::Rtmp,
-            Source::Quic(_) => Transport::Quic,
+impl RtmpSource {
+    async fn next(&mut self) -> Result<Frame, PullError> {
+        loop {
+            let (kind, timestamp, payload) = match self.client.next_event().await? {
+                None => return Err(PullError::Closed),
+                Some(ClientEvent::Media {
+                    type_id,
+                    timestamp,
+                    payload,
+                }) => {
+                    let kind = match type_id {
+                        8 => FrameKind::Audio,
+                        9 => FrameKind::Video,
+                        _ => continue,
+                    };
+                    (kind, timestamp, payload)
+                }
+                Some(ClientEvent::Metadata { timestamp, payload }) => {
+                    (FrameKind::Script, timestamp, payload)
+                }
+                Some(ClientEvent::StreamEof) => return Err(PullError::Ended),
+                Some(ClientEvent::Failed { code, description }) => {
+                    return Err(PullError::refused(code, description));
+                }
+                Some(ClientEvent::Status { code, .. })
+                    if code == "NetStream.Play.UnpublishNotify"
+                        || code == "NetStream.Play.Stop" =>
+                {
+                    return Err(PullError::Ended);
+                }
+                Some(_) => continue,
+            };
+            let dts = self.clock.extend(timestamp);
+            match parse(kind, dts, payload) {
+                Ok(frame) => return Ok(frame),
+                // As from a local publisher: the frame is dropped, the stream goes on.
+                Err(error) => debug!(%error, "pulled frame dropped"),
+            }
         }
+    }
+}
+
+/// An RTMP message body as a frame (script data is carried as is).
+fn parse(kind: FrameKind, dts: u64, payload: bytes::Bytes) -> Result<Frame, FlvError> {
+    match kind {
+        FrameKind::Script => Ok(Frame::script(dts, payload)),
+        kind => Frame::parse(kind, dts, payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtmp_refusals_are_classified_by_their_status_code() {
+        let not_found = PullError::from(ClientError::Refused {
+            code: StatusCode::StreamNotFound,
+            description: "no such stream".into(),
+        });
+        assert!(
+            matches!(&not_found, PullError::NotFound(d) if d == "no such stream"),
+            "{not_found:?}"
+        );
+        assert!(not_found.is_miss());
+        let rejected = PullError::from(ClientError::Refused {
+            code: StatusCode::ConnectRejected,
+            description: "unknown app".into(),
+        });
+        assert!(
+            matches!(&rejected, PullError::Refused(m) if m == "NetConnection.Connect.Rejected: unknown app"),
+            "{rejected:?}"
+        );
+        // Only the code decides, not a description that looks like one.
+        let other = PullError::refused(
+            StatusCode::Other("NetStream.Play.Failed".into()),
+            "NetStream.Play.StreamNotFound".into(),
+        );
+        assert!(matches!(other, PullError::Refused(_)), "{other:?}");
+        assert_eq!(PullError::Version(1).label(), "version");
+        assert!(!PullError::Version(1).is_miss(), "an old peer backs off");
     }
 }

@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use quinn::{TransportConfig, VarInt};
-use sluice_cluster::quic::{QuicRelay, QuicSource};
-use sluice_cluster::source::{PullError, Pulled};
+use sluice_cluster::quic::{QuicRelay, QuicSource, RelayError};
+use sluice_cluster::source::PullError;
 use sluice_core::topology::{PullTicket, Puller, Via};
 use sluice_core::{Config, Publisher, StreamKey};
-use sluice_media::FrameKind;
+use sluice_media::{Frame, FrameKind};
 use sluice_runtime::Context;
 
 /// A cluster CA and one node certificate (server and client) in `dir`.
@@ -176,19 +176,31 @@ async fn publish_gop_live(p: &mut Publisher, ts: u32, inter: u32, size: usize) -
     ts + (inter + 1) * 40
 }
 
-async fn next(source: &mut QuicSource) -> Pulled {
+async fn next(source: &mut QuicSource) -> Frame {
     tokio::time::timeout(Duration::from_secs(5), source.next())
         .await
         .expect("a frame within 5 s")
         .expect("a frame")
 }
 
-fn is_keyframe(p: &Pulled) -> bool {
-    p.kind == FrameKind::Video && p.payload[0] == 0x17 && p.payload[1] == 1
+/// Whether `f` is a keyframe, by the flag the upstream sent (checked against the payload:
+/// the edge does not parse it).
+fn is_keyframe(f: &Frame) -> bool {
+    let by_payload = f.kind == FrameKind::Video && f.payload[0] == 0x17 && f.payload[1] == 1;
+    assert_eq!(f.keyframe, by_payload, "keyframe flag of {f:?}");
+    f.keyframe
 }
 
-fn is_seq_header(p: &Pulled) -> bool {
-    p.kind != FrameKind::Script && p.payload[1] == 0
+/// Whether `f` is a sequence header, by the flag the upstream sent (checked as above).
+fn is_seq_header(f: &Frame) -> bool {
+    let by_payload = f.kind != FrameKind::Script && f.payload[1] == 0;
+    assert_eq!(f.seq_header, by_payload, "sequence header flag of {f:?}");
+    f.seq_header
+}
+
+/// A frame's dts, which these tests keep within 32 bits (the origin's timeline starts at 0).
+fn dts32(f: &Frame) -> u32 {
+    u32::try_from(f.dts).expect("a small dts")
 }
 
 /// Waits until `cond` holds (checked every 10 ms), up to 5 s.
@@ -254,7 +266,7 @@ async fn pulls_headers_then_keyframe_then_every_frame_in_order() {
     assert_eq!(&got[0].payload[..], METADATA);
     assert!(is_seq_header(&got[1]) && is_seq_header(&got[2]));
     assert!(is_keyframe(&got[3]));
-    let dts: Vec<u32> = got[3..].iter().map(|f| f.timestamp).collect();
+    let dts: Vec<u32> = got[3..].iter().map(dts32).collect();
     assert_eq!(dts, [0, 20, 40, 60, 80, 100, 120]);
 
     // Live GOPs follow in order, each from its keyframe, with the repeated headers
@@ -285,10 +297,7 @@ async fn pulls_headers_then_keyframe_then_every_frame_in_order() {
         );
         live.push(f);
     }
-    assert_eq!(
-        live.iter().map(|f| f.timestamp).collect::<Vec<_>>(),
-        expected
-    );
+    assert_eq!(live.iter().map(dts32).collect::<Vec<_>>(), expected);
     assert!(is_keyframe(&live[0]) && is_keyframe(&live[9]) && is_keyframe(&live[18]));
     let (mut p, mut ts) = publishing.await.unwrap();
 
@@ -301,12 +310,12 @@ async fn pulls_headers_then_keyframe_then_every_frame_in_order() {
     let mut last = 0;
     loop {
         let f = next(&mut source).await;
-        assert!(f.timestamp > last && f.timestamp >= burst_start, "in order");
-        last = f.timestamp;
-        if f.timestamp == newest {
+        assert!(dts32(&f) > last && dts32(&f) >= burst_start, "in order");
+        last = dts32(&f);
+        if dts32(&f) == newest {
             assert!(is_keyframe(&f));
         }
-        if f.timestamp == ts - 40 {
+        if dts32(&f) == ts - 40 {
             break;
         }
     }
@@ -506,9 +515,9 @@ async fn a_slow_edge_gets_recent_gops_not_a_backlog() {
     let first = next(&mut source).await;
     assert!(is_keyframe(&first), "resumes at a keyframe");
     assert!(
-        first.timestamp + 400 >= newest,
+        dts32(&first) + 400 >= newest,
         "resumed at {} while the newest frame is {newest}",
-        first.timestamp
+        dts32(&first)
     );
     // And keeps up once it reads.
     for i in 0..5u32 {
@@ -520,12 +529,12 @@ async fn a_slow_edge_gets_recent_gops_not_a_backlog() {
         )
         .unwrap();
     }
-    let mut last = first.timestamp;
+    let mut last = dts32(&first);
     loop {
         let f = next(&mut source).await;
-        assert!(f.timestamp >= last, "in order");
-        last = f.timestamp;
-        if f.timestamp == ts + 160 {
+        assert!(dts32(&f) >= last, "in order");
+        last = dts32(&f);
+        if dts32(&f) == ts + 160 {
             break;
         }
     }
@@ -554,12 +563,12 @@ async fn an_audio_only_stream_is_cut_into_gops_by_time() {
     let mut source = c.pull("radio").await;
     let header = next(&mut source).await;
     assert!(is_seq_header(&header));
-    let mut last = next(&mut source).await.timestamp;
+    let mut last = dts32(&next(&mut source).await);
     let first = last;
     while last < 6000 {
         let f = next(&mut source).await;
-        assert_eq!(f.timestamp, last + 100, "every frame, in order");
-        last = f.timestamp;
+        assert_eq!(dts32(&f), last + 100, "every frame, in order");
+        last = dts32(&f);
     }
     let _p = publishing.await.unwrap();
     let cut = (6000 - first) / 1000;
@@ -599,4 +608,143 @@ async fn a_node_of_another_cluster_is_refused() {
         first.push(next(&mut source).await);
     }
     assert!(first.iter().any(is_keyframe), "{first:?}");
+}
+
+/// The cluster TLS of the node in `dir`, for a raw QUIC peer that speaks relay bytes by
+/// hand (another version).
+fn raw_tls(dir: &Path) -> (rustls::ClientConfig, rustls::ServerConfig) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<_> = CertificateDer::pem_file_iter(dir.join("node.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("node.key")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let roots = Arc::new(roots);
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(chain.clone(), key.clone_key())
+        .unwrap();
+    client.alpn_protocols = vec![b"sluice-relay".to_vec()];
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    server.alpn_protocols = vec![b"sluice-relay".to_vec()];
+    (client, server)
+}
+
+/// A version 1 pull request for `live/cam`, as a version 1 node sends it.
+const V1_PULL: &[u8] = b"SLRC\x01\0\0\0\x0e\x01\0\x04live\0\x03cam\0\0";
+
+#[tokio::test]
+async fn a_node_of_the_old_version_is_told_in_its_own_version() {
+    let c = cluster(TransportConfig::default()).await;
+    let (client, _) = raw_tls(c._dir.path());
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+    let mut old = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    old.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = old
+        .connect(c.addr.parse().unwrap(), "sluice-cluster")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(V1_PULL).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    // A version 1 node reads only version 1 preambles: the refusal carries one, and the
+    // version this node speaks.
+    assert_eq!(&answer[..5], b"SLRC\x01", "{answer:02x?}");
+    let mut decoder = sluice_relay::ControlDecoder::new(sluice_relay::Limits::default());
+    decoder.feed_slice(&answer);
+    let refusal = decoder.poll().unwrap();
+    assert!(
+        matches!(
+            &refusal,
+            Some(sluice_relay::Control::Refused {
+                code: sluice_relay::RefuseCode::Unsupported(sluice_relay::VERSION),
+                message,
+            }) if message.contains("version 1")
+        ),
+        "{refusal:?}"
+    );
+    assert_eq!(viewers(&c.origin, &key("cam")), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_of_the_old_version_fails_the_pull_with_its_version() {
+    let c = cluster(TransportConfig::default()).await;
+    let (_, server) = raw_tls(c._dir.path());
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server).unwrap();
+    let old = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(quic)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = old.local_addr().unwrap().to_string();
+    // A version 1 upstream: whatever it is asked, it answers that it speaks version 1.
+    let upstream = tokio::spawn(async move {
+        let conn = old.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let _ = recv.read_chunk(64, true).await;
+        send.write_all(b"SLRC\x01\0\0\0\x09\x03\x05\x01\0\x04nope")
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        // Held until the edge has read the answer.
+        let _ = recv.read_to_end(1024).await;
+    });
+    let failed = c
+        .edge
+        .pull(
+            &addr,
+            "live",
+            "cam",
+            &Via::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("an old upstream cannot serve the pull");
+    assert!(matches!(failed, PullError::Version(1)), "{failed:?}");
+    assert!(failed.to_string().contains("version 1"), "{failed}");
+    upstream.abort();
+}
+
+#[tokio::test]
+async fn start_up_errors_name_their_cause_and_whether_a_retry_may_help() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let mut cfg = config(dir.path(), "edge", "edge-1", "");
+    cfg.cluster.tls_key.clear();
+    let missing = QuicRelay::new(&cfg.cluster).expect_err("no key");
+    assert!(
+        matches!(missing, RelayError::Missing { key: "tls_key", .. }),
+        "{missing:?}"
+    );
+    assert!(!missing.retry_may_help(), "the config must change");
+
+    // A port another socket holds: the bind fails, and may succeed later.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let cfg = config(dir.path(), "origin", "origin-1", &addr);
+    let bind = QuicRelay::new(&cfg.cluster).expect_err("the port is taken");
+    assert!(matches!(bind, RelayError::Bind { .. }), "{bind:?}");
+    assert!(bind.retry_may_help());
+    assert!(bind.to_string().contains(&addr), "{bind}");
 }

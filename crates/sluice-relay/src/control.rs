@@ -71,9 +71,20 @@ impl RefuseCode {
 
 /// Writes the control messages of one direction of a control stream; the first one is
 /// preceded by the preamble.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ControlEncoder {
     started: bool,
+    /// The version the preamble names.
+    version: u8,
+}
+
+impl Default for ControlEncoder {
+    fn default() -> Self {
+        ControlEncoder {
+            started: false,
+            version: VERSION,
+        }
+    }
 }
 
 impl ControlEncoder {
@@ -82,11 +93,21 @@ impl ControlEncoder {
         Self::default()
     }
 
+    /// An encoder whose preamble names `version` instead of [`VERSION`]: for answering a
+    /// peer of another version with [`Control::Refused`], whose layout every version keeps,
+    /// so that the peer reads the refusal. Send nothing else with it.
+    pub fn for_version(version: u8) -> Self {
+        ControlEncoder {
+            started: false,
+            version,
+        }
+    }
+
     /// The bytes of `msg` (after the preamble, on the first call).
     pub fn encode(&mut self, msg: &Control) -> Result<Bytes, EncodeError> {
         let mut out = BytesMut::with_capacity(64);
         if !self.started {
-            out.put_slice(&StreamKind::Control.preamble(VERSION));
+            out.put_slice(&StreamKind::Control.preamble(self.version));
         }
         msg.encode_to(&mut out)?;
         self.started = true;
@@ -202,7 +223,8 @@ impl ControlDecoder {
         self.feed(Bytes::copy_from_slice(bytes));
     }
 
-    /// The version the peer's preamble named, once read and accepted.
+    /// The version the peer's preamble named, once read (another than [`VERSION`] when the
+    /// peer speaks another version: then only a `Refused` is read).
     pub fn version(&self) -> Option<u8> {
         self.version
     }
@@ -240,6 +262,16 @@ impl ControlDecoder {
             self.version = Some(check_preamble(preamble, StreamKind::Control)?);
             self.input.advance(PREAMBLE_LEN);
             self.state = State::Messages;
+        }
+        if let Some(foreign) = self.version.filter(|&v| v != VERSION) {
+            // Of another version, only a refusal is understood (its layout never changes):
+            // anything else is refused as soon as its type byte is here.
+            let Some(head) = self.input.peek::<5>() else {
+                return Ok(None);
+            };
+            if head[..4] == [0; 4] || head[4] != REFUSED {
+                return Err(DecodeError::UnsupportedVersion(foreign));
+            }
         }
         let Some(len) = self.input.peek::<4>().map(u32::from_be_bytes) else {
             return Ok(None);
@@ -387,11 +419,55 @@ mod tests {
             .unwrap();
         assert_eq!(
             &bytes[..],
-            b"SLRC\x01\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00\x00\x00\x07"
+            b"SLRC\x02\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00\x00\x00\x07"
         );
         let mut enc = ControlEncoder::new();
         enc.encode(&Control::Ended).unwrap();
         assert_eq!(&enc.encode(&Control::Ended).unwrap()[..], b"\0\0\0\x01\x04");
+    }
+
+    #[test]
+    fn a_peer_of_another_version_is_refused_but_its_refusal_is_read() {
+        // A version 1 edge's pull request: refused by its type byte, before its body.
+        let mut old_pull = StreamKind::Control.preamble(1).to_vec();
+        old_pull.extend_from_slice(&[0, 0, 0, 9, PULL]);
+        let mut dec = ControlDecoder::new(Limits::default());
+        dec.feed_slice(&old_pull);
+        assert_eq!(dec.poll(), Err(DecodeError::UnsupportedVersion(1)));
+        assert_eq!(dec.version(), Some(1));
+
+        // The upstream's answer names the old version in its preamble, so the old node,
+        // which reads only its own version, reads it.
+        let refusal = Control::Refused {
+            code: RefuseCode::Unsupported(VERSION),
+            message: "speak 2".into(),
+        };
+        let bytes = ControlEncoder::for_version(1).encode(&refusal).unwrap();
+        assert_eq!(&bytes[..5], b"SLRC\x01");
+        let mut dec = ControlDecoder::new(Limits::default());
+        dec.feed(bytes);
+        assert_eq!(
+            dec.poll(),
+            Ok(Some(refusal)),
+            "a refusal is read in any version"
+        );
+        assert_eq!(dec.version(), Some(1));
+
+        // Anything but a refusal after a foreign preamble is not.
+        let mut dec = ControlDecoder::new(Limits::default());
+        dec.feed(
+            ControlEncoder::for_version(7)
+                .encode(&Control::Accepted { pull_id: 1 })
+                .unwrap(),
+        );
+        assert_eq!(dec.poll(), Err(DecodeError::UnsupportedVersion(7)));
+        let mut dec = ControlDecoder::new(Limits::default());
+        dec.feed_slice(&[b'S', b'L', b'R', b'C', 1, 0, 0, 0, 0, REFUSED]);
+        assert_eq!(
+            dec.poll(),
+            Err(DecodeError::UnsupportedVersion(1)),
+            "an empty message is no refusal"
+        );
     }
 
     #[test]

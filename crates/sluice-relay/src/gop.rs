@@ -1,6 +1,11 @@
 //! GOP streams: one per group of pictures, a header naming the pull, then frame records.
+//!
+//! A record carries everything a [`Frame`](sluice_media::Frame) is built from
+//! ([`FrameParts`]): the sender parsed the frame once, and the receiver takes its kind,
+//! timestamps, flags and codec as the sender's word instead of parsing the payload again.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use sluice_media::{CodecId, FrameKind, FrameParts};
 
 use crate::buf::Input;
 use crate::{DecodeError, EncodeError, Limits, PREAMBLE_LEN, StreamKind, VERSION, check_preamble};
@@ -8,10 +13,12 @@ use crate::{DecodeError, EncodeError, Limits, PREAMBLE_LEN, StreamKind, VERSION,
 /// Bytes of a GOP header after the preamble.
 pub const HEADER_LEN: usize = 16;
 /// Bytes of a record's header (before its payload).
-pub const RECORD_HEADER_LEN: usize = 14;
+pub const RECORD_HEADER_LEN: usize = 19;
 
 const FLAG_KEYFRAME: u8 = 1;
-const FLAG_HEADER: u8 = 2;
+const FLAG_SEQ_HEADER: u8 = 2;
+const FLAG_DISPOSABLE: u8 = 4;
+const KNOWN_FLAGS: u8 = FLAG_KEYFRAME | FLAG_SEQ_HEADER | FLAG_DISPOSABLE;
 
 /// What a GOP stream starts with, after its preamble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,52 +30,14 @@ pub struct GopHeader {
     pub gop_seq: u64,
 }
 
-/// What a frame carries (the FLV tag types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// An audio tag body.
-    Audio,
-    /// A video tag body.
-    Video,
-    /// Script data (onMetaData).
-    Script,
-}
-
-impl Kind {
-    /// The FLV tag type.
-    pub fn byte(self) -> u8 {
-        match self {
-            Kind::Audio => 8,
-            Kind::Video => 9,
-            Kind::Script => 18,
-        }
+/// The record kind byte: the FLV tag type.
+fn kind_from_byte(b: u8) -> Option<FrameKind> {
+    match b {
+        8 => Some(FrameKind::Audio),
+        9 => Some(FrameKind::Video),
+        18 => Some(FrameKind::Script),
+        _ => None,
     }
-
-    fn from_byte(b: u8) -> Option<Self> {
-        match b {
-            8 => Some(Kind::Audio),
-            9 => Some(Kind::Video),
-            18 => Some(Kind::Script),
-            _ => None,
-        }
-    }
-}
-
-/// One frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Audio, video or script.
-    pub kind: Kind,
-    /// Decode timestamp, ms, on the upstream's timeline.
-    pub dts: u64,
-    /// A video keyframe (a GOP's first media frame).
-    pub keyframe: bool,
-    /// Decoder configuration (a sequence header) or metadata rather than media. Every GOP
-    /// stream repeats the headers in force before its keyframe, so a receiver may skip one
-    /// equal to what it already has.
-    pub header: bool,
-    /// The FLV tag body, opaque here.
-    pub payload: Bytes,
 }
 
 /// What a GOP stream yields.
@@ -76,8 +45,10 @@ pub struct Record {
 pub enum GopEvent {
     /// The stream's header (always first, once).
     Header(GopHeader),
-    /// A frame.
-    Frame(Record),
+    /// A frame: its parts as the sender knew them, the payload (the FLV tag body) as
+    /// received. Every GOP stream repeats the headers (metadata, sequence headers) in force
+    /// before its keyframe, so a receiver may skip one equal to what it already has.
+    Frame(FrameParts),
 }
 
 /// Writes GOP streams: the start, then records as a small header buffer plus the payload
@@ -104,27 +75,32 @@ impl GopEncoder {
     }
 
     /// A record: its header, and its payload as given.
-    pub fn record(&mut self, record: &Record) -> Result<[Bytes; 2], EncodeError> {
-        let len = u32::try_from(record.payload.len()).map_err(|_| EncodeError::TooLong {
+    pub fn record(&mut self, frame: &FrameParts) -> Result<[Bytes; 2], EncodeError> {
+        let len = u32::try_from(frame.payload.len()).map_err(|_| EncodeError::TooLong {
             what: "frame payload",
-            len: record.payload.len(),
+            len: frame.payload.len(),
             max: u32::MAX as usize,
         })?;
         if self.scratch.capacity() < RECORD_HEADER_LEN {
             self.scratch.reserve(RECORD_HEADER_LEN * 64);
         }
         let mut flags = 0;
-        if record.keyframe {
+        if frame.keyframe {
             flags |= FLAG_KEYFRAME;
         }
-        if record.header {
-            flags |= FLAG_HEADER;
+        if frame.seq_header {
+            flags |= FLAG_SEQ_HEADER;
         }
-        self.scratch.put_u8(record.kind.byte());
+        if frame.disposable {
+            flags |= FLAG_DISPOSABLE;
+        }
+        self.scratch.put_u8(frame.kind.type_id());
         self.scratch.put_u8(flags);
-        self.scratch.put_u64(record.dts);
+        self.scratch.put_u8(frame.codec.to_u8());
+        self.scratch.put_i32(frame.cts);
+        self.scratch.put_u64(frame.dts);
         self.scratch.put_u32(len);
-        Ok([self.scratch.split().freeze(), record.payload.clone()])
+        Ok([self.scratch.split().freeze(), frame.payload.clone()])
     }
 }
 
@@ -167,11 +143,6 @@ impl GopDecoder {
         self.feed(Bytes::copy_from_slice(bytes));
     }
 
-    /// Bytes fed and not yet returned.
-    pub fn buffered(&self) -> usize {
-        self.input.len()
-    }
-
     /// The next header or frame; `Ok(None)` until more bytes arrive. After an error, the
     /// same error on every call.
     pub fn poll(&mut self) -> Result<Option<GopEvent>, DecodeError> {
@@ -202,7 +173,11 @@ impl GopDecoder {
                 let Some(preamble) = self.input.peek::<PREAMBLE_LEN>() else {
                     return Ok(None);
                 };
-                check_preamble(preamble, StreamKind::Gop)?;
+                // GOP streams flow only after an `Accepted` in this node's version.
+                match check_preamble(preamble, StreamKind::Gop)? {
+                    VERSION => {}
+                    other => return Err(DecodeError::UnsupportedVersion(other)),
+                }
                 self.input.advance(PREAMBLE_LEN);
                 self.state = State::Header;
                 self.step()
@@ -223,13 +198,16 @@ impl GopDecoder {
                 let Some(h) = self.input.peek::<RECORD_HEADER_LEN>() else {
                     return Ok(None);
                 };
-                let kind = Kind::from_byte(h[0]).ok_or(DecodeError::UnknownKind(h[0]))?;
+                // Check then parse: every field is checked before the payload is waited for.
+                let kind = kind_from_byte(h[0]).ok_or(DecodeError::UnknownKind(h[0]))?;
                 let flags = h[1];
-                if flags & !(FLAG_KEYFRAME | FLAG_HEADER) != 0 {
+                if flags & !KNOWN_FLAGS != 0 {
                     return Err(DecodeError::UnknownFlags(flags));
                 }
-                let dts = be64(&h[2..10]);
-                let len = u32::from_be_bytes([h[10], h[11], h[12], h[13]]) as usize;
+                let codec = CodecId::from_u8(h[2]).ok_or(DecodeError::UnknownCodec(h[2]))?;
+                let cts = i32::from_be_bytes([h[3], h[4], h[5], h[6]]);
+                let dts = be64(&h[7..15]);
+                let len = u32::from_be_bytes([h[15], h[16], h[17], h[18]]) as usize;
                 if len > self.limits.max_frame {
                     return Err(DecodeError::TooLarge {
                         what: "frame",
@@ -237,16 +215,24 @@ impl GopDecoder {
                         max: self.limits.max_frame,
                     });
                 }
+                // Audio and video always start with their tag header; only script data may
+                // be empty (as a local publisher's may).
+                if len == 0 && kind != FrameKind::Script {
+                    return Err(DecodeError::Malformed("empty audio or video frame"));
+                }
                 if self.input.len() < RECORD_HEADER_LEN + len {
                     return Ok(None);
                 }
                 self.input.advance(RECORD_HEADER_LEN);
                 let payload = self.input.take(len);
-                Ok(Some(GopEvent::Frame(Record {
+                Ok(Some(GopEvent::Frame(FrameParts {
                     kind,
                     dts,
+                    cts,
                     keyframe: flags & FLAG_KEYFRAME != 0,
-                    header: flags & FLAG_HEADER != 0,
+                    seq_header: flags & FLAG_SEQ_HEADER != 0,
+                    disposable: flags & FLAG_DISPOSABLE != 0,
+                    codec,
                     payload,
                 })))
             }
@@ -271,18 +257,25 @@ mod tests {
             pull_id: 1,
             gop_seq: 2,
         });
-        assert_eq!(&start[..], b"SLRG\x01\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x02");
-        let payload = Bytes::from_static(b"\x17\x01\0\0\0");
+        assert_eq!(&start[..], b"SLRG\x02\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x02");
+        let payload = Bytes::from_static(b"\x27\x01\0\0\x50");
         let [head, body] = enc
-            .record(&Record {
-                kind: Kind::Video,
-                dts: 40,
-                keyframe: true,
-                header: false,
+            .record(&FrameParts {
+                kind: FrameKind::Video,
+                dts: 0x1_0000_0028,
+                cts: -2,
+                keyframe: false,
+                seq_header: false,
+                disposable: true,
+                codec: CodecId::Avc,
                 payload: payload.clone(),
             })
             .unwrap();
-        assert_eq!(&head[..], b"\x09\x01\0\0\0\0\0\0\0\x28\0\0\0\x05");
+        assert_eq!(
+            &head[..],
+            b"\x09\x04\x02\xff\xff\xff\xfe\0\0\0\x01\0\0\0\x28\0\0\0\x05"
+        );
+        assert_eq!(head.len(), RECORD_HEADER_LEN);
         assert_eq!(body.as_ptr(), payload.as_ptr(), "payload is not copied");
     }
 }

@@ -12,11 +12,12 @@
 //!   [`Control::Refused`], and later [`Control::Ended`] when the stream's publisher left.
 //!   Either side finishing (or resetting) its half ends the pull.
 //! - a **GOP** stream (unidirectional, upstream to edge, one per group of pictures): a
-//!   [`GopHeader`] naming the pull and the GOP's sequence number, then frame [`Record`]s.
-//!   A GOP the edge cannot take in time is reset by the upstream instead of delaying the
-//!   next one.
+//!   [`GopHeader`] naming the pull and the GOP's sequence number, then frame records, each
+//!   a frame's [`FrameParts`](sluice_media::FrameParts): the upstream parsed the frame once
+//!   and the edge rebuilds it from its parts without parsing again. A GOP the edge cannot
+//!   take in time is reset by the upstream instead of delaying the next one.
 //!
-//! # Layout (version 1; integers big-endian)
+//! # Layout (version 2; integers big-endian)
 //!
 //! Every stream, in each direction, starts with a 5-byte **preamble**: a magic naming the
 //! stream kind (`SLRC` control, `SLRG` GOP) and the version byte ([`VERSION`]).
@@ -32,17 +33,26 @@
 //! | 4 | `Ended` | — |
 //!
 //! where `str` is `u16` length + UTF-8. GOP streams: after the preamble, `pull_id: u64`,
-//! `gop_seq: u64`; then records of a 14-byte header — `kind: u8` (8 audio, 9 video,
-//! 18 script, the FLV tag types), `flags: u8` (bit 0 keyframe, bit 1 header: a sequence
-//! header or metadata), `dts: u64` (ms), `len: u32` (at most [`Limits::max_frame`]) — and
-//! `len` payload bytes (the FLV tag body, opaque here).
+//! `gop_seq: u64`; then records of a 19-byte header — `kind: u8` (8 audio, 9 video,
+//! 18 script, the FLV tag types), `flags: u8` (bit 0 keyframe, bit 1 sequence header,
+//! bit 2 disposable), `codec: u8` ([`CodecId::to_u8`](sluice_media::CodecId::to_u8)),
+//! `cts: i32` (ms), `dts: u64` (ms, the upstream's 64-bit stream timeline), `len: u32`
+//! (at most [`Limits::max_frame`]; not 0 for audio and video) — and `len` payload bytes
+//! (the FLV tag body, not parsed here).
+//!
+//! Version 1 had a 14-byte record header (`kind`, `flags` with bit 1 "sequence header or
+//! metadata", `dts`, `len`): the edge parsed every payload again.
 //!
 //! # Versions
 //!
-//! A decoder refuses a preamble with another version ([`DecodeError::UnsupportedVersion`]);
-//! the upstream then answers [`RefuseCode::Unsupported`] carrying the version it speaks.
-//! The preamble and the `Refused` message keep this layout in every version, so any two
-//! nodes can at least tell each other which version they speak.
+//! The preamble and the `Refused` message keep their layout in every version, so any two
+//! nodes can at least tell each other which version they speak. A control decoder that
+//! reads a preamble of another version reads a `Refused` after it and answers anything else
+//! with [`DecodeError::UnsupportedVersion`]; the upstream then answers
+//! [`RefuseCode::Unsupported`] carrying the version it speaks, behind a preamble naming the
+//! peer's version ([`ControlEncoder::for_version`]), so that a node of the older version
+//! reads the refusal too. A GOP stream of another version is refused outright (GOP streams
+//! only follow an `Accepted`).
 //!
 //! # Robustness
 //!
@@ -57,10 +67,10 @@ pub mod control;
 pub mod gop;
 
 pub use control::{Control, ControlDecoder, ControlEncoder, Pull, RefuseCode};
-pub use gop::{GopDecoder, GopEncoder, GopEvent, GopHeader, Kind, Record};
+pub use gop::{GopDecoder, GopEncoder, GopEvent, GopHeader};
 
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Length of the preamble at the start of every stream.
 pub const PREAMBLE_LEN: usize = 5;
@@ -142,7 +152,8 @@ pub enum DecodeError {
         /// The kind the preamble names.
         found: StreamKind,
     },
-    /// The preamble names a version this side does not speak.
+    /// The preamble names a version this side does not speak (and what followed it is not a
+    /// refusal, which every version can read).
     #[error("relay protocol version {0} is not supported (this node speaks {VERSION})")]
     UnsupportedVersion(u8),
     /// A length above the decoder's [`Limits`].
@@ -164,6 +175,9 @@ pub enum DecodeError {
     /// Frame flag bits this version does not define.
     #[error("unknown frame flags {0:#04x}")]
     UnknownFlags(u8),
+    /// A codec number no codec has.
+    #[error("unknown codec {0}")]
+    UnknownCodec(u8),
     /// A refusal code this version does not define.
     #[error("unknown refusal code {0}")]
     UnknownRefusal(u8),
@@ -191,15 +205,13 @@ pub enum EncodeError {
     },
 }
 
-/// Checks a preamble against the kind a decoder expects.
+/// Checks a preamble's magic against the kind a decoder expects; returns the version it
+/// names (whatever it is: the decoder decides what it reads of another version).
 fn check_preamble(bytes: [u8; PREAMBLE_LEN], expected: StreamKind) -> Result<u8, DecodeError> {
     let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
     let found = StreamKind::from_magic(magic).ok_or(DecodeError::BadMagic(magic))?;
     if found != expected {
         return Err(DecodeError::WrongStream { expected, found });
     }
-    match bytes[4] {
-        VERSION => Ok(VERSION),
-        other => Err(DecodeError::UnsupportedVersion(other)),
-    }
+    Ok(bytes[4])
 }

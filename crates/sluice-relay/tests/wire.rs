@@ -3,9 +3,10 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use sluice_media::{CodecId, FrameKind, FrameParts};
 use sluice_relay::{
     Control, ControlDecoder, ControlEncoder, DecodeError, GopDecoder, GopEncoder, GopEvent,
-    GopHeader, Kind, Limits, Pull, RefuseCode, StreamKind, VERSION,
+    GopHeader, Limits, Pull, RefuseCode, StreamKind, VERSION,
 };
 
 /// Feeds `bytes` cut at `cuts` (offsets, any order) and polls after every piece.
@@ -37,7 +38,7 @@ fn control_bytes(msgs: &[Control]) -> Vec<u8> {
         .collect()
 }
 
-fn gop_bytes(header: GopHeader, records: &[sluice_relay::Record]) -> Vec<u8> {
+fn gop_bytes(header: GopHeader, records: &[FrameParts]) -> Vec<u8> {
     let mut enc = GopEncoder::new();
     let mut out = enc.start(&header).to_vec();
     for r in records {
@@ -93,23 +94,44 @@ fn control() -> impl Strategy<Value = Control> {
     ]
 }
 
-fn record() -> impl Strategy<Value = sluice_relay::Record> {
+fn record() -> impl Strategy<Value = FrameParts> {
     (
-        prop_oneof![Just(Kind::Audio), Just(Kind::Video), Just(Kind::Script)],
+        prop_oneof![
+            Just(FrameKind::Audio),
+            Just(FrameKind::Video),
+            Just(FrameKind::Script)
+        ],
         any::<u64>(),
-        any::<bool>(),
-        any::<bool>(),
-        proptest::collection::vec(any::<u8>(), 0..300),
+        any::<i32>(),
+        any::<[bool; 3]>(),
+        (0..=u8::MAX).prop_filter_map("a codec number", CodecId::from_u8),
+        proptest::collection::vec(any::<u8>(), 1..300),
     )
         .prop_map(
-            |(kind, dts, keyframe, header, payload)| sluice_relay::Record {
+            |(kind, dts, cts, [keyframe, seq_header, disposable], codec, payload)| FrameParts {
                 kind,
                 dts,
+                cts,
                 keyframe,
-                header,
+                seq_header,
+                disposable,
+                codec,
                 payload: payload.into(),
             },
         )
+}
+
+/// A GOP stream's start, then `record_header` as the header of one record.
+fn gop_with_record_header(record_header: &[u8]) -> Vec<u8> {
+    let mut gop = gop_bytes(
+        GopHeader {
+            pull_id: 1,
+            gop_seq: 0,
+        },
+        &[],
+    );
+    gop.extend_from_slice(record_header);
+    gop
 }
 
 proptest! {
@@ -142,10 +164,17 @@ proptest! {
         bytes in proptest::collection::vec(any::<u8>(), 0..200),
         cuts in proptest::collection::vec(any::<usize>(), 0..8),
         valid_preamble in any::<bool>(),
+        old_version in any::<bool>(),
     ) {
-        let mut control = if valid_preamble { StreamKind::Control.preamble(VERSION).to_vec() } else { Vec::new() };
+        let version = if old_version { 1 } else { VERSION };
+        let mut control = if valid_preamble { StreamKind::Control.preamble(version).to_vec() } else { Vec::new() };
         control.extend_from_slice(&bytes);
-        let _ = decode_control(&control, &cuts);
+        if let Ok(msgs) = decode_control(&control, &cuts)
+            && valid_preamble
+            && old_version
+        {
+            prop_assert!(msgs.iter().all(|m| matches!(m, Control::Refused { .. })), "{:?}", msgs);
+        }
         let mut gop = if valid_preamble { StreamKind::Gop.preamble(VERSION).to_vec() } else { Vec::new() };
         gop.extend_from_slice(&bytes);
         let _ = decode_gop(&gop, &cuts, Limits { max_control: 64, max_frame: 64 });
@@ -206,13 +235,57 @@ fn wrong_magic_kind_and_version_are_named() {
     );
 
     let mut dec = GopDecoder::new(Limits::default());
-    dec.feed_slice(&StreamKind::Gop.preamble(2));
-    assert_eq!(dec.poll(), Err(DecodeError::UnsupportedVersion(2)));
+    dec.feed_slice(&StreamKind::Gop.preamble(3));
+    assert_eq!(dec.poll(), Err(DecodeError::UnsupportedVersion(3)));
     assert!(
-        DecodeError::UnsupportedVersion(2)
+        DecodeError::UnsupportedVersion(3)
             .to_string()
-            .contains("version 2")
+            .contains("version 3")
     );
+}
+
+#[test]
+fn version_1_streams_are_refused() {
+    assert_eq!(VERSION, 2);
+    // A version 1 GOP stream (a 14-byte record header): refused at its preamble.
+    let mut v1 = StreamKind::Gop.preamble(1).to_vec();
+    v1.extend_from_slice(&[0; 16]);
+    v1.extend_from_slice(&[9, 1, 0, 0, 0, 0, 0, 0, 0, 40, 0, 0, 0, 2, 0x17, 1]);
+    assert_eq!(
+        decode_gop(&v1, &[7], Limits::default()),
+        Err(DecodeError::UnsupportedVersion(1))
+    );
+    // A version 1 pull request: refused as soon as its type byte is here.
+    let mut v1 = StreamKind::Control.preamble(1).to_vec();
+    v1.extend_from_slice(&[0, 0, 0, 7, 1]);
+    assert_eq!(
+        decode_control(&v1, &[3]),
+        Err(DecodeError::UnsupportedVersion(1))
+    );
+}
+
+#[test]
+fn a_frame_keeps_its_parts_across_the_relay() {
+    // What the upstream parsed is what the edge gets: 64-bit dts, flags, cts and codec.
+    let payload = Bytes::from_static(&[0x27, 1, 0xff, 0xff, 0xd8, 0x21, 0x9a]);
+    let sent = sluice_media::Frame::parse(FrameKind::Video, 0, payload).unwrap();
+    let mut parts = sent.to_parts();
+    parts.dts = u64::from(u32::MAX) + 1000;
+    let bytes = gop_bytes(
+        GopHeader {
+            pull_id: 1,
+            gop_seq: 0,
+        },
+        std::slice::from_ref(&parts),
+    );
+    let events = decode_gop(&bytes, &[20, 30], Limits::default()).unwrap();
+    let GopEvent::Frame(got) = &events[1] else {
+        panic!("a frame: {events:?}")
+    };
+    assert_eq!(got, &parts);
+    assert_eq!((got.cts, got.codec), (-40, CodecId::Avc));
+    let frame = sluice_media::Frame::from_parts(got.clone());
+    assert_eq!(frame.dts, u64::from(u32::MAX) + 1000);
 }
 
 #[test]
@@ -241,7 +314,7 @@ fn lengths_over_the_limits_are_refused_before_buffering() {
         },
         &[],
     );
-    bytes.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&[9, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     bytes.extend_from_slice(&u32::MAX.to_be_bytes());
     let mut dec = GopDecoder::new(limits);
     dec.feed_slice(&bytes);
@@ -286,30 +359,45 @@ fn malformed_bodies_are_refused() {
         "a count the body cannot hold"
     );
 
-    let mut gop = gop_bytes(
-        GopHeader {
-            pull_id: 1,
-            gop_seq: 0,
-        },
-        &[],
-    );
-    gop.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    // kind, flags, codec, cts (4), dts (8), len (4)
+    let record = |kind: u8, flags: u8, codec: u8, len: u8| {
+        let mut h = vec![
+            kind, flags, codec, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, len,
+        ];
+        h.extend(std::iter::repeat_n(0x17, len.into()));
+        gop_with_record_header(&h)
+    };
+    let decode = |bytes: Vec<u8>| decode_gop(&bytes, &[], Limits::default());
+    assert_eq!(decode(record(7, 0, 2, 1)), Err(DecodeError::UnknownKind(7)));
     assert_eq!(
-        decode_gop(&gop, &[], Limits::default()),
-        Err(DecodeError::UnknownKind(7))
+        decode(record(9, 8, 2, 1)),
+        Err(DecodeError::UnknownFlags(8))
     );
-    let mut gop = gop_bytes(
-        GopHeader {
-            pull_id: 1,
-            gop_seq: 0,
-        },
-        &[],
-    );
-    gop.extend_from_slice(&[9, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(
-        decode_gop(&gop, &[], Limits::default()),
-        Err(DecodeError::UnknownFlags(4))
+        decode(record(9, 0, 200, 1)),
+        Err(DecodeError::UnknownCodec(200))
     );
+    assert_eq!(
+        decode(record(9, 1, 2, 0)),
+        Err(DecodeError::Malformed("empty audio or video frame"))
+    );
+    assert_eq!(
+        decode(record(8, 0, 8, 0)),
+        Err(DecodeError::Malformed("empty audio or video frame"))
+    );
+    assert!(
+        matches!(&decode(record(18, 0, 1, 0)).unwrap()[1], GopEvent::Frame(f) if f.payload.is_empty()),
+        "script data may be empty"
+    );
+    assert!(matches!(
+        &decode(record(9, 7, 2, 1)).unwrap()[1],
+        GopEvent::Frame(FrameParts {
+            keyframe: true,
+            seq_header: true,
+            disposable: true,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -324,11 +412,14 @@ fn a_gop_stream_that_ends_before_its_header_is_truncated() {
 #[test]
 fn payloads_that_arrive_whole_are_not_copied() {
     let payload = Bytes::from(vec![5u8; 1000]);
-    let record = sluice_relay::Record {
-        kind: Kind::Video,
+    let record = FrameParts {
+        kind: FrameKind::Video,
         dts: 1,
+        cts: 0,
         keyframe: false,
-        header: false,
+        seq_header: false,
+        disposable: false,
+        codec: CodecId::Avc,
         payload: payload.clone(),
     };
     let mut enc = GopEncoder::new();

@@ -104,11 +104,63 @@ pub enum ClientEvent {
     StreamBegin,
     /// A request failed: onStatus with level `error`, or `_error` to createStream.
     Failed {
-        /// Status code (e.g. NetStream.Play.StreamNotFound).
-        code: String,
+        /// Status code (e.g. [`StatusCode::StreamNotFound`]).
+        code: StatusCode,
         /// Description.
         description: String,
     },
+}
+
+/// The code of an error status a server answered with (onStatus `code`): those a client
+/// decides on, named; any other as sent. Displays as the code on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatusCode {
+    /// `NetStream.Play.StreamNotFound`: the server does not have the stream.
+    StreamNotFound,
+    /// `NetStream.Publish.BadName`: the server refuses the name for publishing (taken, or
+    /// not allowed).
+    BadName,
+    /// `NetConnection.Connect.Rejected`: the server refused the connection (e.g. an
+    /// application it does not serve).
+    ConnectRejected,
+    /// Any other code, as sent.
+    Other(String),
+}
+
+impl StatusCode {
+    /// The code as it goes on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            StatusCode::StreamNotFound => "NetStream.Play.StreamNotFound",
+            StatusCode::BadName => "NetStream.Publish.BadName",
+            StatusCode::ConnectRejected => "NetConnection.Connect.Rejected",
+            StatusCode::Other(code) => code,
+        }
+    }
+}
+
+impl From<String> for StatusCode {
+    fn from(code: String) -> Self {
+        match code.as_str() {
+            "NetStream.Play.StreamNotFound" => StatusCode::StreamNotFound,
+            "NetStream.Publish.BadName" => StatusCode::BadName,
+            "NetConnection.Connect.Rejected" => StatusCode::ConnectRejected,
+            _ => StatusCode::Other(code),
+        }
+    }
+}
+
+impl From<&str> for StatusCode {
+    fn from(code: &str) -> Self {
+        StatusCode::from(code.to_owned())
+    }
+}
+
+impl std::fmt::Display for StatusCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,7 +432,7 @@ impl ClientSession {
                 let known = self.creating.remove(&(tid as u64)).is_some();
                 if known {
                     self.events.push_back(ClientEvent::Failed {
-                        code: info_field(&cmd, "code"),
+                        code: info_field(&cmd, "code").into(),
                         description: info_field(&cmd, "description"),
                     });
                 }
@@ -431,7 +483,10 @@ impl ClientSession {
                 self.publishing = matches!(self.active, Some((_, Intent::Publish(_))));
                 ClientEvent::PublishStarted
             }
-            _ if level == "error" => ClientEvent::Failed { code, description },
+            _ if level == "error" => ClientEvent::Failed {
+                code: code.into(),
+                description,
+            },
             _ => ClientEvent::Status {
                 level,
                 code,

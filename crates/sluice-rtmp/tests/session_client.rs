@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use sluice_rtmp::Message;
 use sluice_rtmp::chunk::{ChunkLimits, encode_full};
-use sluice_rtmp::client::{ClientConfig, ClientEvent, ClientSession};
+use sluice_rtmp::client::{ClientConfig, ClientEvent, ClientSession, StatusCode};
 use sluice_rtmp::command::{Amf0Value, Command, encode_metadata, object};
 use sluice_rtmp::connection::{ClientConnection, ServerConnection};
 use sluice_rtmp::control::{Control, UserControl};
@@ -289,9 +289,33 @@ fn our_client_reports_rejections() {
     assert_eq!(
         link.take_client_events().last(),
         Some(&ClientEvent::Failed {
-            code: "NetStream.Play.StreamNotFound".into(),
+            code: StatusCode::StreamNotFound,
             description: "not here".into()
         })
+    );
+}
+
+#[test]
+fn status_codes_are_typed() {
+    for (wire, code) in [
+        ("NetStream.Play.StreamNotFound", StatusCode::StreamNotFound),
+        ("NetStream.Publish.BadName", StatusCode::BadName),
+        (
+            "NetConnection.Connect.Rejected",
+            StatusCode::ConnectRejected,
+        ),
+        (
+            "NetStream.Play.Failed",
+            StatusCode::Other("NetStream.Play.Failed".into()),
+        ),
+    ] {
+        assert_eq!(StatusCode::from(wire), code);
+        assert_eq!(code.to_string(), wire);
+    }
+    // Codes are matched whole: a lookalike is another code.
+    assert_eq!(
+        StatusCode::from("Custom.StreamNotFound"),
+        StatusCode::Other("Custom.StreamNotFound".into())
     );
 }
 
@@ -364,7 +388,7 @@ fn client_message_level_details() {
         vec![
             ClientEvent::Connected,
             ClientEvent::Failed {
-                code: "NetConnection.Call.Failed".into(),
+                code: StatusCode::Other("NetConnection.Call.Failed".into()),
                 description: String::new()
             }
         ]

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sluice_rtmp::chunk::ChunkLimits;
-use sluice_rtmp::client::{ClientConfig, ClientEvent};
-use sluice_rtmp::connection::ClientConnection;
-use sluice_rtmp::handshake::{Handshake, Progress, Role};
+use sluice_rtmp::client::{ClientConfig, ClientEvent, StatusCode};
+use sluice_rtmp::connection::{ClientConnection, ConnectionError};
+use sluice_rtmp::handshake::{Handshake, HandshakeError, Progress, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -25,14 +25,20 @@ pub enum ClientError {
     /// A socket error; a retry may help.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The server broke the protocol.
+    /// The server's handshake is broken.
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The server broke the chunk or command protocol.
     #[error("protocol: {0}")]
-    Protocol(String),
+    Protocol(#[from] ConnectionError),
+    /// Media or metadata sent on a connection that does not publish (the caller's mistake).
+    #[error("this connection does not publish")]
+    NotPublishing,
     /// The server refused (connect, play or publish), with its status code.
     #[error("refused: {code}: {description}")]
     Refused {
-        /// onStatus code, e.g. NetStream.Play.StreamNotFound.
-        code: String,
+        /// onStatus code, e.g. [`StatusCode::StreamNotFound`].
+        code: StatusCode,
         /// The server's description.
         description: String,
     },
@@ -105,9 +111,7 @@ impl Client {
         let mut socket = TcpStream::connect(&url.addr).await?;
         socket.set_nodelay(true)?;
         let mut hs = Handshake::new(Role::Client);
-        let start = hs
-            .start()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let start = hs.start()?;
         socket.write_all(&start).await?;
         let mut buf = vec![0u8; 4096];
         let remaining = loop {
@@ -115,10 +119,7 @@ impl Client {
             if n == 0 {
                 return Err(ClientError::Closed);
             }
-            match hs
-                .process(&buf[..n])
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
+            match hs.process(&buf[..n])? {
                 Progress::InProgress { out } => socket.write_all(&out).await?,
                 Progress::Done { out, remaining } => {
                     socket.write_all(&out).await?;
@@ -188,7 +189,7 @@ impl Client {
                 match event {
                     ClientEvent::ConnectRejected { description } => {
                         return Err(ClientError::Refused {
-                            code: "NetConnection.Connect.Rejected".to_owned(),
+                            code: StatusCode::ConnectRejected,
                             description,
                         });
                     }
@@ -205,9 +206,7 @@ impl Client {
     }
 
     fn input(&mut self, data: &[u8]) -> Result<(), ClientError> {
-        self.conn
-            .handle_input(data)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.conn.handle_input(data)?;
         while let Some(e) = self.conn.session.poll_event() {
             self.events.push_back(e);
         }
@@ -255,7 +254,7 @@ impl Client {
             .conn
             .session
             .media_message(type_id, timestamp, payload)
-            .ok_or_else(|| ClientError::Protocol("not publishing".to_owned()))?;
+            .ok_or(ClientError::NotPublishing)?;
         self.conn.send(&msg, &mut self.out);
         self.flush().await
     }
@@ -266,7 +265,7 @@ impl Client {
             .conn
             .session
             .metadata_message(body)
-            .ok_or_else(|| ClientError::Protocol("not publishing".to_owned()))?;
+            .ok_or(ClientError::NotPublishing)?;
         self.conn.send(&msg, &mut self.out);
         self.flush().await
     }

@@ -13,6 +13,7 @@ use common::rtmp::{
 };
 use common::{Node, test_config};
 use sluice_media::flv::{TAG_AUDIO, TAG_VIDEO};
+use sluice_rtmp::client::StatusCode;
 use sluice_rtmp::message::Message;
 use sluice_runtime::client::{Client, ClientError};
 use sluice_testkit::fixtures::{H264_AAC, H264_AAC_BFRAMES};
@@ -279,7 +280,7 @@ async fn a_second_publisher_is_refused_and_the_first_keeps_going() {
         .expect("first publisher");
     let second = Client::publish(&url(&node.rtmp_url("live/taken")), DEADLINE).await;
     match second {
-        Err(ClientError::Refused { code, .. }) => assert_eq!(code, "NetStream.Publish.BadName"),
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, StatusCode::BadName),
         other => panic!("second publisher not refused: {other:?}"),
     }
     assert_eq!(
@@ -400,7 +401,7 @@ async fn a_viewer_of_a_stream_nobody_publishes_is_told_so_after_the_wait() {
     })
     .await
     .expect("an answer in time");
-    assert_eq!(told.as_deref(), Some("NetStream.Play.StreamNotFound"));
+    assert_eq!(told, Some(StatusCode::StreamNotFound));
     assert!(
         common::eventually(DEADLINE, || async {
             node.metric(

@@ -18,18 +18,18 @@ use futures_util::stream::FuturesUnordered;
 use parking_lot::Mutex;
 use quinn::{Connection, ReadError, RecvStream, SendStream};
 use sluice_core::topology::Via;
-use sluice_media::FrameKind;
+use sluice_media::{Frame, FrameParts};
 use sluice_relay::{
-    Control, ControlDecoder, ControlEncoder, GopDecoder, GopEvent, GopHeader, Kind, Limits, Pull,
-    Record, RefuseCode, VERSION,
+    Control, ControlDecoder, ControlEncoder, GopDecoder, GopEvent, GopHeader, Limits, Pull,
+    RefuseCode,
 };
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
-use super::{CONTROL_READ, QuicRelay, ReadFail, code, read_control};
-use crate::source::{PullError, Pulled};
+use super::{CONTROL_READ, HeaderSet, QuicRelay, ReadFail, code, read_control};
+use crate::source::PullError;
 
 /// When a newer GOP stream begins, the current one is still read to its end for this long
 /// (its last packets may merely have been overtaken by the newer stream's first); then it is
@@ -287,9 +287,10 @@ async fn start(
                 RefuseCode::Loop | RefuseCode::TooDeep | RefuseCode::NotAllowed => {
                     PullError::Refused(message)
                 }
-                RefuseCode::Unsupported(v) => PullError::Protocol(format!(
-                    "{addr} speaks relay version {v}, this node {VERSION}: {message}"
-                )),
+                RefuseCode::Unsupported(version) => {
+                    debug!(peer = addr, version, %message, "upstream speaks another relay version");
+                    PullError::Version(version)
+                }
             });
         }
         Ok(Some(other)) => {
@@ -339,8 +340,8 @@ struct Pulling {
     newer: Option<Gop>,
     /// When `current` is abandoned for `newer`.
     switch_at: Option<Instant>,
-    /// The metadata, video and audio headers last delivered (repeats are skipped).
-    delivered: [Option<Bytes>; 3],
+    /// The header payloads last delivered (repeats are skipped).
+    delivered: HeaderSet<Bytes>,
     /// How the pull ended, returned again on later calls.
     failed: Option<PullError>,
     _route: Route,
@@ -366,9 +367,11 @@ impl Drop for Pulling {
 }
 
 impl QuicSource {
-    /// The next frame, in order; `Err(Ended)` when the upstream said the stream ended,
-    /// `Err(Closed)` when the connection or the control stream closed. Cancel-safe.
-    pub async fn next(&mut self) -> Result<Pulled, PullError> {
+    /// The next frame, in order, built from the parts the upstream sent (not parsed again;
+    /// `dts` on the upstream's 64-bit timeline); `Err(Ended)` when the upstream said the
+    /// stream ended, `Err(Closed)` when the connection or the control stream closed.
+    /// Cancel-safe.
+    pub async fn next(&mut self) -> Result<Frame, PullError> {
         let pull = &mut *self.0;
         if let Some(error) = &pull.failed {
             return Err(error.clone());
@@ -382,7 +385,7 @@ impl QuicSource {
 }
 
 impl Pulling {
-    async fn next_frame(&mut self) -> Result<Pulled, PullError> {
+    async fn next_frame(&mut self) -> Result<Frame, PullError> {
         loop {
             self.take_arrivals();
             if self.switch_at.is_some_and(|at| at <= Instant::now()) {
@@ -390,11 +393,11 @@ impl Pulling {
             }
             if let Some(gop) = &mut self.current {
                 match gop.decoder.poll() {
-                    Ok(Some(GopEvent::Frame(record))) => {
-                        if self.is_repeat(&record) {
+                    Ok(Some(GopEvent::Frame(parts))) => {
+                        if self.is_repeat(&parts) {
                             continue;
                         }
-                        return Ok(pulled(record));
+                        return Ok(Frame::from_parts(parts));
                     }
                     Ok(Some(GopEvent::Header(_))) => {
                         return Err(PullError::Protocol("a GOP stream with two headers".into()));
@@ -493,33 +496,15 @@ impl Pulling {
         self.switch_at = None;
     }
 
-    /// Whether `record` repeats the header of its kind last delivered.
-    fn is_repeat(&mut self, record: &Record) -> bool {
-        if !record.header {
+    /// Whether `frame` repeats the header of its kind last delivered.
+    fn is_repeat(&mut self, frame: &FrameParts) -> bool {
+        let Some(slot) = self.delivered.slot(frame.kind, frame.seq_header) else {
             return false;
-        }
-        let slot = match record.kind {
-            Kind::Script => 0,
-            Kind::Video => 1,
-            Kind::Audio => 2,
         };
-        if self.delivered[slot].as_ref() == Some(&record.payload) {
+        if slot.as_ref() == Some(&frame.payload) {
             return true;
         }
-        self.delivered[slot] = Some(record.payload.clone());
+        *slot = Some(frame.payload.clone());
         false
-    }
-}
-
-fn pulled(record: Record) -> Pulled {
-    Pulled {
-        kind: match record.kind {
-            Kind::Audio => FrameKind::Audio,
-            Kind::Video => FrameKind::Video,
-            Kind::Script => FrameKind::Script,
-        },
-        // The local publisher unwraps and rebases 32-bit time.
-        timestamp: record.dts as u32,
-        payload: record.payload,
     }
 }

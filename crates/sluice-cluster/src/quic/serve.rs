@@ -29,7 +29,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span};
 
-use super::{MAX_CONNECTIONS, ReadFail, RelayError, code, read_control, record_of};
+use super::{HeaderSet, MAX_CONNECTIONS, ReadFail, RelayError, code, read_control};
 
 /// Audio-only streams have no keyframes to cut at: a new GOP stream begins after this much
 /// audio, so a late stretch is cancelled in pieces of about this length.
@@ -69,9 +69,7 @@ pub(super) async fn run(endpoint: &Endpoint, ctx: Arc<Context>) -> Result<(), Re
             if ctx.shutdown.is_cancelled() {
                 return Ok(());
             }
-            return Err(RelayError(
-                "the QUIC relay endpoint stopped accepting connections".to_owned(),
-            ));
+            return Err(RelayError::Stopped);
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             ctx.metrics.refused(PROTOCOL, "max_connections");
@@ -186,9 +184,14 @@ async fn serve_pull(
     let request = timeout(HANDSHAKE_TIMEOUT, read_control(&mut recv, &mut decoder)).await;
     let pull = match request {
         Ok(Ok(Some(Control::Pull(pull)))) => pull,
-        Ok(Err(ReadFail::Decode(DecodeError::UnsupportedVersion(v)))) => {
-            let message =
-                format!("relay protocol version {v} is not supported; this node speaks {VERSION}");
+        Ok(Err(ReadFail::Decode(DecodeError::UnsupportedVersion(version)))) => {
+            info!(version, "relay peer speaks another protocol version");
+            let message = format!(
+                "relay protocol version {version} is not supported; this node speaks {VERSION}"
+            );
+            // In the peer's version, so that it reads the refusal (its layout is the same
+            // in every version).
+            let mut control = ControlEncoder::for_version(version);
             refuse(
                 &mut send,
                 &mut control,
@@ -336,16 +339,16 @@ async fn serve_pull(
         };
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => break "shutdown",
-            _ = peer_done(&mut recv) => break "downstream left",
+            _ = ctx.shutdown.cancelled() => break PullEnd::Shutdown,
+            _ = peer_done(&mut recv) => break PullEnd::DownstreamLeft,
             _ = cursor.changed() => {}
-            _ = ended => break "publisher left",
+            _ = ended => break PullEnd::PublisherLeft,
         }
     };
     // Drop the cursor first, so the stream's viewer count falls at once.
     drop(cursor);
     match end {
-        "publisher left" => {
+        PullEnd::PublisherLeft => {
             // The last GOP completes; then the edge hears the stream ended.
             feed.gop = None;
             if let Ok(bytes) = control.encode(&Control::Ended) {
@@ -353,12 +356,37 @@ async fn serve_pull(
             }
             let _ = send.finish();
         }
-        _ => {
+        PullEnd::Shutdown | PullEnd::DownstreamLeft => {
             feed.close_gop(true);
             let _ = send.finish();
         }
     }
-    info!(reason = end, gops = feed.next_seq, "relay pull ended");
+    info!(
+        reason = end.as_str(),
+        gops = feed.next_seq,
+        "relay pull ended"
+    );
+}
+
+/// Why a running pull ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PullEnd {
+    /// This node is shutting down.
+    Shutdown,
+    /// The edge finished or reset the control stream.
+    DownstreamLeft,
+    /// The stream's publisher left and did not return within its grace.
+    PublisherLeft,
+}
+
+impl PullEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            PullEnd::Shutdown => "shutdown",
+            PullEnd::DownstreamLeft => "downstream left",
+            PullEnd::PublisherLeft => "publisher left",
+        }
+    }
 }
 
 /// The GOP outcome counters.
@@ -386,7 +414,7 @@ struct Feed {
     gop: Option<Gop>,
     /// The latest metadata, video and audio sequence headers: every GOP stream starts with
     /// them, so an edge that lost a GOP (and a header change in it) decodes the next.
-    headers: [Option<Arc<Frame>>; 3],
+    headers: HeaderSet<Arc<Frame>>,
     saw_video: bool,
     counters: GopCounters,
     tracker: tokio_util::task::TaskTracker,
@@ -395,19 +423,13 @@ struct Feed {
 impl Feed {
     /// Takes the next frame of the stream.
     fn push(&mut self, frame: Arc<Frame>) {
-        let slot = match frame.kind {
-            FrameKind::Script => Some(0),
-            FrameKind::Video if frame.seq_header => Some(1),
-            FrameKind::Audio if frame.seq_header => Some(2),
-            _ => None,
-        };
-        if let Some(slot) = slot {
-            self.headers[slot] = Some(frame.clone());
+        if let Some(slot) = self.headers.slot(frame.kind, frame.seq_header) {
+            *slot = Some(frame.clone());
             // In line too, so its order is kept when this GOP arrives whole.
             self.send(frame);
             return;
         }
-        self.saw_video |= frame.kind == FrameKind::Video || self.headers[1].is_some();
+        self.saw_video |= frame.kind == FrameKind::Video || self.headers.video.is_some();
         let audio_cut = |gop: &Gop| {
             !self.saw_video
                 && frame.dts >= gop.first_dts.saturating_add(AUDIO_GOP.as_millis() as u64)
@@ -451,8 +473,9 @@ impl Feed {
             superseded,
             first_dts,
         });
-        for header in self.headers.clone().into_iter().flatten() {
-            self.send(header);
+        let headers = self.headers.clone();
+        for header in headers.iter() {
+            self.send(header.clone());
         }
     }
 
@@ -550,8 +573,8 @@ async fn write_gop(
         let mut frame = Some(frame);
         let mut batch = 0;
         while let Some(f) = frame.take() {
-            if let Ok(parts) = encoder.record(&record_of(&f)) {
-                chunks.extend(parts);
+            if let Ok(record) = encoder.record(&f.to_parts()) {
+                chunks.extend(record);
             }
             batch += 1;
             if batch < WRITE_BATCH {

@@ -22,11 +22,9 @@ pub(super) struct Tls {
     roots: Arc<RootCertStore>,
 }
 
-fn need<'a>(value: &'a str, key: &str, what: &str) -> Result<&'a str, RelayError> {
+fn need<'a>(value: &'a str, key: &'static str, what: &'static str) -> Result<&'a str, RelayError> {
     if value.is_empty() {
-        return Err(RelayError(format!(
-            "cluster.{key} is empty: the QUIC relay needs {what} (README: Cluster TLS)"
-        )));
+        return Err(RelayError::Missing { key, what });
     }
     Ok(value)
 }
@@ -38,24 +36,21 @@ impl Tls {
         let cert_path = need(&cluster.tls_cert, "tls_cert", "this node's certificate")?;
         let key_path = need(&cluster.tls_key, "tls_key", "this node's private key")?;
         let ca_path = need(&cluster.tls_ca, "tls_ca", "the cluster CA certificate")?;
-        if cluster.tls_server_name.is_empty() {
-            return Err(RelayError(
-                "cluster.tls_server_name is empty: the QUIC relay checks peers against it"
-                    .to_owned(),
-            ));
-        }
+        need(
+            &cluster.tls_server_name,
+            "tls_server_name",
+            "the name peers' certificates carry",
+        )?;
         let chain = certs(cert_path, "tls_cert")?;
-        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
-            RelayError(format!(
-                "cluster.tls_key {key_path}: no usable private key: {e}"
-            ))
+        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|source| RelayError::NoKey {
+            path: key_path.to_owned(),
+            source,
         })?;
         let mut roots = RootCertStore::empty();
         for cert in certs(ca_path, "tls_ca")? {
-            roots.add(cert).map_err(|e| {
-                RelayError(format!(
-                    "cluster.tls_ca {ca_path}: not a usable CA certificate: {e}"
-                ))
+            roots.add(cert).map_err(|source| RelayError::BadCa {
+                path: ca_path.to_owned(),
+                source,
             })?;
         }
         Ok(Tls {
@@ -74,12 +69,12 @@ impl Tls {
     ) -> Result<quinn::ClientConfig, RelayError> {
         let mut tls = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_error)?
+            .map_err(RelayError::Tls)?
             .with_root_certificates(self.roots.clone())
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| RelayError(format!("cluster.tls_cert/tls_key do not match: {e}")))?;
+            .map_err(RelayError::KeyMismatch)?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic = QuicClientConfig::try_from(tls).map_err(tls_error)?;
+        let quic = QuicClientConfig::try_from(tls).map_err(RelayError::QuicCrypto)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(transport);
         Ok(config)
@@ -94,33 +89,34 @@ impl Tls {
         let verifier =
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
                 .build()
-                .map_err(|e| RelayError(format!("cluster.tls_ca: {e}")))?;
+                .map_err(RelayError::Verifier)?;
         let mut tls = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_error)?
+            .map_err(RelayError::Tls)?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| RelayError(format!("cluster.tls_cert/tls_key do not match: {e}")))?;
+            .map_err(RelayError::KeyMismatch)?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic = QuicServerConfig::try_from(tls).map_err(tls_error)?;
+        let quic = QuicServerConfig::try_from(tls).map_err(RelayError::QuicCrypto)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(transport);
         Ok(config)
     }
 }
 
-fn certs(path: &str, key: &str) -> Result<Vec<CertificateDer<'static>>, RelayError> {
+fn certs(path: &str, key: &'static str) -> Result<Vec<CertificateDer<'static>>, RelayError> {
     let list = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| RelayError(format!("cluster.{key} {path}: {e}")))?;
+        .map_err(|source| RelayError::ReadPem {
+            key,
+            path: path.to_owned(),
+            source,
+        })?;
     if list.is_empty() {
-        return Err(RelayError(format!(
-            "cluster.{key} {path}: no PEM certificate in the file"
-        )));
+        return Err(RelayError::NoCertificate {
+            key,
+            path: path.to_owned(),
+        });
     }
     Ok(list)
-}
-
-fn tls_error(e: impl std::fmt::Display) -> RelayError {
-    RelayError(format!("QUIC relay TLS set-up: {e}"))
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
-use sluice_rtmp::client::ClientEvent;
+use sluice_rtmp::client::{ClientEvent, StatusCode};
 use sluice_runtime::client::{Client, ClientError, RtmpUrl};
 use sluice_testkit::process::Child;
 use tokio_util::sync::CancellationToken;
@@ -393,7 +393,7 @@ impl Recorder {
                         },
                         Ok(Some(ClientEvent::Metadata { .. })) => continue,
                         Ok(Some(ClientEvent::Status { code, .. })) => Seen::Event(code),
-                        Ok(Some(ClientEvent::Failed { code, .. })) => Seen::Event(code),
+                        Ok(Some(ClientEvent::Failed { code, .. })) => Seen::Event(code.to_string()),
                         Ok(Some(other)) => Seen::Event(format!("{other:?}")),
                         Ok(None) => Seen::Ended("closed by the server".to_owned()),
                         Err(e) => Seen::Ended(e.to_string()),
@@ -466,9 +466,10 @@ impl Recorder {
 /// Plays `url` and expects NetStream.Play.StreamNotFound, either as the answer to play or
 /// right after it started. Returns the server's description.
 pub async fn expect_not_found(url: &str) -> String {
-    let refused = |code: &str, description: String| {
-        assert!(
-            code.ends_with("StreamNotFound"),
+    let refused = |code: &StatusCode, description: String| {
+        assert_eq!(
+            code,
+            &StatusCode::StreamNotFound,
             "{url}: refused with {code}: {description}"
         );
         description
