@@ -17,6 +17,8 @@
 #   FIXTURE   FLV to publish (default: benches/make-fixture.sh's 720p30 2.5 Mbit/s file)
 #   OUT       directory for the JSON results (default: target/bench/compare-<time>)
 #   SKIP_BUILD=1  use the existing release binaries
+#   SLUICE_BIN  the sluice binary to measure (default: this tree's release build); a
+#             before/after comparison points it at the old build, same generator
 #   EXTRA     extra sluice-bench arguments
 # Installs nginx and libnginx-mod-rtmp with apt-get when missing (needs root), without
 # starting Debian's nginx service. Traffic stays on loopback ports 19351-19353, 18082, 19582.
@@ -63,7 +65,7 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
   cargo build --release -q -p sluice -p sluice-bench
 fi
 BENCH=$root/target/release/sluice-bench
-SLUICE=$root/target/release/sluice
+SLUICE=${SLUICE_BIN:-$root/target/release/sluice}
 
 wait_port() { # port: until the server we started (not a stale one) listens on it
   for _ in $(seq 100); do

@@ -21,6 +21,8 @@
 #   FIXTURE   FLV to publish (default: benches/make-fixture.sh's 720p30 2.5 Mbit/s file)
 #   OUT       directory for the JSON results (default: target/bench/streams-<time>)
 #   SKIP_BUILD=1  use the existing release binaries
+#   SLUICE_BIN  the sluice binary to measure (default: this tree's release build); a
+#             before/after comparison points it at the old build, same generator
 #   EXTRA     extra sluice-bench arguments (e.g. --stagger-ms 0 for publishers in phase)
 # Traffic stays on loopback ports 19362 (RTMP), 18092 (HTTP), 19592 (admin).
 set -euo pipefail
@@ -67,7 +69,7 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
   cargo build --release -q -p sluice -p sluice-bench
 fi
 BENCH=$root/target/release/sluice-bench
-SLUICE=$root/target/release/sluice
+SLUICE=${SLUICE_BIN:-$root/target/release/sluice}
 # 1,000 viewers and 200 publishers are over 1,024 descriptors on each side.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
