@@ -11,13 +11,28 @@
 //! * [`fixture`] resolves the checked-in media in `<workspace>/fixtures/` (see its README for
 //!   codecs and exact frame counts; `fixtures/make.sh` regenerates them).
 //!
+//! And the builders the integration tests share, so that no test file keeps its own copy:
+//!
+//! * [`media`]: a fixture as FLV tags; keyframe and sequence-header checks on tag bodies.
+//! * [`rtmp`]: a paced or real-time [`rtmp::Publisher`] of fixture tags, viewers that record
+//!   what they receive ([`rtmp::record`], [`rtmp::Player`]), a raw handshaken socket.
+//! * [`node`]: origins and edges as `sluice serve` child processes ([`node::Spec`],
+//!   [`node::Process`]), and reading their JSON logs.
+//! * [`http`]: plain HTTP/1.0 requests and reading Prometheus text.
+//! * [`wait`]: [`wait::eventually`], the bounded poll for state a test cannot be told about.
+//!
 //! Nothing here may hang a test: every external process runs with a deadline and is killed by
 //! PID when it passes.
 
+pub mod http;
+pub mod media;
 pub mod nginx;
+pub mod node;
 pub mod probe;
 pub mod process;
+pub mod rtmp;
 pub mod tools;
+pub mod wait;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,119 @@
+//! Plain HTTP/1.0 requests to a node (admin API, HTTP-FLV heads) and reading its Prometheus
+//! text. HTTP/1.0 so the server ends every response by closing: no chunked bodies to undo.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Deadline for one request, connect to close.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A response as read off the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code, 0 if the status line did not parse.
+    pub status: u16,
+    /// The status line and headers, without the blank line.
+    pub head: String,
+    /// Everything after the blank line, lossily decoded.
+    pub body: String,
+}
+
+/// Sends `METHOD path` (no body) to `addr` and reads the response until the server closes.
+/// Panics on a connection error or after [`DEADLINE`]. Loopback only.
+pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    let exchange = async {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        socket
+            .write_all(format!("{method} {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut bytes = Vec::new();
+        socket.read_to_end(&mut bytes).await.expect("response");
+        parse(&String::from_utf8_lossy(&bytes))
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} to {addr} timed out"))
+}
+
+/// `GET path`: (status, body).
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = request(addr, "GET", path).await;
+    (response.status, response.body)
+}
+
+fn parse(text: &str) -> Response {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    Response {
+        status: head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// The value of one series in Prometheus text: `series` is the exact name with its labels
+/// as printed (`name{a="b"}`); 0 if absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sum of every series of the metric `name` (all label sets) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.split_once("} ")?.1
+            } else {
+                rest.strip_prefix(' ')?
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = "# TYPE sluice_pulls_total counter\n\
+        sluice_pulls_total{transport=\"rtmp\"} 2\n\
+        sluice_pulls_total{transport=\"quic\"} 3\n\
+        sluice_pulls_total_other 100\n\
+        sluice_viewers 7\n";
+
+    #[test]
+    fn reads_one_series_exactly_and_sums_a_metric_over_its_labels() {
+        assert_eq!(
+            metric_value(METRICS, "sluice_pulls_total{transport=\"quic\"}"),
+            3.0
+        );
+        assert_eq!(metric_value(METRICS, "sluice_viewers"), 7.0);
+        assert_eq!(
+            metric_value(METRICS, "sluice_pulls_total"),
+            0.0,
+            "no bare series"
+        );
+        assert_eq!(metric_value(METRICS, "sluice_absent"), 0.0);
+        assert_eq!(metric_sum(METRICS, "sluice_pulls_total"), 5.0);
+        assert_eq!(metric_sum(METRICS, "sluice_viewers"), 7.0);
+    }
+
+    #[test]
+    fn splits_status_head_and_body() {
+        let r = parse("HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope");
+        assert_eq!(r.status, 404);
+        assert_eq!(r.head, "HTTP/1.1 404 Not Found\r\nContent-Length: 4");
+        assert_eq!(r.body, "nope");
+        assert_eq!(parse("garbage").status, 0);
+    }
+}
