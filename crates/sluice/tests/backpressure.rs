@@ -7,9 +7,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::rtmp::{DEADLINE, url};
-use common::{Node, eventually, test_config};
+use common::{Node, test_config};
 use sluice_runtime::client::Client;
+use sluice_testkit::rtmp::{DEADLINE, url};
+use sluice_testkit::wait::eventually;
 
 /// Resident memory of this process (the node runs in it), from /proc.
 fn rss_bytes() -> u64 {

@@ -3,76 +3,51 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::rtmp::{
-    DEADLINE, amf0_command, closed_within, fixture_media, handshaken, spawn_paced_publisher, url,
-    whole_message,
-};
-use common::{Node, eventually, test_config};
+use common::rtmp::{amf0_command, whole_message};
+use common::{Node, test_config};
 use rml_amf0::Amf0Value;
 use sluice_rtmp::chunk::{ChunkLimits, ChunkReader};
-use sluice_rtmp::client::ClientEvent;
 use sluice_rtmp::command::Command;
 use sluice_rtmp::message::Message;
 use sluice_runtime::client::Client;
 use sluice_testkit::fixtures::H264_AAC;
+use sluice_testkit::media::fixture_media;
+use sluice_testkit::rtmp::{
+    DEADLINE, Got, Player, Publisher, closed_within, handshaken, record, url,
+};
+use sluice_testkit::wait::eventually;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// A viewer of `live/good` counting the media it receives, fed by a paced publisher.
+/// A viewer of `live/good`, fed by a paced publisher.
 struct Bystander {
-    received: Arc<AtomicUsize>,
-    viewer: tokio::task::JoinHandle<()>,
+    viewer: Player,
     publisher: tokio::task::JoinHandle<Client>,
 }
 
 impl Bystander {
     async fn start(node: &Node) -> Bystander {
-        let (tags, metadata) = fixture_media(H264_AAC);
-        let publisher = spawn_paced_publisher(
-            node.rtmp_url("live/good"),
-            metadata,
-            tags,
-            Duration::from_millis(10),
-            100,
-        );
-        let mut client = Client::play(&url(&node.rtmp_url("live/good")), DEADLINE)
-            .await
-            .expect("play");
-        let received = Arc::new(AtomicUsize::new(0));
-        let counter = received.clone();
-        let viewer = tokio::spawn(async move {
-            while let Ok(Some(event)) = client.next_event().await {
-                if matches!(event, ClientEvent::Media { .. }) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        let b = Bystander {
-            received,
-            viewer,
-            publisher,
-        };
+        let publisher = Publisher::fixture(node.rtmp_url("live/good"), H264_AAC)
+            .gap(Duration::from_millis(10))
+            .loops(100)
+            .spawn();
+        let viewer = Player::start(&node.rtmp_url("live/good"), DEADLINE).await;
+        let b = Bystander { viewer, publisher };
         b.assert_still_receiving().await;
         b
     }
 
     async fn assert_still_receiving(&self) {
-        let before = self.received.load(Ordering::Relaxed);
-        let moved = eventually(DEADLINE, || async {
-            self.received.load(Ordering::Relaxed) >= before + 5
-        })
-        .await;
-        assert!(moved, "the bystander stopped receiving at {before} frames");
-        assert!(!self.viewer.is_finished(), "the bystander was disconnected");
+        if let Err(e) = self.viewer.keeps_receiving(5).await {
+            panic!("the bystander stopped receiving: {e}");
+        }
     }
 
-    fn stop(self) {
-        self.viewer.abort();
+    async fn stop(self) {
+        self.viewer.stop().await;
         self.publisher.abort();
     }
 }
@@ -292,7 +267,7 @@ async fn bad_input_closes_only_its_own_connection() {
 
     bystander.assert_still_receiving().await;
     assert_eq!(node.metric("sluice_publishers").await, 1.0);
-    bystander.stop();
+    bystander.stop().await;
     node.stop().await;
 }
 
@@ -387,7 +362,7 @@ async fn interleaved_partial_messages_are_held_to_the_ingest_budget() {
     );
 
     bystander.assert_still_receiving().await;
-    bystander.stop();
+    bystander.stop().await;
     node.stop().await;
 }
 
@@ -491,12 +466,9 @@ async fn sloppy_but_harmless_input_is_answered_and_counted() {
     let mut viewer = Client::play(&url(&node.rtmp_url("live/sloppy")), DEADLINE)
         .await
         .expect("play");
-    let got = common::rtmp::record(&mut viewer, 3, DEADLINE).await;
-    assert!(
-        got.contains(&common::rtmp::Got::Metadata(metadata)),
-        "viewer got {got:?}"
-    );
+    let got = record(&mut viewer, 3, DEADLINE).await;
+    assert!(got.contains(&Got::Metadata(metadata)), "viewer got {got:?}");
     bystander.assert_still_receiving().await;
-    bystander.stop();
+    bystander.stop().await;
     node.stop().await;
 }

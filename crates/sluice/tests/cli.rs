@@ -4,8 +4,6 @@
 //! Every child runs with a cleared environment plus what the test sets, so a developer's
 //! `RUST_LOG` or `SLUICE__…` variables cannot change the outcome.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,7 +14,10 @@ use serde_json::Value;
 use sluice_core::Config;
 use sluice_rtmp::client::ClientEvent;
 use sluice_runtime::client::{Client, RtmpUrl};
+use sluice_testkit::http;
+use sluice_testkit::node::{logged, wait_listening};
 use sluice_testkit::process::{self, Child};
+use sluice_testkit::wait::eventually;
 use sluice_testkit::{fixture, fixtures, tools};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -228,26 +229,6 @@ fn environment_overrides_the_file_which_overrides_the_defaults() {
     assert!(err.contains("chunk_size"), "{err}");
 }
 
-/// The addresses from the "sluice listening" log line (JSON format).
-fn listening(log: &str) -> Option<[SocketAddr; 3]> {
-    log.lines().find_map(|line| {
-        let v: Value = serde_json::from_str(line).ok()?;
-        let f = &v["fields"];
-        if f["message"] != "sluice listening" {
-            return None;
-        }
-        let addr = |k: &str| f[k].as_str()?.parse::<SocketAddr>().ok();
-        Some([addr("rtmp")?, addr("http")?, addr("admin")?])
-    })
-}
-
-/// Log lines (JSON) whose message is `message`.
-fn logged(log: &str, message: &str) -> bool {
-    log.lines().any(|line| {
-        serde_json::from_str::<Value>(line).is_ok_and(|v| v["fields"]["message"] == message)
-    })
-}
-
 /// Starts `sluice serve` on loopback port 0 (every listener) and waits for its addresses.
 async fn serve(dir: &Path, extra: &str) -> (Child, [SocketAddr; 3]) {
     let config = write(
@@ -266,24 +247,10 @@ async fn serve(dir: &Path, extra: &str) -> (Child, [SocketAddr; 3]) {
     cmd.args(["serve", "--config", path_str(&config)])
         .env_clear();
     let mut server = Child::spawn(&mut cmd).expect("spawn sluice serve");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(addrs) = listening(&server.stderr_tail()) {
-            return (server, addrs);
-        }
-        assert!(
-            server.is_running(),
-            "sluice serve exited: {:?}\n{}",
-            server.try_wait(),
-            server.stderr_tail()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "sluice serve did not log its addresses:\n{}",
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let addrs = wait_listening(&mut server, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (server, [addrs.rtmp, addrs.http, addrs.admin])
 }
 
 /// What an RTMP viewer got after its first video frame, until the server closed it.
@@ -306,8 +273,8 @@ async fn serve_drains_viewers_on_sigterm_and_exits_zero() {
         serve(dir.path(), "[streams]\nwait_for_publisher_ms = 60000\n").await;
 
     // Health first.
-    let healthy = common::eventually(WAIT, || async {
-        common::http_get(admin, "/healthz").await == (200, "ok\n".to_owned())
+    let healthy = eventually(WAIT, || async {
+        http::get(admin, "/healthz").await == (200, "ok\n".to_owned())
     })
     .await;
     assert!(
@@ -349,8 +316,8 @@ async fn serve_drains_viewers_on_sigterm_and_exits_zero() {
         let _ = socket.read_to_end(&mut response).await;
         response
     });
-    let attached = common::eventually(WAIT, || async {
-        let (_, body) = common::http_get(admin, "/api/streams").await;
+    let attached = eventually(WAIT, || async {
+        let (_, body) = http::get(admin, "/api/streams").await;
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
         v["streams"][0]["publishing"] == true && v["streams"][0]["viewers"] == 2
     })
@@ -403,11 +370,15 @@ async fn serve_drains_viewers_on_sigterm_and_exits_zero() {
         "sluice serve did not exit 0 after SIGTERM ({status}, after {:?}):\n{log}",
         started.elapsed()
     );
-    assert!(logged(&log, "SIGTERM received"), "{log}");
-    assert!(logged(&log, "stopped"), "{log}");
+    assert!(logged(&log, "SIGTERM received", ""), "{log}");
+    assert!(logged(&log, "stopped", ""), "{log}");
     // Every session said goodbye before the deadline.
     assert!(
-        !logged(&log, "shutdown deadline passed with connections still open"),
+        !logged(
+            &log,
+            "shutdown deadline passed with connections still open",
+            ""
+        ),
         "{log}"
     );
 

@@ -18,18 +18,22 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{
-    Recorder, Seen, Sluice, Spec, Transport, WAIT, check_continuity, expect_not_found,
-    first_video_since, fixture_video_index, is_avc_config, is_keyframe, logged, sluice_once,
+    check_continuity, expect_not_found, first_video_since, fixture_video_index, node, sluice_once,
 };
 use sluice_rtmp::client::ClientEvent;
 use sluice_runtime::client::{Client, RtmpUrl};
+use sluice_testkit::media::{Tag, fixture_media, is_avc_config, is_keyframe};
 use sluice_testkit::nginx::Nginx;
+use sluice_testkit::node::{Process, Spec, Transport, WAIT, logged};
 use sluice_testkit::probe::{self, ProbeReport};
 use sluice_testkit::process::{self, Child};
-use sluice_testkit::{fixture, fixtures, tools};
+use sluice_testkit::rtmp::{Player, Seen};
+use sluice_testkit::wait::eventually;
+use sluice_testkit::{fixture, fixtures, http, tools};
+use tokio::time::Instant;
 
 /// Deadline of one ffprobe run.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -78,9 +82,8 @@ fn assert_fixture_codecs(what: &str, report: &ProbeReport) {
 /// file order: what a viewer joining at that keyframe decodes. For `h264_aac.flv` the first
 /// is (50, 87): the AAC frame at dts 0 precedes the first keyframe (23 ms).
 fn fixture_suffixes(name: &str) -> Vec<(u64, u64)> {
-    let (media, _) = common::rtmp::fixture_media(name);
-    let coded =
-        |t: &common::rtmp::Tag| !common::rtmp::is_sequence_header(t) && !is_avc_config(&t.payload);
+    let (media, _) = fixture_media(name);
+    let coded = |t: &Tag| !t.is_sequence_header() && !is_avc_config(&t.payload);
     (0..media.len())
         .filter(|&i| media[i].type_id == 9 && is_keyframe(&media[i].payload) && coded(&media[i]))
         .map(|i| {
@@ -95,21 +98,17 @@ fn fixture_suffixes(name: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-async fn start_recorders(url: &str, n: usize) -> Vec<Recorder> {
+async fn start_recorders(url: &str, n: usize) -> Vec<Player> {
     let mut viewers = Vec::with_capacity(n);
     for _ in 0..n {
-        viewers.push(Recorder::start(url).await);
+        viewers.push(Player::start(url, WAIT).await);
     }
     viewers
 }
 
 /// Stops the viewers and checks each recording from `since` on (`check_continuity`: never
 /// closed, timestamps steady, every jump onto a keyframe); returns the recordings.
-async fn assert_continuous(
-    viewers: Vec<Recorder>,
-    since: Instant,
-    edge: &Sluice,
-) -> Vec<Vec<Seen>> {
+async fn assert_continuous(viewers: Vec<Player>, since: Instant, edge: &Process) -> Vec<Vec<Seen>> {
     let index = fixture_video_index(fixtures::H264_AAC);
     let mut all = Vec::new();
     for (n, v) in viewers.into_iter().enumerate() {
@@ -146,8 +145,8 @@ async fn edge_serves_the_origin_stream_over_quic() {
 /// the end — on an idle machine all 50 video frames — and the edge's readers exactly what
 /// the direct reader got when they joined at the same keyframe. Then, with a looped stream, three edge viewers cost the origin one viewer.
 async fn edge_serves_the_origin_stream(t: Transport) {
-    let origin = Sluice::start(Spec::origin("origin", t)).await;
-    let edge = Sluice::start(Spec::edge("edge", t, &[origin.upstream(t)])).await;
+    let origin = node(Spec::origin("origin", t)).await;
+    let edge = node(Spec::edge("edge", t, &[origin.upstream(t)])).await;
 
     let mut publisher = process::publish(
         tools::ffmpeg5(),
@@ -247,8 +246,8 @@ async fn a_crowd_on_a_cold_stream_makes_one_pull_over_quic() {
 /// pulls it once, and every viewer gets the sequence header and then a keyframe first.
 async fn a_crowd_on_a_cold_stream_makes_one_pull(t: Transport) {
     const VIEWERS: usize = 500;
-    let origin = Sluice::start(Spec::origin("origin", t)).await;
-    let edge = Sluice::start(Spec::edge("edge", t, &[origin.upstream(t)])).await;
+    let origin = node(Spec::origin("origin", t)).await;
+    let edge = node(Spec::edge("edge", t, &[origin.upstream(t)])).await;
     let _publisher = publish_looped(&origin.rtmp_url("herd"));
     origin.wait_publishing("herd").await;
 
@@ -345,9 +344,9 @@ async fn edge_fails_over_when_its_origin_dies_over_quic() {
 /// pulls from is SIGKILLed: every viewer stays connected and gets video again, spliced in at
 /// a keyframe, its timestamps never going back; the edge now pulls from the other origin.
 async fn edge_fails_over_when_its_origin_dies(t: Transport) {
-    let mut o1 = Sluice::start(Spec::origin("o1", t)).await;
-    let mut o2 = Sluice::start(Spec::origin("o2", t)).await;
-    let edge = Sluice::start(Spec::edge("edge", t, &[o1.upstream(t), o2.upstream(t)])).await;
+    let mut o1 = node(Spec::origin("o1", t)).await;
+    let mut o2 = node(Spec::origin("o2", t)).await;
+    let edge = node(Spec::edge("edge", t, &[o1.upstream(t), o2.upstream(t)])).await;
     let _p1 = publish_looped(&o1.rtmp_url("fo"));
     let _p2 = publish_looped(&o2.rtmp_url("fo"));
     o1.wait_publishing("fo").await;
@@ -369,7 +368,7 @@ async fn edge_fails_over_when_its_origin_dies(t: Transport) {
     let killed = Instant::now();
     dead.kill();
 
-    let switched = common::eventually(WAIT, || async {
+    let switched = eventually(WAIT, || async {
         edge.pull("fo")
             .await
             .is_some_and(|p| p["upstream"] == alive.as_str() && p["switches"].as_u64() >= Some(1))
@@ -404,9 +403,9 @@ async fn edge_viewers_follow_the_broadcaster_to_another_origin_over_quic() {
 /// The broadcaster's only origin dies; the broadcaster reconnects to the other one. Viewers
 /// at the edge, held by the republish grace, get the stream again, starting at a keyframe.
 async fn edge_viewers_follow_the_broadcaster_to_another_origin(t: Transport) {
-    let mut o1 = Sluice::start(Spec::origin("o1", t)).await;
-    let o2 = Sluice::start(Spec::origin("o2", t)).await;
-    let edge = Sluice::start(
+    let mut o1 = node(Spec::origin("o1", t)).await;
+    let o2 = node(Spec::origin("o2", t)).await;
+    let edge = node(
         Spec::edge("edge", t, &[o1.upstream(t), o2.upstream(t)])
             .with("[streams]\nrepublish_grace_ms = 5000"),
     )
@@ -462,8 +461,8 @@ async fn an_origin_restarted_in_place_is_pulled_from_again_over_quic() {
 /// close), so this checks that the edge does not keep asking on its connection to the dead
 /// process: its viewers, held by the republish grace, get the stream again at a keyframe.
 async fn an_origin_restarted_in_place_is_pulled_from_again(t: Transport) {
-    let mut o1 = Sluice::start(Spec::origin("o1", t)).await;
-    let edge = Sluice::start(
+    let mut o1 = node(Spec::origin("o1", t)).await;
+    let edge = node(
         Spec::edge("edge", t, &[o1.upstream(t)]).with("[streams]\nrepublish_grace_ms = 10000"),
     )
     .await;
@@ -481,7 +480,7 @@ async fn an_origin_restarted_in_place_is_pulled_from_again(t: Transport) {
     if let Some(quic) = o1.quic {
         same_place.push_str(&format!("[cluster]\nquic_listen = \"{quic}\"\n"));
     }
-    let o1 = Sluice::start(Spec::origin("o1", t).with(&same_place)).await;
+    let o1 = node(Spec::origin("o1", t).with(&same_place)).await;
     let _p1 = publish_looped(&o1.rtmp_url("rs"));
     let republished = Instant::now();
     for v in &viewers {
@@ -500,7 +499,7 @@ async fn edge_pulls_from_nginx_rtmp() {
         .expect("nginx task")
         .expect("nginx-rtmp");
     let upstream = format!("rtmp://{}/live", nginx.addr());
-    let edge = Sluice::start(Spec::edge(
+    let edge = node(Spec::edge(
         "edge",
         Transport::Rtmp,
         std::slice::from_ref(&upstream),
@@ -548,9 +547,9 @@ async fn three_tiers_origin_mid_edge_over_quic() {
 /// origin → mid → edge: ffprobe at the edge reads the stream; mid pulls from the origin and
 /// the edge from mid.
 async fn three_tiers_origin_mid_edge(t: Transport) {
-    let origin = Sluice::start(Spec::origin("origin", t)).await;
-    let mid = Sluice::start(Spec::edge("mid", t, &[origin.upstream(t)])).await;
-    let edge = Sluice::start(Spec::edge("edge", t, &[mid.upstream(t)])).await;
+    let origin = node(Spec::origin("origin", t)).await;
+    let mid = node(Spec::edge("mid", t, &[origin.upstream(t)])).await;
+    let edge = node(Spec::edge("edge", t, &[mid.upstream(t)])).await;
     let _publisher = publish_looped(&origin.rtmp_url("tier"));
     origin.wait_publishing("tier").await;
 
@@ -583,12 +582,12 @@ async fn a_pull_loop_is_refused_at_once() {
     let slow = "[cluster.pull]\ntimeout_ms = 10000";
     let mut a = Spec::edge("loop-a", t, &[format!("rtmp://{b_rtmp}/live")]).with(slow);
     a.role = "both";
-    let a = Sluice::start(a).await;
+    let a = node(a).await;
     let mut b = Spec::edge("loop-b", t, &[a.upstream(t)])
         .with(slow)
         .with(&format!("[rtmp]\nlisten = \"{b_rtmp}\""));
     b.role = "both";
-    let b = Sluice::start(b).await;
+    let b = node(b).await;
 
     let asked = Instant::now();
     let description = expect_not_found(&a.rtmp_url("nowhere")).await;
@@ -639,15 +638,15 @@ async fn misses_are_remembered_over_quic() {
 /// nobody has: the origin is asked once (twice at most), the rest are answered from the
 /// remembered miss.
 async fn misses_are_remembered(t: Transport) {
-    let origin = Sluice::start(Spec::origin("origin", t)).await;
+    let origin = node(Spec::origin("origin", t)).await;
     // A TTL far longer than the 50 requests take, however slow the machine.
-    let edge = Sluice::start(
+    let edge = node(
         Spec::edge("edge", t, &[origin.upstream(t)]).with("[cluster.pull]\nmiss_ttl_ms = 20000"),
     )
     .await;
     // HTTP-FLV too: the failed pull is a 404 at once, not after the pull timeout (5 s here).
     let asked = Instant::now();
-    let (status, _) = common::http_get(edge.http, "/live/ghost.flv").await;
+    let (status, _) = http::get(edge.http, "/live/ghost.flv").await;
     assert_eq!(status, 404);
     assert!(
         asked.elapsed() < Duration::from_secs(3),

@@ -21,9 +21,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Node, eventually, test_config};
+use common::{Node, test_config};
 use serde_json::Value;
+use sluice_testkit::http::metric_value;
 use sluice_testkit::probe::{ProbeReport, probe, probe_via_modern};
+use sluice_testkit::wait::eventually;
 use sluice_testkit::{fixture, fixtures, process, tools};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -267,7 +269,7 @@ async fn run(case: Case) {
             r#"sluice_viewers{protocol="http_flv"}"#,
         ]
         .iter()
-        .all(|series| common::metric_value(&text, series) == 0.0)
+        .all(|series| metric_value(&text, series) == 0.0)
     })
     .await;
     assert!(
@@ -339,8 +341,7 @@ fn check_probe(case: &Case, egress: Egress, report: &ProbeReport) {
 }
 
 fn check_metrics(case: &Case, before: &str, after: &str) {
-    let grew =
-        |series: &str| common::metric_value(after, series) - common::metric_value(before, series);
+    let grew = |series: &str| metric_value(after, series) - metric_value(before, series);
     let what = format!("{}: /metrics after publishing:\n{after}", case.fixture);
     // Every message the publisher sent was ingested once, and none was refused.
     let video = grew(r#"sluice_frames_in_total{kind="video"}"#);
@@ -437,7 +438,7 @@ async fn http_flv_frames_out_counts_every_tag_sent() {
     // Every ingested message (52 video, 89 audio, 1 script) is one tag.
     assert_eq!(tags, 142);
     let metrics = node.metrics().await;
-    let sent = common::metric_value(&metrics, r#"sluice_frames_out_total{protocol="http_flv"}"#);
+    let sent = metric_value(&metrics, r#"sluice_frames_out_total{protocol="http_flv"}"#);
     assert_eq!(sent, tags as f64, "{metrics}");
     node.stop().await;
 }

@@ -8,12 +8,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::budget::{self, PLAYER_RCVBUF, Pace, Received};
-use common::rtmp::{
-    DEADLINE, Tag, fixture_media, is_sequence_header, is_video_keyframe, spawn_paced_publisher,
-};
-use common::{Node, eventually, test_config};
+use common::{Node, test_config};
 use sluice_media::flv::{Demuxer, TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO};
 use sluice_testkit::fixtures::H264_AAC;
+use sluice_testkit::http;
+use sluice_testkit::media::{Tag, fixture_media};
+use sluice_testkit::rtmp::{DEADLINE, Publisher, closed_within};
+use sluice_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -51,13 +52,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 async fn a_web_player_gets_headers_cors_and_an_flv_that_starts_on_a_keyframe() {
     let node = Node::start(test_config("")).await;
     let (tags, metadata) = fixture_media(H264_AAC);
-    let publishing = spawn_paced_publisher(
-        node.rtmp_url("live/web"),
-        metadata.clone(),
-        tags.clone(),
-        Duration::from_millis(4),
-        5,
-    );
+    let publishing = Publisher::new(node.rtmp_url("live/web"), tags.clone(), metadata.clone())
+        .gap(Duration::from_millis(4))
+        .loops(5)
+        .spawn();
     assert!(
         eventually(DEADLINE, || async {
             node.metric("sluice_frames_in_total{kind=\"video\"}").await > 70.0
@@ -94,14 +92,14 @@ async fn a_web_player_gets_headers_cors_and_an_flv_that_starts_on_a_keyframe() {
     assert!(got.len() > 5, "tags: {}", got.len());
     assert_eq!(got[0].type_id, TAG_SCRIPT);
     assert_eq!(got[0].payload, metadata);
-    assert!(got[1..3].iter().all(is_sequence_header));
+    assert!(got[1..3].iter().all(Tag::is_sequence_header));
     let kinds: Vec<u8> = got[1..3].iter().map(|t| t.type_id).collect();
     assert!(kinds.contains(&TAG_AUDIO) && kinds.contains(&TAG_VIDEO));
     let first_picture = got[3..]
         .iter()
         .find(|t| t.type_id == TAG_VIDEO)
         .expect("video");
-    assert!(is_video_keyframe(first_picture));
+    assert!(first_picture.is_video_keyframe());
     // Every body byte-identical to a fixture tag: the server forwards, never re-encodes.
     for t in &got[1..] {
         assert!(
@@ -147,11 +145,11 @@ async fn missing_streams_and_apps_are_404s() {
         "[streams]\nwait_for_publisher_ms = 200\napps = [\"live\"]\n",
     ))
     .await;
-    let (status, _) = common::http_get(node.addrs.http, "/live/nobody.flv").await;
+    let (status, _) = http::get(node.addrs.http, "/live/nobody.flv").await;
     assert_eq!(status, 404);
-    let (status, _) = common::http_get(node.addrs.http, "/other/key.flv").await;
+    let (status, _) = http::get(node.addrs.http, "/other/key.flv").await;
     assert_eq!(status, 404);
-    let (status, _) = common::http_get(node.addrs.http, "/live/key.mp4").await;
+    let (status, _) = http::get(node.addrs.http, "/live/key.mp4").await;
     assert_eq!(status, 404);
     assert_eq!(
         node.metric(
@@ -281,13 +279,10 @@ async fn bodies_end_cleanly_when_the_stream_ends() {
     })
     .await;
     assert!(attached, "the viewers did not attach");
-    let publishing = spawn_paced_publisher(
-        node.rtmp_url("live/end"),
-        metadata,
-        tags,
-        Duration::from_millis(2),
-        2,
-    );
+    let publishing = Publisher::new(node.rtmp_url("live/end"), tags, metadata)
+        .gap(Duration::from_millis(2))
+        .loops(2)
+        .spawn();
     let publisher = publishing.await.expect("publisher");
     drop(publisher);
 
@@ -332,7 +327,7 @@ async fn slow_oversized_and_bad_requests_are_refused() {
         socket.write_all(partial).await.expect("write");
         let started = std::time::Instant::now();
         assert!(
-            common::rtmp::closed_within(&mut socket, Duration::from_secs(3)).await,
+            closed_within(&mut socket, Duration::from_secs(3)).await,
             "a slow request head held its connection"
         );
         assert!(started.elapsed() >= Duration::from_millis(250));
@@ -401,14 +396,10 @@ async fn a_viewer_that_reads_nothing_is_closed() {
         "[http]\nidle_timeout_ms = 1000\n[schedule.apps.live]\nsend_buffer_bytes = 8192\n",
     ))
     .await;
-    let (tags, metadata) = fixture_media(H264_AAC);
-    let publishing = spawn_paced_publisher(
-        node.rtmp_url("live/stuck"),
-        metadata,
-        tags,
-        Duration::from_millis(10),
-        100,
-    );
+    let publishing = Publisher::fixture(node.rtmp_url("live/stuck"), H264_AAC)
+        .gap(Duration::from_millis(10))
+        .loops(100)
+        .spawn();
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
     let mut socket = socket.connect(node.addrs.http).await.expect("connect");
@@ -425,7 +416,7 @@ async fn a_viewer_that_reads_nothing_is_closed() {
     })
     .await;
     assert!(stalled, "{}", node.metrics().await);
-    assert!(common::rtmp::closed_within(&mut socket, DEADLINE).await);
+    assert!(closed_within(&mut socket, DEADLINE).await);
     publishing.abort();
     node.stop().await;
 }

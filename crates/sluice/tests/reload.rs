@@ -7,23 +7,19 @@
 //! variables cannot change the outcome. Waits poll with generous deadlines; nothing asserts on
 //! how long a reload takes.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::rtmp::{fixture_media, spawn_paced_publisher, url};
-use common::{eventually, http_get, metric_value};
 use serde_json::Value;
-use sluice_rtmp::client::ClientEvent;
 use sluice_runtime::client::Client;
 use sluice_testkit::fixtures::H264_AAC;
+use sluice_testkit::http;
+use sluice_testkit::node::wait_listening;
 use sluice_testkit::process::Child;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use sluice_testkit::rtmp::{Player, Publisher};
+use sluice_testkit::wait::eventually;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// Deadline for anything to happen: the server to come up, a reload to be seen, media to
@@ -118,28 +114,13 @@ impl Server {
 
     async fn spawn(mut cmd: Command, config: PathBuf, dir: tempfile::TempDir) -> Server {
         let mut child = Child::spawn(&mut cmd).expect("spawn sluice serve");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let fields = loop {
-            if let Some(fields) = find(&log_of(&child), "sluice listening", |_| true) {
-                break fields;
-            }
-            assert!(
-                child.is_running() && tokio::time::Instant::now() < deadline,
-                "sluice serve did not start:\n{}",
-                child.stderr_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let addr = |k: &str| -> SocketAddr {
-            fields[k]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {k} address in {fields}"))
-        };
+        let addrs = wait_listening(&mut child, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("sluice serve did not start: {e}"));
         Server {
-            rtmp: addr("rtmp"),
-            http: addr("http"),
-            admin: addr("admin"),
+            rtmp: addrs.rtmp,
+            http: addrs.http,
+            admin: addrs.admin,
             child,
             config,
             _dir: dir,
@@ -198,12 +179,14 @@ impl Server {
     }
 
     async fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics").await.1
+        http::get(self.admin, "/metrics").await.1
     }
 
     /// The Access-Control-Allow-Origin of an HTTP-FLV preflight, if any.
     async fn cors(&self) -> Option<String> {
-        let head = http_head(self.http, "OPTIONS", "/live/s.flv").await;
+        let head = http::request(self.http, "OPTIONS", "/live/s.flv")
+            .await
+            .head;
         head.lines().find_map(|l| {
             let (name, value) = l.split_once(':')?;
             name.eq_ignore_ascii_case("access-control-allow-origin")
@@ -223,16 +206,12 @@ impl Server {
 
     /// Publishes the fixture in a loop on `live/s` and waits until the node has it.
     async fn publish(&self) -> tokio::task::JoinHandle<Client> {
-        let (tags, metadata) = fixture_media(H264_AAC);
-        let publisher = spawn_paced_publisher(
-            format!("rtmp://{}/live/s", self.rtmp),
-            metadata,
-            tags,
-            Duration::from_millis(10),
-            10_000,
-        );
+        let publisher = Publisher::fixture(format!("rtmp://{}/live/s", self.rtmp), H264_AAC)
+            .gap(Duration::from_millis(10))
+            .loops(10_000)
+            .spawn();
         let live = eventually(WAIT, || async {
-            let (_, body) = http_get(self.admin, "/api/streams").await;
+            let (_, body) = http::get(self.admin, "/api/streams").await;
             let v: Value = serde_json::from_str(&body).unwrap_or_default();
             v["streams"].as_array().is_some_and(|s| {
                 s.iter()
@@ -268,72 +247,18 @@ fn field_has(fields: &Value, key: &str, part: &str) -> bool {
     fields[key].as_str().is_some_and(|v| v.contains(part))
 }
 
-/// The status line and headers of a request whose response the server ends.
-async fn http_head(addr: SocketAddr, method: &str, path: &str) -> String {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .expect("request");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("response");
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
-    };
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .expect("http timed out")
+/// Plays live/s on `server` and checks that media arrives.
+async fn play(server: &Server) -> Player {
+    let viewer = Player::start(&format!("rtmp://{}/live/s", server.rtmp), WAIT).await;
+    assert_receiving(&viewer, server, "after play").await;
+    viewer
 }
 
-/// An RTMP viewer reading in the background, counting media messages.
-struct Viewer {
-    media: Arc<AtomicUsize>,
-    /// Ends (with why) only when the viewer's stream or connection does.
-    task: tokio::task::JoinHandle<String>,
-}
-
-impl Viewer {
-    async fn play(server: &Server) -> Viewer {
-        let url = url(&format!("rtmp://{}/live/s", server.rtmp));
-        let mut client = Client::play(&url, WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("RTMP play: {e}\n{}", server.child.stderr_tail()));
-        let media = Arc::new(AtomicUsize::new(0));
-        let counter = media.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match client.next_event().await {
-                    Ok(Some(ClientEvent::Media { .. })) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Some(ClientEvent::StreamEof)) => return "StreamEOF".to_owned(),
-                    Ok(Some(_)) => {}
-                    Ok(None) => return "closed by the server".to_owned(),
-                    Err(e) => return format!("error: {e}"),
-                }
-            }
-        });
-        let viewer = Viewer { media, task };
-        viewer.assert_receiving(server, "after play").await;
-        viewer
-    }
-
-    /// Asserts that media keeps arriving (20 more messages) on the same connection.
-    async fn assert_receiving(&self, server: &Server, when: &str) {
-        let from = self.media.load(Ordering::Relaxed);
-        let more = eventually(WAIT, || async {
-            self.task.is_finished() || self.media.load(Ordering::Relaxed) >= from + 20
-        })
-        .await;
-        assert!(
-            more && !self.task.is_finished(),
-            "the viewer stopped receiving {when} ({} messages in all){}\n{}",
-            self.media.load(Ordering::Relaxed),
-            if self.task.is_finished() {
-                "; it was disconnected"
-            } else {
-                ""
-            },
+/// Asserts that media keeps arriving (20 more messages) on the viewer's connection.
+async fn assert_receiving(viewer: &Player, server: &Server, when: &str) {
+    if let Err(e) = viewer.keeps_receiving(20).await {
+        panic!(
+            "the viewer stopped receiving {when}: {e}\n{}",
             server.child.stderr_tail()
         );
     }
@@ -357,11 +282,11 @@ async fn reload_applies_without_disconnecting(trigger: Trigger) {
     };
     let server = Server::start(&INITIAL, args).await;
     let publisher = server.publish().await;
-    let viewer = Viewer::play(&server).await;
+    let viewer = play(&server).await;
     assert_eq!(server.cors().await.as_deref(), Some(ONE));
     // `other` is served: a request waits for a publisher, then is a plain 404.
     assert_eq!(
-        http_get(server.http, "/other/x.flv").await,
+        http::get(server.http, "/other/x.flv").await,
         (404, "stream not found\n".to_owned())
     );
 
@@ -396,15 +321,15 @@ async fn reload_applies_without_disconnecting(trigger: Trigger) {
     // The new values are in force for new requests...
     assert_eq!(server.cors().await.as_deref(), Some(TWO));
     assert_eq!(
-        http_get(server.http, "/other/x.flv").await,
+        http::get(server.http, "/other/x.flv").await,
         (404, "application not served here\n".to_owned())
     );
     // ...and the viewer that was there before never noticed.
-    viewer.assert_receiving(&server, "after the reload").await;
+    assert_receiving(&viewer, &server, "after the reload").await;
     assert_eq!(server.rtmp_closed().await, Vec::<String>::new());
     let metrics = server.metrics().await;
     assert_eq!(
-        metric_value(&metrics, "sluice_config_reloads_total{result=\"ok\"}"),
+        http::metric_value(&metrics, "sluice_config_reloads_total{result=\"ok\"}"),
         1.0,
         "{metrics}"
     );
@@ -426,7 +351,7 @@ async fn sighup_rereads_the_file_without_disconnecting_viewers() {
 async fn a_broken_file_is_refused_and_the_running_config_stays() {
     let server = Server::start(&INITIAL, &[]).await;
     let publisher = server.publish().await;
-    let viewer = Viewer::play(&server).await;
+    let viewer = play(&server).await;
     let path = server.config.to_str().expect("UTF-8 path").to_owned();
 
     let with_two = config_text(&Settings {
@@ -464,14 +389,12 @@ async fn a_broken_file_is_refused_and_the_running_config_stays() {
         );
         assert_eq!(server.count(REFUSED), n + 1, "{what}");
         assert_eq!(server.cors().await.as_deref(), Some(ONE), "{what}");
-        viewer
-            .assert_receiving(&server, &format!("after {what}"))
-            .await;
+        assert_receiving(&viewer, &server, &format!("after {what}")).await;
     }
     assert_eq!(server.count(RELOADED), 0);
     let metrics = server.metrics().await;
     assert_eq!(
-        metric_value(&metrics, "sluice_config_reloads_total{result=\"invalid\"}"),
+        http::metric_value(&metrics, "sluice_config_reloads_total{result=\"invalid\"}"),
         4.0,
         "{metrics}"
     );
@@ -482,7 +405,7 @@ async fn a_broken_file_is_refused_and_the_running_config_stays() {
         .logged(RELOADED, |f| f["changed"] == "http.cors_allow_origin")
         .await;
     assert_eq!(server.cors().await.as_deref(), Some(TWO));
-    viewer.assert_receiving(&server, "after the fix").await;
+    assert_receiving(&viewer, &server, "after the fix").await;
     assert_eq!(server.rtmp_closed().await, Vec::<String>::new());
     publisher.abort();
 }
@@ -491,7 +414,7 @@ async fn a_broken_file_is_refused_and_the_running_config_stays() {
 async fn a_new_listen_address_needs_a_restart_and_the_old_listener_keeps_serving() {
     let server = Server::start(&INITIAL, &[]).await;
     let publisher = server.publish().await;
-    let viewer = Viewer::play(&server).await;
+    let viewer = play(&server).await;
 
     // A new RTMP address and a new connection limit (both fixed at startup), with a change
     // that does apply.
@@ -517,9 +440,9 @@ async fn a_new_listen_address_needs_a_restart_and_the_old_listener_keeps_serving
     // force), and the old viewer is still there.
     let mut more = Vec::new();
     for _ in 0..3 {
-        more.push(Viewer::play(&server).await);
+        more.push(play(&server).await);
     }
-    viewer.assert_receiving(&server, "after the reload").await;
+    assert_receiving(&viewer, &server, "after the reload").await;
     assert_eq!(server.rtmp_closed().await, Vec::<String>::new());
     publisher.abort();
 }
@@ -537,7 +460,7 @@ async fn sighup_without_a_config_file_is_logged_and_harmless() {
         .await;
     assert!(server.is_running(), "{}", server.child.stderr_tail());
     assert_eq!(
-        http_get(server.admin, "/healthz").await,
+        http::get(server.admin, "/healthz").await,
         (200, "ok\n".to_owned())
     );
 }
@@ -580,7 +503,7 @@ async fn viewers_on_chunk_sizes_set_by_reloads_all_decode_every_frame() {
         ));
         let viewers = i + 1;
         let attached = eventually(WAIT, || async {
-            let (_, body) = http_get(server.admin, "/api/streams").await;
+            let (_, body) = http::get(server.admin, "/api/streams").await;
             let v: Value = serde_json::from_str(&body).unwrap_or_default();
             v["streams"].as_array().is_some_and(|s| {
                 s.iter().any(|s| {

@@ -7,16 +7,16 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::rtmp::{
-    DEADLINE, Got, Interleaver, Tag, fixture_media, is_sequence_header, is_video_keyframe,
-    media_of, record, spawn_paced_publisher, url, whole_message,
-};
+use common::rtmp::{Interleaver, whole_message};
 use common::{Node, test_config};
 use sluice_media::flv::{TAG_AUDIO, TAG_VIDEO};
 use sluice_rtmp::client::StatusCode;
 use sluice_rtmp::message::Message;
 use sluice_runtime::client::{Client, ClientError};
 use sluice_testkit::fixtures::{H264_AAC, H264_AAC_BFRAMES};
+use sluice_testkit::media::{Tag, fixture_media};
+use sluice_testkit::rtmp::{DEADLINE, Got, Publisher, handshaken, media_of, record, url};
+use sluice_testkit::wait::eventually;
 
 /// A viewer that asked before the publisher came gets the stream from its first frame.
 async fn early_viewer(node: &Node, key: &str) -> Client {
@@ -140,22 +140,19 @@ async fn rml_rtmp_client_plays() {
 
     let node = Node::start(test_config("")).await;
     let (tags, metadata) = fixture_media(H264_AAC);
-    let publishing = spawn_paced_publisher(
-        node.rtmp_url("live/rml"),
-        metadata,
-        tags.clone(),
-        Duration::from_millis(5),
-        3,
-    );
+    let publishing = Publisher::new(node.rtmp_url("live/rml"), tags.clone(), metadata)
+        .gap(Duration::from_millis(5))
+        .loops(3)
+        .spawn();
     // Wait until it is live so the player joins mid-stream (GOP cache path).
     assert!(
-        common::eventually(DEADLINE, || async {
+        eventually(DEADLINE, || async {
             node.metric("sluice_frames_in_total{kind=\"video\"}").await > 60.0
         })
         .await
     );
 
-    let mut socket = common::rtmp::handshaken(node.addrs.rtmp).await;
+    let mut socket = handshaken(node.addrs.rtmp).await;
     let mut config = ClientSessionConfig::new();
     config.tc_url = Some(format!("rtmp://{}/live", node.addrs.rtmp));
     let (mut session, initial) = ClientSession::new(config).expect("session");
@@ -216,7 +213,7 @@ async fn rml_rtmp_client_plays() {
         timestamp: 0,
         payload: video[0].clone(),
     };
-    assert!(is_sequence_header(&first), "AVC sequence header first");
+    assert!(first.is_sequence_header(), "AVC sequence header first");
     assert_eq!(video[1][0] >> 4, 1, "then a keyframe");
     assert!(audio > 0);
     publishing.abort();
@@ -229,16 +226,13 @@ async fn rml_rtmp_client_plays() {
 async fn mid_stream_viewer_starts_with_metadata_headers_and_a_keyframe() {
     let node = Node::start(test_config("")).await;
     let (tags, metadata) = fixture_media(H264_AAC);
-    let publishing = spawn_paced_publisher(
-        node.rtmp_url("live/mid"),
-        metadata.clone(),
-        tags.clone(),
-        Duration::from_millis(4),
-        4,
-    );
+    let publishing = Publisher::new(node.rtmp_url("live/mid"), tags.clone(), metadata.clone())
+        .gap(Duration::from_millis(4))
+        .loops(4)
+        .spawn();
     for joined_after in [30.0, 75.0, 140.0] {
         assert!(
-            common::eventually(DEADLINE, || async {
+            eventually(DEADLINE, || async {
                 node.metric("sluice_frames_in_total{kind=\"video\"}").await > joined_after
             })
             .await
@@ -253,7 +247,7 @@ async fn mid_stream_viewer_starts_with_metadata_headers_and_a_keyframe() {
         assert!(media.len() >= 3, "got {got:?}");
         let headers: Vec<u8> = media[..2].iter().map(|t| t.type_id).collect();
         assert!(
-            media[..2].iter().all(is_sequence_header),
+            media[..2].iter().all(Tag::is_sequence_header),
             "{:?}",
             &media[..2]
         );
@@ -263,10 +257,10 @@ async fn mid_stream_viewer_starts_with_metadata_headers_and_a_keyframe() {
             .find(|t| t.type_id == TAG_VIDEO)
             .expect("video");
         assert!(
-            is_video_keyframe(first_video),
+            first_video.is_video_keyframe(),
             "first picture is a keyframe"
         );
-        assert!(media[2..].iter().all(|t| !is_sequence_header(t)));
+        assert!(media[2..].iter().all(|t| !t.is_sequence_header()));
     }
     publishing.abort();
     node.stop().await;
@@ -315,7 +309,7 @@ async fn takeover_when_configured_replaces_the_publisher() {
         .await
         .expect("second takes over");
     assert!(
-        common::eventually(DEADLINE, || async {
+        eventually(DEADLINE, || async {
             node.metric("sluice_connections_closed_total{protocol=\"rtmp\",reason=\"displaced\"}")
                 .await
                 == 1.0
@@ -334,24 +328,20 @@ async fn viewers_carry_on_when_the_publisher_comes_back() {
     let (main_tags, metadata) = fixture_media(H264_AAC);
     let (high_tags, _) = fixture_media(H264_AAC_BFRAMES);
 
-    let first = spawn_paced_publisher(
+    let first = Publisher::new(
         node.rtmp_url("live/back"),
-        metadata.clone(),
         main_tags.clone(),
-        Duration::from_millis(1),
-        1,
-    );
+        metadata.clone(),
+    )
+    .gap(Duration::from_millis(1))
+    .spawn();
     let before = media_of(&record(&mut viewer, main_tags.len(), DEADLINE).await);
     assert_eq!(before.len(), main_tags.len());
     drop(first.await.expect("first publisher"));
 
-    let second = spawn_paced_publisher(
-        node.rtmp_url("live/back"),
-        metadata,
-        high_tags.clone(),
-        Duration::from_millis(1),
-        1,
-    );
+    let second = Publisher::new(node.rtmp_url("live/back"), high_tags.clone(), metadata)
+        .gap(Duration::from_millis(1))
+        .spawn();
     let after = record(&mut viewer, 20, DEADLINE).await;
     assert!(
         !after.contains(&Got::Eof),
@@ -361,11 +351,11 @@ async fn viewers_carry_on_when_the_publisher_comes_back() {
     assert_eq!(after.len(), 20, "viewer keeps receiving");
     let new_video_header = high_tags
         .iter()
-        .find(|t| t.type_id == TAG_VIDEO && is_sequence_header(t))
+        .find(|t| t.type_id == TAG_VIDEO && t.is_sequence_header())
         .expect("header");
     let old_video_header = main_tags
         .iter()
-        .find(|t| t.type_id == TAG_VIDEO && is_sequence_header(t))
+        .find(|t| t.type_id == TAG_VIDEO && t.is_sequence_header())
         .expect("header");
     assert_ne!(new_video_header.payload, old_video_header.payload);
     let pos = after
@@ -374,9 +364,9 @@ async fn viewers_carry_on_when_the_publisher_comes_back() {
         .expect("the new AVC sequence header reached the viewer");
     let first_picture = after[pos..]
         .iter()
-        .find(|t| t.type_id == TAG_VIDEO && !is_sequence_header(t))
+        .find(|t| t.type_id == TAG_VIDEO && !t.is_sequence_header())
         .expect("picture");
-    assert!(is_video_keyframe(first_picture));
+    assert!(first_picture.is_video_keyframe());
     drop(second.await.expect("second publisher"));
     node.stop().await;
 }
@@ -403,7 +393,7 @@ async fn a_viewer_of_a_stream_nobody_publishes_is_told_so_after_the_wait() {
     .expect("an answer in time");
     assert_eq!(told, Some(StatusCode::StreamNotFound));
     assert!(
-        common::eventually(DEADLINE, || async {
+        eventually(DEADLINE, || async {
             node.metric(
                 "sluice_connections_closed_total{protocol=\"rtmp\",reason=\"no_publisher\"}",
             )

@@ -13,12 +13,14 @@ use common::budget::{
     PLAYER_RCVBUF, Pace, Received, SERVER_SNDBUF, assert_handed_back, assert_paused_viewer_fresh,
     assert_within_budget, config, paused_and_slow, real_time_publisher,
 };
-use common::rtmp::{DEADLINE, Tag, handshake_on, url};
 use common::{Node, test_config};
 use sluice_rtmp::chunk::ChunkLimits;
 use sluice_rtmp::client::{ClientConfig, ClientEvent};
 use sluice_rtmp::connection::ClientConnection;
 use sluice_runtime::client::Client;
+use sluice_testkit::http;
+use sluice_testkit::media::Tag;
+use sluice_testkit::rtmp::{DEADLINE, handshake_on, url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A player on a socket with a small receive buffer, reading as `pace` says, for `total`.
@@ -203,7 +205,7 @@ async fn rtmp_and_flv_viewers(node: &Node) -> (Client, tokio::task::JoinHandle<u
         .expect("play");
     let flv_addr = node.addrs.http;
     let flv = tokio::spawn(async move {
-        let (status, body) = common::http_get(flv_addr, "/live/sched.flv").await;
+        let (status, body) = http::get(flv_addr, "/live/sched.flv").await;
         assert_eq!(status, 200);
         body.len()
     });

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use sluice::App;
 use sluice::app::Addrs;
+use sluice_testkit::http;
+use sluice_testkit::wait::eventually;
 
 /// Deadline for the node to notice and stop. Generous: CI runs this next to other tests on
 /// two cores; a node that never notices fails at once when the deadline passes.
@@ -77,8 +79,8 @@ async fn a_failed_listener_stops_the_node(
     let ctx = app.context();
     let run = tokio::spawn(app.run());
     // The node serves before its listener fails.
-    let healthy = common::eventually(WAIT, || async {
-        common::http_get(addrs.admin, "/healthz").await.0 == 200
+    let healthy = eventually(WAIT, || async {
+        http::get(addrs.admin, "/healthz").await.0 == 200
     })
     .await;
     assert!(healthy, "/healthz never answered");
@@ -102,7 +104,7 @@ async fn a_failed_listener_stops_the_node(
     );
     let metrics = ctx.metrics.encode();
     assert_eq!(
-        common::metric_value(
+        http::metric_value(
             &metrics,
             &format!("sluice_subsystem_failures_total{{subsystem=\"{subsystem}\"}}")
         ),
@@ -161,8 +163,8 @@ async fn a_node_with_a_quic_relay_stops_cleanly_when_asked() {
     let admin = app.addrs().admin;
     let ctx = app.context();
     let run = tokio::spawn(app.run());
-    let healthy = common::eventually(WAIT, || async {
-        common::http_get(admin, "/healthz").await.0 == 200
+    let healthy = eventually(WAIT, || async {
+        http::get(admin, "/healthz").await.0 == 200
     })
     .await;
     assert!(healthy, "/healthz never answered");

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use sluice_media::flv::TAG_VIDEO;
 use sluice_runtime::client::Client;
 use sluice_testkit::fixtures::H264_AAC;
-
-use super::rtmp::{DEADLINE, Tag, fixture_media, is_sequence_header, is_video_keyframe, url};
+use sluice_testkit::media::{Tag, fixture_media};
+use sluice_testkit::rtmp::Publisher;
+use tokio::task::JoinHandle;
 
 pub const BUDGET_MS: u64 = 800;
 pub const FRAME_INTERVAL: Duration = Duration::from_millis(40);
@@ -55,42 +56,18 @@ pub fn half_rate() -> usize {
 pub type SendTimes = Arc<Mutex<HashMap<(u8, u32), Instant>>>;
 
 /// Publishes the fixture in real time (each tag at its timestamp), looping for `duration`.
-pub fn real_time_publisher(
-    url_text: String,
-    duration: Duration,
-) -> (SendTimes, tokio::task::JoinHandle<()>) {
+pub fn real_time_publisher(url: String, duration: Duration) -> (SendTimes, JoinHandle<Client>) {
     let sent: SendTimes = Arc::default();
     let record = sent.clone();
-    let task = tokio::spawn(async move {
-        let (tags, metadata) = fixture_media(H264_AAC);
-        let mut publisher = Client::publish(&url(&url_text), DEADLINE)
-            .await
-            .expect("publish");
-        publisher.send_metadata(metadata).await.expect("metadata");
-        let span = tags.last().map_or(0, |t| t.timestamp) + 40;
-        let start = Instant::now();
-        for pass in 0.. {
-            for tag in &tags {
-                if pass > 0 && is_sequence_header(tag) {
-                    continue;
-                }
-                let ts = tag.timestamp + pass * span;
-                let due = start + Duration::from_millis(u64::from(ts));
-                if due > start + duration {
-                    return;
-                }
-                tokio::time::sleep_until(due.into()).await;
-                record
-                    .lock()
-                    .expect("lock")
-                    .insert((tag.type_id, ts), Instant::now());
-                publisher
-                    .send_media(tag.type_id, ts, tag.payload.clone())
-                    .await
-                    .expect("send");
-            }
-        }
-    });
+    let task = Publisher::fixture(url, H264_AAC)
+        .real_time()
+        .until(duration)
+        .spawn_noting(move |type_id, ts| {
+            record
+                .lock()
+                .expect("lock")
+                .insert((type_id, ts), Instant::now());
+        });
     (sent, task)
 }
 
@@ -180,7 +157,7 @@ fn assert_resumes_at_keyframes(got: &[Received]) {
         if u64::from(gap) > 2 * FRAME_INTERVAL.as_millis() as u64 {
             gaps += 1;
             assert!(
-                is_video_keyframe(pair[1]),
+                pair[1].is_video_keyframe(),
                 "after a gap of {gap} ms came a non-keyframe at {}",
                 pair[1].timestamp
             );

@@ -1,11 +1,14 @@
-//! A Sluice node in-process on loopback port 0, and small clients for the tests.
+//! A Sluice node in-process on loopback port 0, and the scenarios a few test files share.
+//!
+//! The node stays here rather than in `sluice-testkit`: it needs the binary crate's `App`, and
+//! the testkit must not depend on the binary crate (which dev-depends on the testkit).
+//! Everything that does not need `App` is in `sluice-testkit`.
 #![allow(dead_code)]
 
 pub mod budget;
 pub mod cluster;
 pub mod rtmp;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +16,8 @@ use sluice::App;
 use sluice::app::Addrs;
 use sluice_core::Config;
 use sluice_runtime::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sluice_testkit::http::{self, metric_value};
+use sluice_testkit::node::merge_sections;
 
 /// A running node; shut down (and awaited) on drop of the runtime or by `stop`.
 pub struct Node {
@@ -44,39 +48,6 @@ republish_grace_ms = 500
     Config::load(Some(&merge_sections(&merged)), std::iter::empty()).expect("test config")
 }
 
-/// TOML forbids repeating a table header; fold repeated sections of `text` together so tests
-/// can append overrides.
-fn merge_sections(text: &str) -> String {
-    let mut order: Vec<String> = Vec::new();
-    let mut sections: std::collections::HashMap<String, Vec<String>> = Default::default();
-    let mut current = String::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            current = t.to_owned();
-            if !sections.contains_key(&current) {
-                order.push(current.clone());
-                sections.insert(current.clone(), Vec::new());
-            }
-        } else if !t.is_empty() {
-            let lines = sections.entry(current.clone()).or_default();
-            let key = t.split('=').next().unwrap_or("").trim().to_owned();
-            lines.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
-            lines.push(t.to_owned());
-        }
-    }
-    let mut out = String::new();
-    for s in order {
-        out.push_str(&s);
-        out.push('\n');
-        for l in &sections[&s] {
-            out.push_str(l);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 impl Node {
     pub async fn start(config: Config) -> Node {
         let app = App::bind(config).await.expect("bind");
@@ -105,7 +76,7 @@ impl Node {
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(self.addrs.admin, "/metrics").await.1
+        http::get(self.addrs.admin, "/metrics").await.1
     }
 
     /// The value of one metric line (exact name with labels as printed), 0 if absent.
@@ -114,59 +85,7 @@ impl Node {
     }
 
     pub async fn streams_json(&self) -> serde_json::Value {
-        let (_, body) = http_get(self.addrs.admin, "/api/streams").await;
+        let (_, body) = http::get(self.addrs.admin, "/api/streams").await;
         serde_json::from_str(&body).expect("json")
     }
-}
-
-pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// A minimal HTTP/1.0 GET: (status, body). Loopback only.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("http get timed out")
-}
-
-/// Polls `check` every 20 ms until it holds, for at most `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
