@@ -16,6 +16,8 @@ use sluice_core::topology::{PullTicket, Puller, Via};
 use sluice_core::{Config, Publisher, StreamKey};
 use sluice_media::{Frame, FrameKind};
 use sluice_runtime::Context;
+use sluice_testkit::media;
+use sluice_testkit::wait::eventually;
 
 /// A cluster CA and one node certificate (server and client) in `dir`.
 fn make_certs(dir: &Path) {
@@ -186,14 +188,16 @@ async fn next(source: &mut QuicSource) -> Frame {
 /// Whether `f` is a keyframe, by the flag the upstream sent (checked against the payload:
 /// the edge does not parse it).
 fn is_keyframe(f: &Frame) -> bool {
-    let by_payload = f.kind == FrameKind::Video && f.payload[0] == 0x17 && f.payload[1] == 1;
+    let by_payload = f.kind == FrameKind::Video
+        && media::is_keyframe(&f.payload)
+        && !media::is_avc_config(&f.payload);
     assert_eq!(f.keyframe, by_payload, "keyframe flag of {f:?}");
     f.keyframe
 }
 
 /// Whether `f` is a sequence header, by the flag the upstream sent (checked as above).
 fn is_seq_header(f: &Frame) -> bool {
-    let by_payload = f.kind != FrameKind::Script && f.payload[1] == 0;
+    let by_payload = media::is_sequence_header(f.kind.type_id(), &f.payload);
     assert_eq!(f.seq_header, by_payload, "sequence header flag of {f:?}");
     f.seq_header
 }
@@ -203,13 +207,10 @@ fn dts32(f: &Frame) -> u32 {
     u32::try_from(f.dts).expect("a small dts")
 }
 
-/// Waits until `cond` holds (checked every 10 ms), up to 5 s.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits until `cond` holds, up to 5 s; panics with `what` if it does not.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let held = eventually(Duration::from_secs(5), || std::future::ready(cond())).await;
+    assert!(held, "{what}");
 }
 
 fn viewers(ctx: &Context, key: &StreamKey) -> usize {
@@ -320,7 +321,7 @@ async fn pulls_headers_then_keyframe_then_every_frame_in_order() {
         }
     }
     assert_eq!(gops(&c.origin, "cancelled"), 0);
-    eventually("the GOPs before the live one count as sent", || {
+    wait_for("the GOPs before the live one count as sent", || {
         gops(&c.origin, "sent") >= 5
     })
     .await;
@@ -346,7 +347,7 @@ async fn pulls_headers_then_keyframe_then_every_frame_in_order() {
         matches!(source.next().await, Err(PullError::Ended)),
         "stays ended"
     );
-    eventually("the upstream dropped its cursor", || {
+    wait_for("the upstream dropped its cursor", || {
         viewers(&c.origin, &key("cam")) == 0 && c.origin.metrics.relay_streams.get() == 0
     })
     .await;
@@ -452,7 +453,7 @@ async fn pulls_to_one_peer_share_one_connection() {
     // Dropping a source ends its pull upstream (the cursor goes); the connection stays
     // for the next pull.
     drop(a);
-    eventually("pull a ended upstream", || {
+    wait_for("pull a ended upstream", || {
         viewers(&c.origin, &key("a")) == 0 && c.origin.metrics.relay_streams.get() == 1
     })
     .await;
@@ -572,7 +573,7 @@ async fn an_audio_only_stream_is_cut_into_gops_by_time() {
     }
     let _p = publishing.await.unwrap();
     let cut = (6000 - first) / 1000;
-    eventually("a GOP stream per second of audio", || {
+    wait_for("a GOP stream per second of audio", || {
         gops(&c.origin, "sent") + 1 >= u64::from(cut)
     })
     .await;
