@@ -24,15 +24,16 @@ use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sluice_core::stream::CacheSettings;
 use sluice_core::{Cursor, ReadState, Registry, Schedule, StreamKey};
-use sluice_media::flv::{Demuxer, TagHeader};
+use sluice_media::flv::Demuxer;
 use sluice_media::{Frame, FrameKind, RtmpForm};
 use sluice_rtmp::Message;
 use sluice_rtmp::chunk::{ChunkLimits, ChunkReader, ChunkWriter, encode_full};
 use sluice_runtime::io::{MAX_SLICES, consume, fill_slices};
 use sluice_runtime::wire::{FIRST_STREAM_ID, rtmp_chunks};
+use sluice_testkit::fixture;
+use sluice_testkit::fixtures::H264_AAC;
+use sluice_testkit::media::fixture_tags;
 
-/// The fixture every bench of real tags reads.
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/h264_aac.flv");
 /// Pieces the reader benches push, like one socket read into a 16 KiB buffer.
 const READ_PIECE: usize = 16 * 1024;
 /// Chunk sizes benched: what FFmpeg/OBS and Sluice use, and the RTMP default.
@@ -96,29 +97,19 @@ fn kind_of(tag_type: u8) -> FrameKind {
     }
 }
 
+/// The file every bench of real tags reads.
 fn fixture_bytes() -> Vec<u8> {
-    std::fs::read(FIXTURE).expect("read fixtures/h264_aac.flv")
-}
-
-/// The fixture's tags, in file order.
-fn fixture_tags() -> Vec<(TagHeader, Bytes)> {
-    let mut demuxer = Demuxer::new();
-    demuxer.push(&fixture_bytes());
-    let mut tags = Vec::new();
-    while let Some(tag) = demuxer.next_tag().expect("fixture demuxes") {
-        tags.push(tag);
-    }
-    tags
+    std::fs::read(fixture(H264_AAC)).expect("read fixtures/h264_aac.flv")
 }
 
 /// The fixture's tags as media messages (onMetaData included, as FFmpeg publishes it).
 fn fixture_media() -> Vec<Media> {
-    fixture_tags()
+    fixture_tags(H264_AAC)
         .into_iter()
-        .map(|(h, payload)| Media {
-            kind: kind_of(h.tag_type),
-            timestamp: h.timestamp,
-            payload,
+        .map(|t| Media {
+            kind: kind_of(t.type_id),
+            timestamp: t.timestamp,
+            payload: t.payload,
         })
         .collect()
 }

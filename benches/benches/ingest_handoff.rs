@@ -20,7 +20,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_queue::ArrayQueue;
 use sluice_core::{CacheSettings, Publisher, Registry, StreamKey};
 use sluice_media::FrameKind;
-use sluice_media::flv::{Demuxer, TAG_AUDIO, TAG_VIDEO};
+use sluice_media::flv::TAG_AUDIO;
+use sluice_testkit::fixtures::H264_AAC;
+use sluice_testkit::media::fixture_media;
 
 const CACHE: CacheSettings = CacheSettings {
     gop_cache: true,
@@ -30,20 +32,18 @@ const CACHE: CacheSettings = CacheSettings {
 
 /// The fixture's audio and video tags, as (kind, timestamp, body).
 fn messages() -> Vec<(FrameKind, u32, Bytes)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/h264_aac.flv");
-    let file = std::fs::read(path).expect("fixture");
-    let mut demuxer = Demuxer::new();
-    demuxer.push(&file);
-    let mut out = Vec::new();
-    while let Some((header, body)) = demuxer.next_tag().expect("valid fixture") {
-        let kind = match header.tag_type {
-            TAG_AUDIO => FrameKind::Audio,
-            TAG_VIDEO => FrameKind::Video,
-            _ => continue,
-        };
-        out.push((kind, header.timestamp, body));
-    }
-    out
+    let (media, _) = fixture_media(H264_AAC);
+    media
+        .into_iter()
+        .map(|t| {
+            let kind = if t.type_id == TAG_AUDIO {
+                FrameKind::Audio
+            } else {
+                FrameKind::Video
+            };
+            (kind, t.timestamp, t.payload)
+        })
+        .collect()
 }
 
 fn publisher(reg: &Registry, name: &str) -> Publisher {
