@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::budget::{self, PLAYER_RCVBUF, Pace, Received};
+use common::budget::{self, Pace, PacedReader, Played, Received};
 use common::{Node, test_config};
 use sluice_media::flv::{Demuxer, TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO};
 use sluice_testkit::fixtures::H264_AAC;
@@ -423,48 +423,27 @@ async fn a_viewer_that_reads_nothing_is_closed() {
 
 /// An HTTP/1.1 player of `live/sched` on a socket with a small receive buffer, reading as
 /// `pace` says, for `total`; returns what it decoded and when it resumed after a pause.
-async fn flv_player(
-    addr: std::net::SocketAddr,
-    pace: Pace,
-    total: Duration,
-) -> (Vec<Received>, Instant) {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(PLAYER_RCVBUF).expect("rcvbuf");
-    let mut socket = socket.connect(addr).await.expect("connect");
+async fn flv_player(addr: std::net::SocketAddr, pace: Pace, total: Duration) -> Played {
+    let mut socket = budget::player_socket(addr).await;
     socket
         .write_all(b"GET /live/sched.flv HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("request");
-    let started = Instant::now();
-    let mut resumed = started;
+    let mut reader = PacedReader::new(pace, total);
     let mut head = Vec::new();
     let mut chunks = Dechunker::default();
     let mut demuxer = Demuxer::new();
     let mut got = Vec::new();
-    let mut read_total = 0usize;
-    let mut buf = vec![0u8; 1024];
-    while started.elapsed() < total {
-        if !pace.may_read(started, &mut resumed, read_total).await {
-            continue;
-        }
-        let n = match tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await
-        {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => panic!("read: {e}"),
-            Err(_) => continue,
-        };
-        read_total += n;
-        let mut data = &buf[..n];
+    while let Some(mut data) = reader.next(&mut socket).await {
         if find(&head, b"\r\n\r\n").is_none() {
+            let before = head.len();
             head.extend_from_slice(data);
             let Some(end) = find(&head, b"\r\n\r\n") else {
                 continue;
             };
             let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
             assert!(text.starts_with("http/1.1 200"), "{text}");
-            let body_start = end + 4 - (head.len() - n);
-            data = &buf[body_start..n];
+            data = &data[end + 4 - before..];
         }
         demuxer.push(&chunks.push(data));
         let now = Instant::now();
@@ -476,11 +455,11 @@ async fn flv_player(
                     payload,
                 },
                 at: now,
-                bytes_before: read_total,
+                bytes_before: reader.read(),
             });
         }
     }
-    (got, resumed)
+    (got, reader.resumed())
 }
 
 /// The latency budget holds for HTTP-FLV viewers as for RTMP ones (see scheduling.rs): a

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::budget::{
-    PLAYER_RCVBUF, Pace, Received, SERVER_SNDBUF, assert_handed_back, assert_paused_viewer_fresh,
-    assert_within_budget, config, paused_and_slow, real_time_publisher,
+    Pace, PacedReader, Played, Received, SERVER_SNDBUF, assert_handed_back,
+    assert_paused_viewer_fresh, assert_within_budget, config, paused_and_slow, player_socket,
+    real_time_publisher,
 };
 use common::{Node, test_config};
 use sluice_rtmp::chunk::ChunkLimits;
@@ -21,18 +22,11 @@ use sluice_runtime::client::Client;
 use sluice_testkit::http;
 use sluice_testkit::media::Tag;
 use sluice_testkit::rtmp::{DEADLINE, handshake_on, url};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// A player on a socket with a small receive buffer, reading as `pace` says, for `total`.
-async fn player(
-    addr: std::net::SocketAddr,
-    pace: Pace,
-    total: Duration,
-) -> (Vec<Received>, Instant) {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(PLAYER_RCVBUF).expect("rcvbuf");
-    let socket = socket.connect(addr).await.expect("connect");
-    let mut socket = handshake_on(socket).await;
+async fn player(addr: std::net::SocketAddr, pace: Pace, total: Duration) -> Played {
+    let mut socket = handshake_on(player_socket(addr).await).await;
     let mut conn = ClientConnection::new(
         ClientConfig {
             tc_url: format!("rtmp://{addr}/live"),
@@ -42,29 +36,19 @@ async fn player(
     );
     conn.session.connect();
     conn.session.play("sched");
-    let started = Instant::now();
-    let mut resumed = started;
+    let mut reader = PacedReader::new(pace, total);
     let mut out = BytesMut::new();
     let mut got = Vec::new();
-    let mut read_total = 0usize;
-    let mut buf = vec![0u8; 1024];
-    while started.elapsed() < total {
+    loop {
+        // The client's output only changes after its input: answers to the server, acks.
         conn.drain_output(&mut out);
         if !out.is_empty() {
             socket.write_all(&out.split()).await.expect("write");
         }
-        if !pace.may_read(started, &mut resumed, read_total).await {
-            continue;
-        }
-        let n = match tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await
-        {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => panic!("read: {e}"),
-            Err(_) => continue,
+        let Some(data) = reader.next(&mut socket).await else {
+            break;
         };
-        read_total += n;
-        conn.handle_input(&buf[..n]).expect("valid RTMP");
+        conn.handle_input(data).expect("valid RTMP");
         let now = Instant::now();
         while let Some(event) = conn.session.poll_event() {
             if let ClientEvent::Media {
@@ -80,12 +64,12 @@ async fn player(
                         payload,
                     },
                     at: now,
-                    bytes_before: read_total,
+                    bytes_before: reader.read(),
                 });
             }
         }
     }
-    (got, resumed)
+    (got, reader.resumed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 //! buffer sizes the tests set, so what is asserted is the server's own bound.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ use sluice_runtime::client::Client;
 use sluice_testkit::fixtures::H264_AAC;
 use sluice_testkit::media::{Tag, fixture_media};
 use sluice_testkit::rtmp::Publisher;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 pub const BUDGET_MS: u64 = 800;
@@ -90,7 +93,7 @@ pub enum Pace {
 impl Pace {
     /// Before a player's next read: sleeps through the pause (setting `resumed`), or
     /// returns false (after a short sleep) while a rate-limited player is ahead of its rate.
-    pub async fn may_read(self, started: Instant, resumed: &mut Instant, read: usize) -> bool {
+    async fn may_read(self, started: Instant, resumed: &mut Instant, read: usize) -> bool {
         match self {
             Pace::PauseAt { at, pause } if started.elapsed() >= at && *resumed == started => {
                 tokio::time::sleep(pause).await;
@@ -106,6 +109,74 @@ impl Pace {
             Pace::PauseAt { .. } => {}
         }
         true
+    }
+}
+
+/// A player's connection to `addr`, its receive buffer [`PLAYER_RCVBUF`].
+pub async fn player_socket(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(PLAYER_RCVBUF).expect("rcvbuf");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// A player's reads from its socket as its [`Pace`] allows, for a while: what the RTMP and
+/// the HTTP-FLV players share (they differ only in what they decode).
+pub struct PacedReader {
+    pace: Pace,
+    total: Duration,
+    started: Instant,
+    resumed: Instant,
+    read: usize,
+    buf: Vec<u8>,
+}
+
+impl PacedReader {
+    /// Reads with `pace` for `total` from now, in pieces of at most 1 KiB.
+    pub fn new(pace: Pace, total: Duration) -> PacedReader {
+        let started = Instant::now();
+        PacedReader {
+            pace,
+            total,
+            started,
+            resumed: started,
+            read: 0,
+            buf: vec![0; 1024],
+        }
+    }
+
+    /// The next bytes the pace lets the player read; None once `total` has passed or the
+    /// server closed.
+    pub async fn next(&mut self, socket: &mut TcpStream) -> Option<&[u8]> {
+        while self.started.elapsed() < self.total {
+            if !self
+                .pace
+                .may_read(self.started, &mut self.resumed, self.read)
+                .await
+            {
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), socket.read(&mut self.buf)).await
+            {
+                Ok(Ok(0)) => return None,
+                Ok(Ok(n)) => {
+                    self.read += n;
+                    return Some(&self.buf[..n]);
+                }
+                Ok(Err(e)) => panic!("read: {e}"),
+                Err(_) => continue,
+            }
+        }
+        None
+    }
+
+    /// Bytes read so far.
+    pub fn read(&self) -> usize {
+        self.read
+    }
+
+    /// When it read again after its pause (when it started, if it has not paused).
+    pub fn resumed(&self) -> Instant {
+        self.resumed
     }
 }
 
