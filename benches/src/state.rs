@@ -1,7 +1,9 @@
 //! State shared by the publisher and the viewers (one thread: `Rc<RefCell<Shared>>`, never
 //! borrowed across an `.await`), and each viewer's own counters.
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use crate::hist::Hist;
 use crate::media::Class;

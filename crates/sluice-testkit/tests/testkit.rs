@@ -2,7 +2,9 @@
 
 use std::net::TcpListener;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use sluice_testkit::probe::{ProbeReport, probe, probe_via_modern};
 use sluice_testkit::process::{Child, publish};

@@ -19,7 +19,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::{Node, test_config};
 use serde_json::Value;

@@ -5,7 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::budget::{self, Pace, PacedReader, Played, Received};
 use common::{Node, test_config};
@@ -325,7 +327,7 @@ async fn slow_oversized_and_bad_requests_are_refused() {
     for partial in [&b""[..], b"GET /live/slow.flv HTTP/1.1\r\nHost: x\r\n"] {
         let mut socket = TcpStream::connect(addr).await.expect("connect");
         socket.write_all(partial).await.expect("write");
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         assert!(
             closed_within(&mut socket, Duration::from_secs(3)).await,
             "a slow request head held its connection"

@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use sluice_media::flv::TAG_VIDEO;
 use sluice_runtime::client::Client;
