@@ -16,10 +16,22 @@
 //! | handoff over an `ArrayQueue` to a worker, two cores | 0.61 µs (+ a second core busy) | 1.5× |
 //! | the same, server pinned to one core (the benchmark set-up) | 4.7 µs | 11× |
 //!
-//! Ingest is a rounding error next to fan-out (a 2.5 Mbit/s stream is ~75 frames/s, 30 µs
-//! of CPU per second), and what the split was for holds without it: a publisher faster than
-//! ingest is slowed by TCP flow control, because its connection reads only as fast as it
-//! appends, and memory is bounded by the ring's byte budget.
+//! Measured end to end on one core with many streams too (`benches/streams.sh`, 720p30
+//! 2.55 Mbit/s streams, RTMP viewers; benches/README.md has the table):
+//!
+//! | streams x viewers | fan-out % of a core per Gbit/s (low-latency / efficient) | ingest per frame |
+//! |---|---|---|
+//! | 1 x 1,000 | 11.1 / 3.4 | 48 µs |
+//! | 20 x 50 | 11.2 / 4.2 | 22 µs |
+//! | 200 x 5 | 11.3 / 6.0 | 15 µs |
+//!
+//! Fan-out costs the same however many streams deliver the bits (each stream's shared writer
+//! does the writes either way), and ingest per frame falls as streams are added. Of those
+//! 15–48 µs, parse and append are 0.41; the rest is the publisher's socket (its wake-up,
+//! `recv` and task poll), which a shard worker would not take away, while the handoff would
+//! be added to it. So there is no worker pool. What the split was for holds without it: a
+//! publisher faster than ingest is slowed by TCP flow control, because its connection reads
+//! only as fast as it appends, and memory is bounded by the ring's byte budget.
 
 pub mod config;
 pub mod metrics;
