@@ -41,14 +41,11 @@ mkdir -p "$OUT"
 
 say() { echo "compare-nginx: $*" >&2; }
 
-server_pid=""
+# shellcheck source=benches/servers.sh
+. "$root/benches/servers.sh"
 tmp=$(mktemp -d)
 cleanup() {
-  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$server_pid" 2>/dev/null || true
-  fi
+  stop_server
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -67,29 +64,7 @@ fi
 BENCH=$root/target/release/sluice-bench
 SLUICE=${SLUICE_BIN:-$root/target/release/sluice}
 
-wait_port() { # port: until the server we started (not a stale one) listens on it
-  for _ in $(seq 100); do
-    kill -0 "$server_pid" 2>/dev/null || { say "the server exited at start"; return 1; }
-    ss -ltnpH "sport = :$1" | grep -q "pid=$server_pid," && return 0
-    sleep 0.1
-  done
-  say "the server does not listen on port $1"; return 1
-}
-
-for port in $NGINX_PORT $SLUICE_RTMP $SLUICE_HTTP $SLUICE_ADMIN; do
-  if ss -ltnH "sport = :$port" | grep -q .; then
-    say "port $port is already in use: stop whatever listens there first"; exit 1
-  fi
-done
-
-stop_server() {
-  [[ -n $server_pid ]] || return 0
-  kill "$server_pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=""
-}
+ports_free $NGINX_PORT $SLUICE_RTMP $SLUICE_HTTP $SLUICE_ADMIN || exit 1
 
 start_nginx() {
   cat > "$tmp/nginx.conf" <<CONF
@@ -118,16 +93,6 @@ CONF
   wait_port $NGINX_PORT
 }
 
-start_sluice() { # config file or ""
-  local args=(serve)
-  [[ -n $1 ]] && args+=(--config "$1")
-  SLUICE__RTMP__LISTEN=127.0.0.1:$SLUICE_RTMP SLUICE__HTTP__LISTEN=127.0.0.1:$SLUICE_HTTP \
-    SLUICE__ADMIN__LISTEN=127.0.0.1:$SLUICE_ADMIN SLUICE__LOG__LEVEL=warn \
-    taskset -c 0 "$SLUICE" "${args[@]}" 2>>"$OUT/sluice.log" &
-  server_pid=$!
-  wait_port $SLUICE_RTMP
-}
-
 run_bench() { # label viewers publish_url play_url
   local label=$1 n=$2 publish=$3 play=$4 file="$OUT/$1-$2.json"
   # shellcheck disable=SC2086
@@ -141,11 +106,6 @@ run_bench() { # label viewers publish_url play_url
 sluice_counters() { # name: keep Sluice's /metrics; show why frames were skipped or dropped
   curl -s --max-time 5 "http://127.0.0.1:$SLUICE_ADMIN/metrics" > "$OUT/$1.metrics" || return 0
   grep -E '^sluice_(viewer_skips|frames_dropped)_total' "$OUT/$1.metrics" | sed "s/^/  $1: /" >&2 || true
-}
-
-profile() { # name -> config path ("" when the example does not exist: defaults)
-  local f="config/examples/$1.toml"
-  if [[ -e $f ]]; then echo "$f"; else say "$f missing: using the default config"; echo ""; fi
 }
 
 for n in $VIEWERS; do

@@ -43,15 +43,9 @@ mkdir -p "$OUT"
 
 say() { echo "streams: $*" >&2; }
 
-server_pid=""
-cleanup() {
-  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$server_pid" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
+# shellcheck source=benches/servers.sh
+. "$root/benches/servers.sh"
+trap stop_server EXIT
 trap 'exit 130' INT TERM
 
 # --- prerequisites ---------------------------------------------------------------------
@@ -73,44 +67,7 @@ SLUICE=${SLUICE_BIN:-$root/target/release/sluice}
 # 1,000 viewers and 200 publishers are over 1,024 descriptors on each side.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-for port in $SLUICE_RTMP $SLUICE_HTTP $SLUICE_ADMIN; do
-  if ss -ltnH "sport = :$port" | grep -q .; then
-    say "port $port is already in use: stop whatever listens there first"; exit 1
-  fi
-done
-
-wait_port() { # port: until the server we started (not a stale one) listens on it
-  for _ in $(seq 100); do
-    kill -0 "$server_pid" 2>/dev/null || { say "the server exited at start"; return 1; }
-    ss -ltnpH "sport = :$1" | grep -q "pid=$server_pid," && return 0
-    sleep 0.1
-  done
-  say "the server does not listen on port $1"; return 1
-}
-
-stop_server() {
-  [[ -n $server_pid ]] || return 0
-  kill "$server_pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=""
-}
-
-start_sluice() { # config file or ""
-  local args=(serve)
-  [[ -n $1 ]] && args+=(--config "$1")
-  SLUICE__RTMP__LISTEN=127.0.0.1:$SLUICE_RTMP SLUICE__HTTP__LISTEN=127.0.0.1:$SLUICE_HTTP \
-    SLUICE__ADMIN__LISTEN=127.0.0.1:$SLUICE_ADMIN SLUICE__LOG__LEVEL=warn \
-    taskset -c 0 "$SLUICE" "${args[@]}" 2>>"$OUT/sluice.log" &
-  server_pid=$!
-  wait_port $SLUICE_RTMP
-}
-
-profile() { # name -> config path ("" when the example does not exist: defaults)
-  local f="config/examples/$1.toml"
-  if [[ -e $f ]]; then echo "$f"; else say "$f missing: using the default config"; echo ""; fi
-}
+ports_free $SLUICE_RTMP $SLUICE_HTTP $SLUICE_ADMIN || exit 1
 
 play_url() {
   if [[ $PROTO == flv ]]; then
