@@ -718,7 +718,7 @@ fn vectored(c: &mut Criterion) {
     // first 64 frames, keyframe included.
     for (n, from) in [(1, inter), (8, inter), (64, 0)] {
         let batch = &frames[from..from + n];
-        // The slice array alone, from a ready batch: on the stack as `io::write_until_full` builds
+        // The slice array alone, from a ready batch: on the stack as `io::write_units_until_full` builds
         // it, and as a `Vec` (one allocation per write) for comparison. Elements are frames.
         let ready: VecDeque<Bytes> = batch.iter().map(|f| rtmp_wire(f)).collect();
         g.throughput(Throughput::Elements(n as u64));

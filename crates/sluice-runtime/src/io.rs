@@ -50,25 +50,16 @@ fn consume_counted(bufs: &mut VecDeque<Bytes>, written: usize) -> (usize, bool) 
     (popped, partial)
 }
 
-/// Writes `bufs` (front first) with non-blocking vectored writes until they are all written
-/// or the socket is full. If it fills in the middle of a buffer, that buffer is finished
-/// (waiting for the socket, so the stream never ends mid-message) and writing stops there;
-/// buffers not started stay in `bufs` for the caller to give back. Returns the bytes written.
+/// Writes `bufs` (front first), messages of `unit` buffers each (an RTMP message is one; an
+/// HTTP chunk's size line and its FLV tag are two), with non-blocking vectored writes until
+/// they are all written or the socket is full. If it fills in the middle of a message, that
+/// message is finished (waiting for the socket, so the stream never ends mid-message) and
+/// writing stops there; messages not started stay in `bufs`, whole, for the caller to give
+/// back. Returns the bytes written.
 ///
-/// Finishing a started buffer waits at most `stall` for the socket; longer is a `TimedOut`
+/// Finishing a started message waits at most `stall` for the socket; longer is a `TimedOut`
 /// error (a stuck or vanished peer). The common path, where the socket takes everything,
 /// reads no clock.
-pub async fn write_until_full(
-    socket: &tokio::net::TcpStream,
-    bufs: &mut VecDeque<Bytes>,
-    stall: std::time::Duration,
-) -> std::io::Result<u64> {
-    write_units_until_full(socket, bufs, 1, stall).await
-}
-
-/// [`write_until_full`] for messages of `unit` buffers each (a message and its framing,
-/// such as an HTTP chunk's size line and an FLV tag): `bufs` holds whole units, and a unit
-/// the socket started is finished, so what stays in `bufs` is whole units not started.
 pub async fn write_units_until_full(
     socket: &tokio::net::TcpStream,
     bufs: &mut VecDeque<Bytes>,
@@ -223,7 +214,7 @@ pub(crate) mod tests {
             .map(Bytes::from_static)
             .collect();
         assert_eq!(
-            write_until_full(&a, &mut bufs, std::time::Duration::from_secs(10))
+            write_units_until_full(&a, &mut bufs, 1, std::time::Duration::from_secs(10))
                 .await
                 .unwrap(),
             20
@@ -247,7 +238,7 @@ pub(crate) mod tests {
             b.read_to_end(&mut out).await.unwrap();
             out.len()
         });
-        let written = write_until_full(&a, &mut bufs, std::time::Duration::from_secs(10))
+        let written = write_units_until_full(&a, &mut bufs, 1, std::time::Duration::from_secs(10))
             .await
             .unwrap();
         assert!(!bufs.is_empty(), "4 MB does not fit small socket buffers");

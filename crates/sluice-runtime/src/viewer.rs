@@ -145,11 +145,6 @@ impl Viewer {
         }
     }
 
-    /// The viewer's cursor.
-    pub fn cursor(&self) -> &Cursor {
-        &self.cursor
-    }
-
     /// Frames read and not yet written (after [`Viewer::first_frames`]: the first ones).
     pub fn pending(&self) -> &[Arc<Frame>] {
         &self.frames

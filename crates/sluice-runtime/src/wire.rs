@@ -61,7 +61,7 @@ impl Wire {
 }
 
 /// The RTMP message carrying `frame` on message stream `stream_id`.
-pub fn frame_message(frame: &Frame, stream_id: u32) -> Message {
+fn frame_message(frame: &Frame, stream_id: u32) -> Message {
     let csid = match frame.kind {
         FrameKind::Audio => CSID_AUDIO,
         FrameKind::Video => CSID_VIDEO,
