@@ -221,8 +221,9 @@ struct InStream {
     type_id: u8,
     /// Message stream id from the last type 0 header.
     stream_id: u32,
-    /// The message being assembled, `None` between messages.
-    partial: Option<BytesMut>,
+    /// The message being assembled, `None` between messages. A `Vec`, for `reserve_exact`:
+    /// its capacity is what the budget counts, so it must grow only as far as asked.
+    partial: Option<Vec<u8>>,
 }
 
 /// Reassembles messages from a peer's chunk stream. Sans-IO: [`push`](Self::push) bytes,
@@ -405,12 +406,9 @@ impl ChunkReader {
             partial => {
                 let mut p = partial.unwrap_or_default();
                 if let Some(target) = grow_to {
-                    // Grown by hand: BytesMut's own growth may overshoot the announced
-                    // length and the budget, and its capacity is what we count.
-                    let mut grown = BytesMut::with_capacity(target);
-                    grown.extend_from_slice(&p);
-                    self.buffered = (self.buffered - p.capacity()) + grown.capacity();
-                    p = grown;
+                    let before = p.capacity();
+                    p.reserve_exact(target - p.len());
+                    self.buffered = (self.buffered - before) + p.capacity();
                 }
                 p.extend_from_slice(&data); // fits: no reallocation behind the count
                 if p.len() < len as usize {
@@ -418,7 +416,9 @@ impl ChunkReader {
                     return Ok(None);
                 }
                 self.buffered -= p.capacity();
-                p.freeze()
+                // Capacity never exceeds the announced length, so this is the whole
+                // allocation handed over, not a copy.
+                Bytes::from(p)
             }
         };
         Ok(Some(Message {
