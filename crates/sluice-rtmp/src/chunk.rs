@@ -49,8 +49,8 @@ const MAX_WIRE_MESSAGE_LEN: usize = 0xFF_FFFF;
 /// Chunk stream ids a basic header can express.
 const CSID_RANGE: std::ops::RangeInclusive<u32> = 2..=65599;
 /// First allocation for a message that spans chunks (unless it is announced shorter): most
-/// frames fit, so they cost one allocation and one copy. Growing from a few KiB instead
-/// copies mid-sized frames several times (measurably slower in the chunk_reader bench).
+/// frames fit, so they cost one allocation, as before the budget existed; growing from a
+/// few KiB would reallocate mid-sized frames several times.
 const MIN_PARTIAL_ALLOC: usize = 64 * 1024;
 
 /// Limits a reader enforces on what a peer may send.
