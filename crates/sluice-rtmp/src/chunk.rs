@@ -63,7 +63,8 @@ pub struct ChunkLimits {
     /// Distinct chunk stream ids tracked at once (default 64).
     pub max_chunk_streams: usize,
     /// Cap on the bytes allocated for incomplete messages across all chunk streams (default
-    /// 32 MiB). Counted from what arrived, not from announced lengths. Keep it at least
+    /// 32 MiB). Counted from what is allocated, which follows what arrived (at most 64 KiB
+    /// per message ahead of it), not from announced lengths. Keep it at least
     /// `max_message_size`, or messages near that size can never arrive.
     pub max_buffered_bytes: usize,
 }
