@@ -21,13 +21,15 @@
 //! Memory a peer can make us hold: every chunk stream may have a message in flight, each up
 //! to `max_message_size`, so the reader keeps one budget for all of them
 //! ([`ChunkLimits::max_buffered_bytes`]). It counts the bytes allocated for incomplete
-//! messages, never their announced lengths: a buffer starts at 4 KiB (less if the message is
-//! announced shorter) and at most doubles when a chunk does not fit, never past the announced
-//! length nor past what the budget has left. A chunk that does not fit even so fails the
-//! connection with [`ChunkError::BufferBudget`]. So a peer holds at most the budget however
-//! many chunk streams it opens, and messages in flight together whose announced lengths add
-//! up to no more than the budget always pass. Messages that arrive whole in one chunk are
-//! copied out at once and never count.
+//! messages, not their announced lengths: a buffer starts at 64 KiB (the announced length if
+//! shorter, so a frame up to 64 KiB costs one allocation) and at most doubles when a chunk
+//! does not fit, never past the announced length nor past what the budget has left. An
+//! announced length thus reserves at most 64 KiB before its bytes arrive, and that is
+//! charged too. A chunk that does not fit even so fails the connection with
+//! [`ChunkError::BufferBudget`]. So a peer holds at most the budget however many chunk
+//! streams it opens, and messages in flight together whose announced lengths add up to no
+//! more than the budget always pass. Messages that arrive whole in one chunk are copied out
+//! at once and never count.
 
 use std::collections::HashMap;
 
@@ -46,9 +48,10 @@ const EXT_TS_MARKER: u32 = 0xFF_FFFF;
 const MAX_WIRE_MESSAGE_LEN: usize = 0xFF_FFFF;
 /// Chunk stream ids a basic header can express.
 const CSID_RANGE: std::ops::RangeInclusive<u32> = 2..=65599;
-/// Smallest buffer for a message that spans chunks (unless it is announced shorter), so the
-/// first few 128-byte chunks do not each reallocate.
-const MIN_PARTIAL_ALLOC: usize = 4 * 1024;
+/// First allocation for a message that spans chunks (unless it is announced shorter): most
+/// frames fit, so they cost one allocation, as before the budget existed; growing from a
+/// few KiB would reallocate mid-sized frames several times.
+const MIN_PARTIAL_ALLOC: usize = 64 * 1024;
 
 /// Limits a reader enforces on what a peer may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +63,8 @@ pub struct ChunkLimits {
     /// Distinct chunk stream ids tracked at once (default 64).
     pub max_chunk_streams: usize,
     /// Cap on the bytes allocated for incomplete messages across all chunk streams (default
-    /// 32 MiB). Counted from what arrived, not from announced lengths. Keep it at least
+    /// 32 MiB). Counted from what is allocated, which follows what arrived (at most 64 KiB
+    /// per message ahead of it), not from announced lengths. Keep it at least
     /// `max_message_size`, or messages near that size can never arrive.
     pub max_buffered_bytes: usize,
 }
@@ -218,8 +222,9 @@ struct InStream {
     type_id: u8,
     /// Message stream id from the last type 0 header.
     stream_id: u32,
-    /// The message being assembled, `None` between messages.
-    partial: Option<BytesMut>,
+    /// The message being assembled, `None` between messages. A `Vec`, for `reserve_exact`:
+    /// its capacity is what the budget counts, so it must grow only as far as asked.
+    partial: Option<Vec<u8>>,
 }
 
 /// Reassembles messages from a peer's chunk stream. Sans-IO: [`push`](Self::push) bytes,
@@ -402,12 +407,9 @@ impl ChunkReader {
             partial => {
                 let mut p = partial.unwrap_or_default();
                 if let Some(target) = grow_to {
-                    // Grown by hand: BytesMut's own growth may overshoot the announced
-                    // length and the budget, and its capacity is what we count.
-                    let mut grown = BytesMut::with_capacity(target);
-                    grown.extend_from_slice(&p);
-                    self.buffered = (self.buffered - p.capacity()) + grown.capacity();
-                    p = grown;
+                    let before = p.capacity();
+                    p.reserve_exact(target - p.len());
+                    self.buffered = (self.buffered - before) + p.capacity();
                 }
                 p.extend_from_slice(&data); // fits: no reallocation behind the count
                 if p.len() < len as usize {
@@ -415,7 +417,9 @@ impl ChunkReader {
                     return Ok(None);
                 }
                 self.buffered -= p.capacity();
-                p.freeze()
+                // Capacity never exceeds the announced length, so this is the whole
+                // allocation handed over, not a copy.
+                Bytes::from(p)
             }
         };
         Ok(Some(Message {
@@ -928,22 +932,38 @@ mod tests {
     }
 
     #[test]
-    fn announced_lengths_are_not_reserved() {
-        // 40 chunk streams each announce 8 MiB and send one 4 KiB chunk: what is held is
-        // what arrived, not 40 x 8 MiB (nor 40 x a fixed preallocation).
-        let mut r = budget_reader(1 << 20, 4096);
+    fn announced_lengths_reserve_at_most_a_first_allocation() {
+        // 40 chunk streams each announce 8 MiB and send one 4 KiB chunk: each holds a first
+        // allocation (64 KiB), not 8 MiB; a message announced shorter holds its length.
+        let mut r = budget_reader(16 << 20, 4096);
         for csid in 3..43u8 {
             r.push(&[csid]);
             r.push(&type0(0, 8 << 20, 9, 1));
             r.push(&[0x17; 4096]);
             assert_eq!(r.next_message(), Ok(None));
         }
-        assert_eq!(r.buffered_bytes(), 40 * 4096);
+        assert_eq!(r.buffered_bytes(), 40 * MIN_PARTIAL_ALLOC);
+        r.push(&[43]);
+        r.push(&type0(0, 5000, 9, 1));
+        r.push(&[0x17; 4096]);
+        assert_eq!(r.next_message(), Ok(None));
+        assert_eq!(r.buffered_bytes(), 40 * MIN_PARTIAL_ALLOC + 5000);
+        // Once a buffer is full it doubles, not jumps to the announced length.
+        for _ in 0..16 {
+            r.push(&[0xC3]);
+            r.push(&[0x17; 4096]);
+        }
+        assert_eq!(r.next_message(), Ok(None));
+        assert_eq!(
+            r.buffered_bytes(),
+            41 * MIN_PARTIAL_ALLOC + 5000,
+            "csid 3 grew to 128 KiB"
+        );
     }
 
     #[test]
     fn interleaved_partials_over_the_budget_fail() {
-        let budget = 1 << 20;
+        let budget = 16 << 20;
         let mut r = budget_reader(budget, 4096);
         let mut held = 0;
         let error = 'rounds: {
@@ -971,8 +991,10 @@ mod tests {
         };
         assert_eq!(max, budget);
         assert!(needed > budget, "{needed}");
-        // Buffers at most double what they hold, so at least half the budget was used.
-        assert!(held > budget / 2 && held <= budget, "{held}");
+        // A buffer is at most its first allocation or twice what it holds, so what arrived
+        // is at least (budget - 40 x 64 KiB) / 2 when the budget runs out.
+        assert!(held > (budget - 40 * MIN_PARTIAL_ALLOC) / 2, "{held}");
+        assert!(held <= budget, "{held}");
     }
 
     #[test]
