@@ -1,5 +1,5 @@
 //! Writing batches of shared `Bytes` with vectored writes, handing the kernel only what the
-//! socket takes now (the RTMP and HTTP-FLV players share this path).
+//! socket takes now (the viewer driver and the shared writer write through it).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;

@@ -71,8 +71,8 @@ pub struct Plan {
 pub fn plan(running: &Config, mut loaded: Config) -> Result<Plan, ConfigError> {
     let mut needs_restart = Vec::new();
     // Each key read once at startup: app.rs binds the listeners and the QUIC relay (with its
-    // TLS files), rtmp.rs and flv.rs size their connection semaphores, cli.rs installs the
-    // log subscriber.
+    // TLS files), the front ends (sluice-front) size their connection semaphores, cli.rs
+    // installs the log subscriber.
     macro_rules! fixed {
         ($($section:ident . $key:ident),* $(,)?) => {$(
             if loaded.$section.$key != running.$section.$key {
