@@ -178,12 +178,10 @@ impl RtmpSource {
                 Some(ClientEvent::Failed { code, description }) => {
                     return Err(PullError::refused(code, description));
                 }
-                Some(ClientEvent::Status { code, .. })
-                    if code == "NetStream.Play.UnpublishNotify"
-                        || code == "NetStream.Play.Stop" =>
-                {
-                    return Err(PullError::Ended);
-                }
+                Some(ClientEvent::Status {
+                    code: StatusCode::UnpublishNotify | StatusCode::PlayStop,
+                    ..
+                }) => return Err(PullError::Ended),
                 Some(_) => continue,
             };
             let dts = self.clock.extend(timestamp);

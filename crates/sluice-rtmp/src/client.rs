@@ -78,7 +78,7 @@ pub enum ClientEvent {
         /// `level`.
         level: String,
         /// `code`.
-        code: String,
+        code: StatusCode,
         /// `description`.
         description: String,
     },
@@ -124,6 +124,10 @@ pub enum StatusCode {
     /// `NetConnection.Connect.Rejected`: the server refused the connection (e.g. an
     /// application it does not serve).
     ConnectRejected,
+    /// `NetStream.Play.UnpublishNotify`: the stream's publisher went away.
+    UnpublishNotify,
+    /// `NetStream.Play.Stop`: the server stopped playing the stream.
+    PlayStop,
     /// Any other code, as sent.
     Other(String),
 }
@@ -135,6 +139,8 @@ impl StatusCode {
             StatusCode::StreamNotFound => "NetStream.Play.StreamNotFound",
             StatusCode::BadName => "NetStream.Publish.BadName",
             StatusCode::ConnectRejected => "NetConnection.Connect.Rejected",
+            StatusCode::UnpublishNotify => "NetStream.Play.UnpublishNotify",
+            StatusCode::PlayStop => "NetStream.Play.Stop",
             StatusCode::Other(code) => code,
         }
     }
@@ -146,6 +152,8 @@ impl From<String> for StatusCode {
             "NetStream.Play.StreamNotFound" => StatusCode::StreamNotFound,
             "NetStream.Publish.BadName" => StatusCode::BadName,
             "NetConnection.Connect.Rejected" => StatusCode::ConnectRejected,
+            "NetStream.Play.UnpublishNotify" => StatusCode::UnpublishNotify,
+            "NetStream.Play.Stop" => StatusCode::PlayStop,
             _ => StatusCode::Other(code),
         }
     }
@@ -489,7 +497,7 @@ impl ClientSession {
             },
             _ => ClientEvent::Status {
                 level,
-                code,
+                code: code.into(),
                 description,
             },
         };

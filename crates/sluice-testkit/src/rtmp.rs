@@ -279,7 +279,7 @@ impl Player {
                             at: Instant::now(),
                         },
                         Ok(Some(ClientEvent::Metadata { .. })) => continue,
-                        Ok(Some(ClientEvent::Status { code, .. })) => Seen::Event(code),
+                        Ok(Some(ClientEvent::Status { code, .. })) => Seen::Event(code.to_string()),
                         Ok(Some(ClientEvent::Failed { code, .. })) => Seen::Event(code.to_string()),
                         Ok(Some(other)) => Seen::Event(format!("{other:?}")),
                         Ok(None) => Seen::Ended("closed by the server".to_owned()),
