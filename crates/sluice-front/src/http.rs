@@ -30,7 +30,7 @@ use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::topology::Via;
 use sluice_media::{Frame, FrameKind};
 use sluice_rtmp::command::Amf0Value;
-use sluice_runtime::close::Close;
+use sluice_runtime::close::{Close, GOODBYE};
 use sluice_runtime::viewer::{Ended, Peer, Viewer};
 use sluice_runtime::wire::Wire;
 use sluice_runtime::{Context, accept, io};
@@ -546,7 +546,7 @@ impl Handler {
         if matches!(close, Close::Shutdown | Close::StreamEnded) {
             let counters = &self.counters;
             let socket = &self.socket;
-            let _ = timeout(Duration::from_millis(500), async {
+            let _ = timeout(GOODBYE, async {
                 if chunked {
                     io::write_all(socket, LAST_CHUNK).await?;
                     counters.bytes_out.inc_by(LAST_CHUNK.len() as u64);

@@ -22,7 +22,7 @@ use sluice_rtmp::connection::{ConnectionError, ServerConnection};
 use sluice_rtmp::handshake::{self, Handshake, Progress};
 use sluice_rtmp::message::MessageType;
 use sluice_rtmp::server::{ServerConfig, ServerEvent, SessionStats};
-use sluice_runtime::close::Close;
+use sluice_runtime::close::{Close, GOODBYE};
 use sluice_runtime::viewer::{Ended, Peer, Viewer};
 use sluice_runtime::wire::Wire;
 use sluice_runtime::{Context, accept, io};
@@ -35,8 +35,6 @@ use tracing::{Instrument, debug, info, info_span, warn};
 /// per-viewer memory is what fan-out at scale pays for.
 const PUBLISHER_READ_BUF: usize = 64 * 1024;
 const PLAYER_READ_BUF: usize = 1024;
-/// How long a goodbye (the session's last output) may take.
-const GOODBYE: Duration = Duration::from_millis(500);
 
 /// Accepts RTMP connections until shutdown. Connections over `rtmp.max_connections` are
 /// refused at accept; accept errors back off briefly instead of spinning.

@@ -1,6 +1,10 @@
 //! Why a connection ended: one set of reasons for every front end, so the
 //! `sluice_connections_closed_total{protocol,reason}` labels mean the same everywhere.
 
+/// How long a goodbye may take (RTMP's StreamEOF and last output, the last HTTP chunk)
+/// before the connection is closed anyway.
+pub const GOODBYE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Why a connection ended (the `reason` label of `connections_closed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
