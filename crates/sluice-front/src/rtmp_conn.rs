@@ -568,15 +568,19 @@ impl Handler {
         self.close_after_flush = Some(Close::Rejected);
     }
 
+    /// Answers NetStream.Play.StreamNotFound (what players show best), counts `reason`, and
+    /// closes once that is written.
+    fn refuse_play(&mut self, stream_id: u32, reason: &'static str, description: &str) {
+        self.ctx.metrics.refused(proto::RTMP, reason);
+        self.conn
+            .session
+            .reject_play(stream_id, "NetStream.Play.StreamNotFound", description);
+        self.close_after_flush = Some(Close::Rejected);
+    }
+
     fn start_play(&mut self, stream_id: u32, name: &str) {
         let Some(key) = self.key(name).filter(|_| matches!(self.role, Role::Idle)) else {
-            self.ctx.metrics.refused(proto::RTMP, "bad_play");
-            self.conn.session.reject_play(
-                stream_id,
-                "NetStream.Play.StreamNotFound",
-                "invalid stream name or state",
-            );
-            self.close_after_flush = Some(Close::Rejected);
+            self.refuse_play(stream_id, "bad_play", "invalid stream name or state");
             return;
         };
         info!(app = %key.app, stream = %key.name, "playing");
@@ -585,13 +589,7 @@ impl Handler {
         if !via.0.is_empty() && pull.is_none() && !cursor.stream().is_publishing() {
             // Another node pulling: it does not wait for a publisher here, it asks its next
             // upstream.
-            self.ctx.metrics.refused(proto::RTMP, "pull_not_found");
-            self.conn.session.reject_play(
-                stream_id,
-                "NetStream.Play.StreamNotFound",
-                "not published on this node",
-            );
-            self.close_after_flush = Some(Close::Rejected);
+            self.refuse_play(stream_id, "pull_not_found", "not published on this node");
             return;
         }
         self.conn.session.accept_play(stream_id);
