@@ -11,6 +11,13 @@ pub enum Proto {
     Rtmp,
     /// HTTP-FLV (a GET of http://host:port/app/key.flv).
     Flv,
+    /// LL-HLS: the media playlist (http://host:port/app/key/media.m3u8), then blocking
+    /// reloads for the next part and a GET of each new part. Against a server without
+    /// LL-HLS (no EXT-X-PART-INF) it polls as `hls-classic` does.
+    Hls,
+    /// Classic HLS: the media playlist every target duration / 2 and a GET of each new
+    /// segment (nginx-rtmp: http://host:port/hls/key.m3u8).
+    HlsClassic,
 }
 
 /// Most publishers one run drives: a bound, not a target (at 2.5 Mbit/s, 1,000 paced
@@ -40,11 +47,11 @@ pub struct Args {
     /// Where the publisher pushes: rtmp://host:port/app/key.
     #[arg(long, default_value = "rtmp://127.0.0.1:1935/live/bench")]
     pub publish: String,
-    /// What viewers play: rtmp://host:port/app/key or http://host:port/app/key.flv
-    /// [default: the publish URL].
+    /// What viewers play: rtmp://host:port/app/key, http://host:port/app/key.flv or an HLS
+    /// media playlist http://host:port/app/key/media.m3u8 [default: the publish URL].
     #[arg(long)]
     pub play: Option<String>,
-    /// Viewer protocol [default: from the play URL's scheme].
+    /// Viewer protocol [default: from the play URL: rtmp://, .m3u8 (hls), else flv].
     #[arg(long, value_enum)]
     pub proto: Option<Proto>,
     /// Viewers to connect, spread evenly over the streams (viewer i plays stream i mod S).
@@ -111,7 +118,8 @@ pub struct Args {
 }
 
 /// The URL of stream `index` of `streams`: `url` itself for a single stream, else its stream
-/// key with `-{index}` appended, before a `.flv` extension and any query string.
+/// key with `-{index}` appended, before a `.flv` or `.m3u8` extension (before
+/// `/media.m3u8`: `live/bench/media.m3u8` → `live/bench-7/media.m3u8`) and any query string.
 pub fn stream_url(url: &str, index: usize, streams: usize) -> String {
     if streams <= 1 {
         return url.to_owned();
@@ -120,10 +128,12 @@ pub fn stream_url(url: &str, index: usize, streams: usize) -> String {
         Some(i) => url.split_at(i),
         None => (url, ""),
     };
-    match path.strip_suffix(".flv") {
-        Some(stem) => format!("{stem}-{index}.flv{query}"),
-        None => format!("{path}-{index}{query}"),
+    for suffix in ["/media.m3u8", ".m3u8", ".flv"] {
+        if let Some(stem) = path.strip_suffix(suffix) {
+            return format!("{stem}-{index}{suffix}{query}");
+        }
     }
+    format!("{path}-{index}{query}")
 }
 
 #[cfg(test)]
@@ -153,6 +163,14 @@ mod tests {
         assert_eq!(
             stream_url("http://h/live/bench.flv?x=1", 1, 2),
             "http://h/live/bench-1.flv?x=1"
+        );
+        assert_eq!(
+            stream_url("http://h:1/live/bench/media.m3u8", 7, 200),
+            "http://h:1/live/bench-7/media.m3u8"
+        );
+        assert_eq!(
+            stream_url("http://h:1/hls/bench.m3u8", 3, 4),
+            "http://h:1/hls/bench-3.m3u8"
         );
     }
 }

@@ -148,6 +148,11 @@ impl BodyDecoder {
         }
     }
 
+    /// How the body is delimited.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
     /// Feeds received bytes; `sink` gets body bytes. Returns true once the body is complete
     /// (last chunk, or Content-Length reached).
     pub fn feed(&mut self, mut data: &[u8], mut sink: impl FnMut(&[u8])) -> anyhow::Result<bool> {

@@ -1,6 +1,6 @@
 //! `sluice-bench`: the load generator. One process drives S RTMP publishers (one stream
 //! each, default 1), paced in real time from an FLV fixture and looping with increasing
-//! timestamps, and N RTMP or HTTP-FLV viewers spread over their streams, against any server
+//! timestamps, and N RTMP, HTTP-FLV or HLS viewers spread over their streams, against any server
 //! (Sluice, nginx-rtmp, SRS...); it matches every video frame's send and receive instants by
 //! timestamp and prints one JSON report. See `benches/README.md`.
 //!
@@ -11,6 +11,8 @@
 mod cli;
 mod fixture;
 mod hist;
+mod hls;
+mod hls_viewer;
 mod http;
 mod local;
 mod media;

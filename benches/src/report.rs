@@ -138,6 +138,50 @@ pub struct Report {
     pub publisher_lag_max_ms: f64,
     /// Why the publisher stopped early, if it did.
     pub publisher_error: Option<String>,
+    /// HLS viewers only (else `null`): HTTP requests answered in the window.
+    pub hls_requests: Option<u64>,
+    /// The same per second.
+    pub hls_requests_per_s: Option<f64>,
+    /// Playlist responses in the window.
+    pub hls_playlists: Option<u64>,
+    /// Of those, answers to blocking reloads (LL-HLS `_HLS_msn`/`_HLS_part`).
+    pub hls_blocking_playlists: Option<u64>,
+    /// Parts (LL-HLS) or segments (classic) downloaded in the window.
+    pub hls_media: Option<u64>,
+    /// Socket bytes read per second (`bytes_received` / window).
+    pub hls_bytes_per_s: Option<f64>,
+    /// Responses with a 4xx status in the window.
+    pub hls_http_4xx: Option<u64>,
+    /// Responses with a 5xx status in the window.
+    pub hls_http_5xx: Option<u64>,
+    /// Kept-alive connections the server closed between requests (the viewer reconnected).
+    pub hls_reconnects: Option<u64>,
+    /// Parts (segments) whose last frame was not found among the frames sent.
+    pub hls_unmatched: Option<u64>,
+    /// Parts (segments) timed: listed after the viewer's first playlist, last frame sent in
+    /// the window.
+    pub hls_samples: Option<u64>,
+    /// Listed: the playlist response that first listed a part (segment) − the send of its
+    /// last frame, ms. For LL-HLS that response answers a blocking reload, so this is when
+    /// the server published the part; for classic HLS it includes the polling interval.
+    pub hls_listed_p50_ms: Option<f64>,
+    /// 99th percentile.
+    pub hls_listed_p99_ms: Option<f64>,
+    /// Largest.
+    pub hls_listed_max_ms: Option<f64>,
+    /// Available: a part (segment) downloaded − the send of its last frame, ms.
+    pub hls_available_p50_ms: Option<f64>,
+    /// 99th percentile.
+    pub hls_available_p99_ms: Option<f64>,
+    /// Largest.
+    pub hls_available_max_ms: Option<f64>,
+    /// Download: downloaded − listed, ms.
+    pub hls_download_p50_ms: Option<f64>,
+    /// 99th percentile.
+    pub hls_download_p99_ms: Option<f64>,
+    /// The bytes the streams' playlists list at the end (media and init segment; sizes
+    /// downloaded, the rest estimated from the stream's rate), summed over streams.
+    pub hls_window_bytes: Option<u64>,
 }
 
 /// Prints the report: one JSON line with `json`, else indented JSON.

@@ -76,6 +76,39 @@ impl Ring {
             .copied()
     }
 
+    /// The last frame sent with a timestamp of at most `ts`, if still remembered: how an HLS
+    /// viewer finds the frame a sample's decode time (rounded to ms) came from.
+    pub fn at_or_before(&self, ts: u32) -> Option<Sent> {
+        let end = self.entries.partition_point(|e| e.ts <= ts);
+        end.checked_sub(1)
+            .and_then(|i| self.entries.get(i))
+            .copied()
+    }
+
+    /// The last frame sent with a timestamp of at most `ts` that was followed by a keyframe:
+    /// the end of a GOP, where servers cut segments.
+    pub fn gop_end_at_or_before(&self, ts: u32) -> Option<Sent> {
+        let end = self.entries.partition_point(|e| e.ts <= ts);
+        (0..end)
+            .rev()
+            .find(|&i| self.entries.get(i + 1).is_some_and(|next| next.key))
+            .and_then(|i| self.entries.get(i))
+            .copied()
+    }
+
+    /// The newest frame of body size `size` with a timestamp of at most `ts`, among the last
+    /// `within`: how an fMP4 viewer finds the frame its sample came from when the server
+    /// shifted timestamps.
+    pub fn newest_of_size_at_or_before(&self, size: u32, ts: u32, within: usize) -> Option<Sent> {
+        let end = self.entries.partition_point(|e| e.ts <= ts);
+        self.entries
+            .range(..end)
+            .rev()
+            .take(within)
+            .find(|e| e.size == size)
+            .copied()
+    }
+
     /// The newest of the last `within` frames with this size and keyframe flag: how a
     /// viewer whose server rewrote timestamps finds the frame it received.
     pub fn find_recent_by_size(&self, size: u32, key: bool, within: usize) -> Option<Sent> {
@@ -107,5 +140,24 @@ mod tests {
         let by_size = r.find_recent_by_size(1000 + last - 1, false, 4).unwrap();
         assert_eq!(by_size.ts, (last - 1) * 33);
         assert!(r.find_recent_by_size(1000 + last - 10, false, 4).is_none());
+        assert_eq!(
+            r.at_or_before(last * 33 + 32).map(|e| e.seq),
+            Some(u64::from(last))
+        );
+        assert_eq!(
+            r.at_or_before(last * 33 - 1).map(|e| e.seq),
+            Some(u64::from(last - 1))
+        );
+        assert!(r.at_or_before(0).is_none(), "fell off the ring");
+        // Keyframes every 60 frames: the frame before the last one at or before `last`.
+        let key = (last / 60) * 60;
+        let gop_end = r.gop_end_at_or_before(last * 33).unwrap();
+        assert_eq!(gop_end.seq, u64::from(key - 1));
+        let sized = r.newest_of_size_at_or_before(1000 + last - 3, last * 33, 8);
+        assert_eq!(sized.map(|e| e.seq), Some(u64::from(last - 3)));
+        assert!(
+            r.newest_of_size_at_or_before(1000 + last, (last - 1) * 33, 8)
+                .is_none()
+        );
     }
 }

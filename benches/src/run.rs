@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Args, Proto, Reader, stream_url};
 use crate::fixture::{self, Fixture};
 use crate::hist::Hist;
+use crate::hls_viewer::HlsTarget;
 use crate::http::HttpUrl;
 use crate::local::check_local;
 use crate::procfs::{self, Sample};
@@ -47,6 +48,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let play = args.play.clone().unwrap_or_else(|| args.publish.clone());
     let proto = match (args.proto, play.starts_with("http://")) {
         (Some(p), _) => p,
+        (None, true)
+            if play
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .ends_with(".m3u8") =>
+        {
+            Proto::Hls
+        }
         (None, true) => Proto::Flv,
         (None, false) => Proto::Rtmp,
     };
@@ -61,6 +71,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 lean: args.rtmp_reader == Reader::Lean,
             },
             Proto::Flv => Target::Flv(HttpUrl::parse(&play).context("--play")?),
+            Proto::Hls | Proto::HlsClassic => Target::Hls(HlsTarget {
+                url: HttpUrl::parse(&play).context("--play")?,
+                low_latency: proto == Proto::Hls,
+            }),
         });
     }
     // Every stream's URL has the same host: checking the first ones checks them all.
@@ -68,6 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     match &targets[0] {
         Target::Rtmp { url, .. } => check_local(&url.addr, args.allow_remote).await?,
         Target::Flv(url) => check_local(&url.addr, args.allow_remote).await?,
+        Target::Hls(t) => check_local(&t.url.addr, args.allow_remote).await?,
     }
     let fixture = Rc::new(Fixture::load(&fixture::resolve(&args.fixture))?);
     let connect_timeout = Duration::from_millis(args.connect_timeout_ms);
@@ -316,10 +331,12 @@ fn summarise(
         proto: match proto {
             Proto::Rtmp => "rtmp",
             Proto::Flv => "flv",
+            Proto::Hls => "hls",
+            Proto::HlsClassic => "hls-classic",
         }
         .to_owned(),
         reader: match (proto, args.rtmp_reader) {
-            (Proto::Flv, _) => "http",
+            (Proto::Flv | Proto::Hls | Proto::HlsClassic, _) => "http",
             (Proto::Rtmp, Reader::Lean) => "lean",
             (Proto::Rtmp, Reader::Client) => "client",
         }
@@ -425,6 +442,9 @@ fn summarise(
             ));
         }
     }
+    if matches!(proto, Proto::Hls | Proto::HlsClassic) {
+        hls_summary(&mut r, sh, window_s);
+    }
     let mut errors: Vec<(String, usize)> = errors.into_iter().collect();
     errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     r.errors = errors
@@ -433,4 +453,30 @@ fn summarise(
         .map(|(e, n)| format!("{e} (x{n})"))
         .collect();
     r
+}
+
+/// The HLS viewers' fields of the report.
+fn hls_summary(r: &mut Report, sh: &Shared, window_s: f64) {
+    let h = &sh.hls;
+    let per_s = |n: u64| (window_s > 0.0).then(|| round(n as f64 / window_s, 1));
+    r.hls_requests = Some(h.requests);
+    r.hls_requests_per_s = per_s(h.requests);
+    r.hls_playlists = Some(h.playlists);
+    r.hls_blocking_playlists = Some(h.blocking_playlists);
+    r.hls_media = Some(h.media);
+    r.hls_bytes_per_s = per_s(r.bytes_received);
+    r.hls_http_4xx = Some(h.status_4xx);
+    r.hls_http_5xx = Some(h.status_5xx);
+    r.hls_reconnects = Some(h.reconnects);
+    r.hls_unmatched = Some(h.unmatched);
+    r.hls_samples = Some(h.available.count());
+    r.hls_listed_p50_ms = Some(ms(h.announced.quantile(0.5)));
+    r.hls_listed_p99_ms = Some(ms(h.announced.quantile(0.99)));
+    r.hls_listed_max_ms = Some(ms(h.announced.max()));
+    r.hls_available_p50_ms = Some(ms(h.available.quantile(0.5)));
+    r.hls_available_p99_ms = Some(ms(h.available.quantile(0.99)));
+    r.hls_available_max_ms = Some(ms(h.available.max()));
+    r.hls_download_p50_ms = Some(ms(h.download.quantile(0.5)));
+    r.hls_download_p99_ms = Some(ms(h.download.quantile(0.99)));
+    r.hls_window_bytes = Some(h.window_bytes.iter().sum());
 }

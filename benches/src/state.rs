@@ -69,7 +69,7 @@ pub struct Published {
 
 impl Published {
     /// Whether the frame with sequence number `seq` of `kind` was sent in the window.
-    fn sent_in_window(&self, kind: usize, seq: u64) -> bool {
+    pub fn sent_in_window(&self, kind: usize, seq: u64) -> bool {
         self.window_start.is_some_and(|s| seq >= s[kind])
             && self.window_end.is_none_or(|e| seq < e[kind])
     }
@@ -110,6 +110,38 @@ pub struct Shared {
     /// Why publishers stopped early ("stream: reason"), in the order they did; at most one
     /// per publisher.
     pub publisher_errors: Vec<String>,
+    /// HLS viewers' counters.
+    pub hls: HlsStats,
+}
+
+/// What HLS viewers measured, over all of them. Counts are of responses completed in the
+/// window; times are of parts (segments) whose last frame was sent in the window.
+#[derive(Debug, Default)]
+pub struct HlsStats {
+    /// HTTP requests answered (any status).
+    pub requests: u64,
+    /// Playlist responses, and how many of them answered a blocking reload.
+    pub playlists: u64,
+    /// See `playlists`.
+    pub blocking_playlists: u64,
+    /// Parts (LL-HLS) or segments (classic) downloaded.
+    pub media: u64,
+    /// Responses with a 4xx / 5xx status.
+    pub status_4xx: u64,
+    /// See `status_4xx`.
+    pub status_5xx: u64,
+    /// Connections the server closed between requests (the viewer reconnected).
+    pub reconnects: u64,
+    /// Part (segment) listed in a playlist − its last frame sent, µs.
+    pub announced: Hist,
+    /// Part (segment) downloaded − its last frame sent, µs.
+    pub available: Hist,
+    /// Part (segment) downloaded − listed, µs.
+    pub download: Hist,
+    /// Parts (segments) whose last frame was not found among the frames sent.
+    pub unmatched: u64,
+    /// Per stream: the bytes its playlist's window lists (the largest a viewer estimated).
+    pub window_bytes: Vec<u64>,
 }
 
 impl Shared {
@@ -117,6 +149,10 @@ impl Shared {
     pub fn new(streams: usize) -> Self {
         Self {
             streams: (0..streams).map(|_| Published::default()).collect(),
+            hls: HlsStats {
+                window_bytes: vec![0; streams],
+                ..HlsStats::default()
+            },
             ..Self::default()
         }
     }

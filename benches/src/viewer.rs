@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use crate::hls_viewer::{self, HlsTarget};
 use crate::http::{BodyDecoder, HttpUrl, MAX_HEAD, head_end, parse_head};
 use crate::media::{PROBE, TagScanner, classify};
 use crate::state::{Clock, Rx, Shared, Viewer};
@@ -40,13 +41,13 @@ use crate::state::{Clock, Rx, Shared, Viewer};
 const SCRATCH: usize = 64 * 1024;
 
 /// The read buffer and control-message buffer all lean readers of this thread share.
-struct Scratch {
-    buf: Vec<u8>,
+pub(crate) struct Scratch {
+    pub(crate) buf: Vec<u8>,
     cmsg: Vec<u8>,
 }
 
 thread_local! {
-    static SCRATCH_BUF: RefCell<Scratch> = RefCell::new(Scratch {
+    pub(crate) static SCRATCH_BUF: RefCell<Scratch> = RefCell::new(Scratch {
         buf: vec![0; SCRATCH],
         cmsg: nix::cmsg_space!(TimeSpec),
     });
@@ -54,14 +55,17 @@ thread_local! {
 
 /// Asks the kernel to timestamp what this socket receives; without it latency falls back to
 /// the generator's read time.
-fn enable_rx_timestamps(socket: &TcpStream) {
+pub(crate) fn enable_rx_timestamps(socket: &TcpStream) {
     let _ = setsockopt(socket, sockopt::ReceiveTimestampns, &true);
 }
 
 /// One non-blocking read into the scratch buffer: bytes read and the kernel's receive
 /// timestamp of the last of them (realtime ns), if reported. `WouldBlock` clears tokio's
 /// readiness, as `try_read` does.
-fn recv(socket: &TcpStream, scratch: &mut Scratch) -> std::io::Result<(usize, Option<u64>)> {
+pub(crate) fn recv(
+    socket: &TcpStream,
+    scratch: &mut Scratch,
+) -> std::io::Result<(usize, Option<u64>)> {
     socket.try_io(Interest::READABLE, || {
         let mut iov = [IoSliceMut::new(&mut scratch.buf)];
         let msg = recvmsg::<()>(
@@ -90,6 +94,8 @@ pub enum Target {
     Rtmp { url: RtmpUrl, lean: bool },
     /// HTTP-FLV.
     Flv(HttpUrl),
+    /// HLS (LL-HLS or classic).
+    Hls(HlsTarget),
 }
 
 /// What every viewer task needs.
@@ -129,6 +135,7 @@ pub async fn run(
         Target::Rtmp { url, lean: false } => rtmp_client(&cfg, url, &sh, &stop, &mut v).await,
         Target::Rtmp { url, lean: true } => rtmp_lean(&cfg, url, &sh, &stop, &mut v).await,
         Target::Flv(url) => flv(&cfg, url, &sh, &stop, &mut v).await,
+        Target::Hls(target) => hls_viewer::run(&cfg, target, &sh, &stop, &mut v).await,
     };
     if let Err(e) = result {
         v.ended(&sh.borrow(), format!("{e:#}"));
