@@ -710,3 +710,150 @@ fn last_sent_ts(
     )
     .map(|s| (s, VIDEO))
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn read_request(s: &mut TcpStream) -> String {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 512];
+        while head_end(&req).is_none() {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "client closed mid-request");
+            req.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(req).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn keeps_the_connection_alive_and_reconnects_when_the_server_closed_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // Two responses on the first connection, then the server closes it.
+            let (mut s, _) = listener.accept().await.unwrap();
+            let first = read_request(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                .await
+                .unwrap();
+            read_request(&mut s).await;
+            s.write_all(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nnop\r\n0\r\n\r\n")
+                .await
+                .unwrap();
+            drop(s);
+            // The third request on a new one, chunked in two writes.
+            let (mut s, _) = listener.accept().await.unwrap();
+            let third = read_request(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+                .await
+                .unwrap();
+            s.write_all(b"3\r\ndef\r\n0\r\n\r\n").await.unwrap();
+            (first, third)
+        });
+        let url = HttpUrl::parse(&format!("http://{addr}/live/k/media.m3u8")).unwrap();
+        let cfg = Config {
+            targets: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            stall_ns: 1_000_000_000,
+            has_audio: false,
+            clock: Clock::start(),
+            read_bytes_per_sec: 0,
+        };
+        let sh = RefCell::new(Shared::new(1));
+        sh.borrow_mut().open_window();
+        let mut v = Viewer::new(0, 0);
+        let stop = CancellationToken::new();
+        let mut conn = Conn::new(&url);
+        let mut body = Vec::new();
+
+        let r = conn
+            .get(
+                "/a",
+                &cfg,
+                &sh,
+                &mut v,
+                &stop,
+                &mut Sink::Keep(&mut body, 100),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status, r.bytes, &body[..]), (200, 5, &b"hello"[..]));
+        body.clear();
+        let r = conn
+            .get(
+                "/b",
+                &cfg,
+                &sh,
+                &mut v,
+                &stop,
+                &mut Sink::Keep(&mut body, 100),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status, r.bytes), (404, 3));
+        assert!(body.is_empty(), "error bodies are not kept");
+        let r = conn
+            .get(
+                "/c",
+                &cfg,
+                &sh,
+                &mut v,
+                &stop,
+                &mut Sink::Keep(&mut body, 100),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status, &body[..]), (200, &b"abcdef"[..]));
+        assert_eq!(sh.borrow().hls.reconnects, 1);
+        assert!(v.wire_bytes > 0 && v.reads >= 3);
+        let (first, third) = server.await.unwrap();
+        assert!(
+            first.starts_with("GET /a HTTP/1.1\r\nHost: 127.0.0.1:"),
+            "{first}"
+        );
+        assert!(third.starts_with("GET /c HTTP/1.1\r\n"), "{third}");
+
+        // A body over the limit is an error, not a larger buffer.
+        let mut small = Vec::new();
+        assert!(Sink::Keep(&mut small, 4).feed(b"hello").is_err());
+    }
+
+    #[test]
+    fn window_bytes_use_downloaded_sizes_and_the_rate_elsewhere() {
+        let pl = MediaPlaylist::parse(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PART-INF:PART-TARGET=0.5\n\
+             #EXT-X-MEDIA-SEQUENCE:4\n#EXTINF:1.0,\nseg-4.m4s\n\
+             #EXT-X-PART:DURATION=0.5,URI=\"part-5.0.m4s\"\n\
+             #EXT-X-PART:DURATION=0.5,URI=\"part-5.1.m4s\"\n#EXTINF:1.0,\nseg-5.m4s\n\
+             #EXT-X-PART:DURATION=0.5,URI=\"part-6.0.m4s\"\n",
+        )
+        .unwrap();
+        let mut st = State {
+            init_bytes: 100,
+            ..State::default()
+        };
+        // Joined at 4's second part (4 not whole: estimated), then every part of 5 and 6.
+        let part = |msn, i| Listed {
+            msn,
+            part: Some(i),
+            uri: String::new(),
+            duration_ms: 500,
+        };
+        st.log_bytes(&part(4, 1), 1000);
+        st.log_bytes(&part(5, 0), 3000);
+        st.log_bytes(&part(5, 1), 1000);
+        st.log_bytes(&part(6, 0), 2000);
+        // Rate: 7,000 bytes / 2,000 ms; segment 4 (1,000 ms) estimated at 3,500.
+        assert_eq!(st.window_bytes(&pl), 3500 + 4000 + 2000 + 100);
+        st.last = Some(State::key(&part(6, 0)));
+        assert!(st.is_new(&part(6, 1)));
+        assert!(!st.is_new(&part(5, 1)));
+    }
+}
