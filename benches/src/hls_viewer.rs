@@ -44,6 +44,8 @@ pub struct HlsTarget {
 
 /// Retry interval while the server has no playlist yet (the stream is starting).
 const NOT_YET: Duration = Duration::from_millis(200);
+/// Bytes of a read copied into the head buffer at a time while looking for its end.
+const HEAD_STEP: usize = 256;
 /// Shortest classic reload interval.
 const MIN_POLL: Duration = Duration::from_millis(100);
 /// Segments whose sizes a viewer remembers (for the window's bytes).
@@ -229,15 +231,26 @@ impl Reading {
     ) -> Result<Option<(Response, bool)>, Exchange> {
         let mut rest = data;
         if self.body.is_none() {
+            // Copied in small steps: a read that brings the head also brings up to 64 KiB
+            // of body, which must not become every viewer's head buffer.
             let before = head.len();
-            head.extend_from_slice(data);
-            let Some(end) = head_end(head) else {
-                if head.len() > MAX_HEAD {
-                    return Err(Exchange::Failed(anyhow::anyhow!(
-                        "response head over {MAX_HEAD} bytes"
-                    )));
+            let mut taken = 0;
+            let end = loop {
+                if taken == data.len() {
+                    if head.len() > MAX_HEAD {
+                        return Err(Exchange::Failed(anyhow::anyhow!(
+                            "response head over {MAX_HEAD} bytes"
+                        )));
+                    }
+                    return Ok(None);
                 }
-                return Ok(None);
+                let n = (data.len() - taken).min(HEAD_STEP);
+                let from = head.len().saturating_sub(3);
+                head.extend_from_slice(&data[taken..taken + n]);
+                taken += n;
+                if let Some(e) = head_end(&head[from..]) {
+                    break from + e;
+                }
             };
             let (status, framing) = parse_head(&head[..end]).map_err(Exchange::Failed)?;
             let close = connection_close(&head[..end]);
