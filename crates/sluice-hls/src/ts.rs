@@ -174,24 +174,24 @@ impl TsMuxer {
     /// header, or any MP3 frame (MP3 has no sequence header). Either may be `None`, not both.
     /// Other codecs are [`TsError::Unsupported`]: the caller falls back to fMP4 or refuses.
     pub fn new(video: Option<&Frame>, audio: Option<&Frame>) -> Result<TsMuxer, TsError> {
-        let video = video
-            .map(|f| {
+        let video = match video {
+            Some(f) => {
                 let (codec, config) = video_config(f)?;
-                Ok::<_, TsError>(VideoTrack {
+                Some(VideoTrack {
                     codec,
                     config,
                     cc: 0,
                 })
-            })
-            .transpose()?;
-        let audio = audio
-            .map(|f| {
-                Ok::<_, TsError>(AudioTrack {
-                    codec: audio_codec(f)?,
-                    cc: 0,
-                })
-            })
-            .transpose()?;
+            }
+            None => None,
+        };
+        let audio = match audio {
+            Some(f) => Some(AudioTrack {
+                codec: audio_codec(f)?,
+                cc: 0,
+            }),
+            None => None,
+        };
         if video.is_none() && audio.is_none() {
             return Err(TsError::NoStreams);
         }

@@ -365,6 +365,24 @@ fn aac_frames_go_out_as_adts() {
 }
 
 #[test]
+fn mp3_frames_go_out_as_they_are() {
+    // MPEG-1 layer III, 128 kb/s, 44.1 kHz: its own header, no ADTS.
+    let mp3 = [0xff, 0xfb, 0x90, 0x64, 0x00, 0x0f];
+    let first = audio(0, [&[0x2f][..], &mp3].concat());
+    let (m, ts) = mux(
+        None,
+        Some(&first),
+        &[audio(26, [&[0x2f][..], &mp3].concat())],
+    );
+    let pes = read_pes(&ts);
+    assert_eq!(
+        (pes.len(), pes[0].pts, &pes[0].es[..]),
+        (1, 26 * 90, &mp3[..])
+    );
+    assert_eq!(m.skipped_frames(), 0);
+}
+
+#[test]
 fn annex_b_conversion_of_a_known_nalu_sequence() {
     let aud = [0x09, 0xf0];
     let idr = [0x65, 0x88, 0x84, 0x00];
@@ -509,7 +527,10 @@ fn packets_are_whole_and_counters_run_per_pid() {
         let mut nal = vec![0x41; len];
         nal[0] = if i % 10 == 0 { 0x65 } else { 0x41 };
         frames.push(avc_frame(i * 40, 0, i % 10 == 0, &[&nal]));
-        frames.push(aac_frame(i * 40 + 3, &vec![0x21; len % 500 + 1]));
+        // 14 PES header bytes + 7 ADTS bytes + 162: one byte short of a packet (an
+        // adaptation field of length 0), + 163: exactly one packet.
+        let raw_len = [1, 161, 162, 163, 164, 170, 180, 300, 1000, 8184][i as usize % 10];
+        frames.push(aac_frame(i * 40 + 3, &vec![0x21; raw_len]));
     }
     let mut m = TsMuxer::new(Some(&avc_seq(&avcc())), Some(&aac_seq(&[0x12, 0x10]))).unwrap();
     let mut out = BytesMut::new();
