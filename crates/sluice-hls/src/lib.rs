@@ -7,4 +7,5 @@
 //! query. The bytes of parts and segments are the caller's to cache and serve.
 
 pub mod segmenter;
+pub mod ts;
 pub mod window;
