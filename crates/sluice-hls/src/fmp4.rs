@@ -58,8 +58,9 @@ pub enum Fmp4Error {
     Flv(#[from] FlvError),
 }
 
-/// An init segment and what a playlist says about it.
-#[derive(Debug, Clone)]
+/// An init segment and what a playlist says about it. Two inits are equal when their bytes
+/// and tracks are: a new sequence header that compares equal needs no new `EXT-X-MAP`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Init {
     /// `ftyp` + `moov` (with `mvex`/`trex`), served as the `EXT-X-MAP`.
     pub bytes: Bytes,

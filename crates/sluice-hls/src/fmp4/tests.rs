@@ -579,3 +579,10 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn equal_sequence_headers_give_equal_inits() {
+    assert_eq!(h264_aac_init(), h264_aac_init());
+    let other = init_segment(Some(&avc_header(2)), Some(&aac_header())).unwrap();
+    assert_ne!(other, h264_aac_init());
+}
