@@ -6,4 +6,5 @@
 //! [`playlist`] writes the playlists from it and reads the blocking-reload and delta-update
 //! query. The bytes of parts and segments are the caller's to cache and serve.
 
+pub mod playlist;
 pub mod window;
