@@ -19,11 +19,14 @@
 //! * [`node`]: origins and edges as `sluice serve` child processes ([`node::Spec`],
 //!   [`node::Process`]), and reading their JSON logs.
 //! * [`http`]: plain HTTP/1.0 requests and reading Prometheus text.
+//! * [`hls`]: an independent HLS playlist reader and the RFC 8216bis rules Sluice's
+//!   playlists are checked against.
 //! * [`wait`]: [`wait::eventually`], the bounded poll for state a test cannot be told about.
 //!
 //! Nothing here may hang a test: every external process runs with a deadline and is killed by
 //! PID when it passes.
 
+pub mod hls;
 pub mod http;
 pub mod media;
 pub mod nginx;
