@@ -49,6 +49,8 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     /// HTTP listener (HTTP-FLV playback).
     pub http: HttpConfig,
+    /// HLS and LL-HLS on the HTTP listener.
+    pub hls: HlsConfig,
     /// Admin listener (metrics, API, health).
     pub admin: AdminConfig,
     /// Stream behaviour: publishers, waiting viewers, GOP cache.
@@ -109,6 +111,43 @@ pub struct HttpConfig {
     pub idle_timeout_ms: u64,
     /// Value of Access-Control-Allow-Origin on playback responses; empty disables CORS.
     pub cors_allow_origin: String,
+}
+
+/// HLS and LL-HLS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HlsConfig {
+    /// Serve HLS at all.
+    pub enabled: bool,
+    /// Segment container: fMP4/CMAF with LL-HLS parts, or MPEG-TS (classic HLS).
+    pub container: HlsContainer,
+    /// A segment lasts at least this long; it ends at the next keyframe after it.
+    pub target_duration_ms: u32,
+    /// LL-HLS part target.
+    pub part_target_ms: u32,
+    /// Complete segments a playlist lists (and the cache keeps).
+    pub window_segments: usize,
+    /// Byte budget of the segment cache, all streams together.
+    pub cache_max_bytes: u64,
+    /// A stream's segmenter stops this long after its last HLS request.
+    pub idle_timeout_ms: u64,
+}
+
+/// The container HLS segments are muxed into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HlsContainer {
+    /// fMP4/CMAF: LL-HLS parts, H.264, HEVC, AV1, AAC, Opus.
+    Fmp4,
+    /// MPEG-TS: classic HLS for old players, H.264, HEVC, AAC.
+    Ts,
+}
+
+impl HlsConfig {
+    /// The segmenter's idle deadline.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
 }
 
 /// Admin listener settings.
@@ -299,6 +338,17 @@ impl Config {
         }
         if self.http.request_timeout_ms == 0 {
             return invalid("http.request_timeout_ms must be positive");
+        }
+        if !(100..=60_000).contains(&self.hls.target_duration_ms) {
+            return invalid("hls.target_duration_ms must be within 100..=60000");
+        }
+        if self.hls.part_target_ms < 50 || self.hls.part_target_ms > self.hls.target_duration_ms {
+            return invalid(
+                "hls.part_target_ms must be at least 50 and at most hls.target_duration_ms",
+            );
+        }
+        if !(2..=1000).contains(&self.hls.window_segments) {
+            return invalid("hls.window_segments must be within 2..=1000");
         }
         Ok(())
     }
