@@ -7,6 +7,7 @@
 //! query. The bytes of parts and segments are the caller's to cache and serve.
 
 pub mod fmp4;
+pub mod mux;
 pub mod playlist;
 pub mod segmenter;
 pub mod ts;

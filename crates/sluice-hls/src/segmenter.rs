@@ -64,6 +64,10 @@ pub struct Settings {
     pub part_target_ms: u32,
     /// Complete segments kept in the window.
     pub window_segments: usize,
+    /// The first segment's media sequence number (and, truncated, the first init's id):
+    /// a caller restarting a stream's segmenter starts past the old numbers, so a URI never
+    /// names two different things.
+    pub first_msn: u64,
 }
 
 /// What a push produced, for the caller to cache.
@@ -185,9 +189,10 @@ impl Segmenter {
             latest_audio_header: None,
             unsupported: false,
             has_video: false,
-            next_init_id: 0,
-            init_id: 0,
-            next_msn: 0,
+            // Truncation is fine: ids only need to differ from recent ones.
+            next_init_id: settings.first_msn as u32,
+            init_id: settings.first_msn as u32,
+            next_msn: settings.first_msn,
             discontinuity: false,
             part: OpenPart::default(),
             segment_start: None,
@@ -376,12 +381,17 @@ impl Segmenter {
         let Some(muxer) = self.muxer.as_mut() else {
             return;
         };
+        let index = u32::try_from(segment.parts.len()).unwrap_or(u32::MAX);
+        let bytes = muxer.part(&part.frames, index == 0);
+        if bytes.is_empty() {
+            // Nothing the muxer could use (frames it skips): no part; the next one covers
+            // the time.
+            return;
+        }
         let end = end.unwrap_or(self.advertised_end + self.last_interval);
         let target = u64::from(self.settings.part_target_ms);
         let duration = end.saturating_sub(self.advertised_end).min(target);
         self.advertised_end += duration;
-        let index = u32::try_from(segment.parts.len()).unwrap_or(u32::MAX);
-        let bytes = muxer.part(&part.frames, index == 0);
         segment.parts.push(PartInfo {
             duration_ms: u32::try_from(duration).unwrap_or(u32::MAX),
             independent: part.independent,
@@ -505,6 +515,7 @@ mod tests {
             target_duration_ms: 1000,
             part_target_ms: 200,
             window_segments: 3,
+            first_msn: 0,
         }
     }
 
