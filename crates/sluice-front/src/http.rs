@@ -108,6 +108,8 @@ struct Request {
     method: Method,
     /// The target's path, without the query or an absolute-form scheme and authority.
     path: String,
+    /// The target's query, without the `?`.
+    query: String,
     /// An HTTP/1.0 request (answered in HTTP/1.0, the body delimited by the close).
     http10: bool,
 }
@@ -134,7 +136,8 @@ fn parse_request(buf: &[u8]) -> Result<Option<Request>, HeadError> {
                 _ => Method::Other,
             };
             let target = req.path.unwrap_or_default();
-            let target = target.split(['?', '#']).next().unwrap_or_default();
+            let target = target.split('#').next().unwrap_or_default();
+            let (target, query) = target.split_once('?').unwrap_or((target, ""));
             // Absolute form (`GET http://host/live/a.flv`), as sent to proxies.
             let path = ["http://", "https://"]
                 .iter()
@@ -147,6 +150,7 @@ fn parse_request(buf: &[u8]) -> Result<Option<Request>, HeadError> {
             Ok(Some(Request {
                 method,
                 path: path.to_owned(),
+                query: query.to_owned(),
                 http10: req.version == Some(0),
             }))
         }
@@ -205,7 +209,7 @@ fn route(req: &Request) -> Route {
 
 /// Decodes `%XX` escapes (a `%` not followed by two hex digits stays as it is); `None` when
 /// the result is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     if !text.contains('%') {
         return Some(text.to_owned());
     }
@@ -390,6 +394,9 @@ impl Handler {
             }
         };
         let http10 = request.http10;
+        if let Some(page) = self.player_page(&request).await {
+            return self.answer(&page).await;
+        }
         let (app, name, head_only) = match route(&request) {
             Route::Play {
                 app,
@@ -469,6 +476,38 @@ impl Handler {
                 return Ok(request);
             }
         }
+    }
+
+    /// The player page or one of its assets, when the request is for one (see
+    /// [`crate::player`]).
+    async fn player_page(&self, request: &Request) -> Option<BytesMut> {
+        let head_only = match request.method {
+            Method::Get => false,
+            Method::Head => true,
+            _ => return None,
+        };
+        let found = crate::player::respond(
+            &request.path,
+            &request.query,
+            &self.ctx.config.load().player,
+        )?;
+        let (status, content_type, body) = match found.body.load().await {
+            Ok(body) => (found.status, found.content_type, body),
+            Err(e) => {
+                info!(error = %e, path = request.path, "player asset not readable");
+                ("404 Not Found", "text/plain; charset=utf-8", Bytes::new())
+            }
+        };
+        let mut response = Head::new(request.http10, status)
+            .header("content-type", content_type)
+            .header("cache-control", found.cache_control)
+            .header("content-length", &body.len().to_string())
+            .header("connection", "close")
+            .finish();
+        if !head_only {
+            response.put_slice(&body);
+        }
+        Some(response)
     }
 
     async fn answer(&mut self, response: &[u8]) {
@@ -629,6 +668,7 @@ mod tests {
         Request {
             method,
             path: path.to_owned(),
+            query: String::new(),
             http10: false,
         }
     }
@@ -641,7 +681,10 @@ mod tests {
         }
         assert_eq!(
             parse_request(head),
-            Ok(Some(request(Method::Get, "/live/a.flv")))
+            Ok(Some(Request {
+                query: "token=x".into(),
+                ..request(Method::Get, "/live/a.flv")
+            }))
         );
         // HTTP/1.0, and the absolute form a proxy gets.
         assert_eq!(
@@ -649,6 +692,7 @@ mod tests {
             Ok(Some(Request {
                 method: Method::Head,
                 path: "/live/a.flv".into(),
+                query: "x".into(),
                 http10: true,
             }))
         );

@@ -6,6 +6,8 @@
 //! - [`rtmp_conn`]: the RTMP listener (handshake, chunk streams and commands through the
 //!   sans-IO `sluice-rtmp`; publish and play).
 //! - [`http`]: the HTTP listener (HTTP-FLV playback).
+//! - [`player`]: the web player page the HTTP listener serves (hls.js / mpegts.js).
 
 pub mod http;
+pub mod player;
 pub mod rtmp_conn;
