@@ -266,7 +266,7 @@ fn route(req: &Request) -> Route {
 
 /// Decodes `%XX` escapes (a `%` not followed by two hex digits stays as it is); `None` when
 /// the result is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     if !text.contains('%') {
         return Some(text.to_owned());
     }
@@ -477,6 +477,9 @@ impl Handler {
             // What follows the head stays for the next request.
             self.buf.copy_within(request.head_len..self.filled, 0);
             self.filled -= request.head_len;
+            if let Some(page) = self.player_page(&request).await {
+                return self.answer(&page).await;
+            }
             match route(&request) {
                 Route::Hls {
                     app,
@@ -657,6 +660,38 @@ impl Handler {
             self.counters.bytes_in.inc_by(n as u64);
             self.filled += n;
         }
+    }
+
+    /// The player page or one of its assets, when the request is for one (see
+    /// [`crate::player`]).
+    async fn player_page(&self, request: &Request) -> Option<BytesMut> {
+        let head_only = match request.method {
+            Method::Get => false,
+            Method::Head => true,
+            _ => return None,
+        };
+        let found = crate::player::respond(
+            &request.path,
+            &request.query,
+            &self.ctx.config.load().player,
+        )?;
+        let (status, content_type, body) = match found.body.load().await {
+            Ok(body) => (found.status, found.content_type, body),
+            Err(e) => {
+                info!(error = %e, path = request.path, "player asset not readable");
+                ("404 Not Found", "text/plain; charset=utf-8", Bytes::new())
+            }
+        };
+        let mut response = Head::new(request.http10, status)
+            .header("content-type", content_type)
+            .header("cache-control", found.cache_control)
+            .header("content-length", &body.len().to_string())
+            .header("connection", "close")
+            .finish();
+        if !head_only {
+            response.put_slice(&body);
+        }
+        Some(response)
     }
 
     async fn answer(&mut self, response: &[u8]) {
