@@ -49,6 +49,10 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     /// HTTP listener (HTTP-FLV playback).
     pub http: HttpConfig,
+    /// HLS and LL-HLS on the HTTP listener.
+    pub hls: HlsConfig,
+    /// The player page on the HTTP listener.
+    pub player: PlayerConfig,
     /// Admin listener (metrics, API, health).
     pub admin: AdminConfig,
     /// Stream behaviour: publishers, waiting viewers, GOP cache.
@@ -109,6 +113,59 @@ pub struct HttpConfig {
     pub idle_timeout_ms: u64,
     /// Value of Access-Control-Allow-Origin on playback responses; empty disables CORS.
     pub cors_allow_origin: String,
+}
+
+/// HLS and LL-HLS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HlsConfig {
+    /// Serve HLS at all.
+    pub enabled: bool,
+    /// Segment container: fMP4/CMAF with LL-HLS parts, or MPEG-TS (classic HLS).
+    pub container: HlsContainer,
+    /// A segment lasts at least this long; it ends at the next keyframe after it.
+    pub target_duration_ms: u32,
+    /// LL-HLS part target.
+    pub part_target_ms: u32,
+    /// Complete segments a playlist lists (and the cache keeps).
+    pub window_segments: usize,
+    /// Byte budget of the segment cache, all streams together.
+    pub cache_max_bytes: u64,
+    /// A stream's segmenter stops this long after its last HLS request.
+    pub idle_timeout_ms: u64,
+}
+
+/// The container HLS segments are muxed into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HlsContainer {
+    /// fMP4/CMAF: LL-HLS parts, H.264, HEVC, AV1, AAC, Opus.
+    Fmp4,
+    /// MPEG-TS: classic HLS for old players, H.264, HEVC, AAC.
+    Ts,
+}
+
+impl HlsConfig {
+    /// The segmenter's idle deadline.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// `[player]`: the web player page served on the HTTP listener (`{path}/APP/NAME`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlayerConfig {
+    /// Serve the page at all.
+    pub enabled: bool,
+    /// URL prefix of the page and its assets: `/`, then path segments, no trailing `/`.
+    pub path: String,
+    /// Directory holding `hls.min.js` and `mpegts.js` (`deploy/player-assets.sh`), served
+    /// under `{path}/assets/`; empty loads them from `script_base` instead.
+    pub assets_dir: String,
+    /// Base URL of an npm CDN the page loads the player libraries from when `assets_dir` is
+    /// empty (`{script_base}/hls.js@1/dist/hls.min.js`).
+    pub script_base: String,
 }
 
 /// Admin listener settings.
@@ -300,6 +357,18 @@ impl Config {
         if self.http.request_timeout_ms == 0 {
             return invalid("http.request_timeout_ms must be positive");
         }
+        if !(100..=60_000).contains(&self.hls.target_duration_ms) {
+            return invalid("hls.target_duration_ms must be within 100..=60000");
+        }
+        if self.hls.part_target_ms < 50 || self.hls.part_target_ms > self.hls.target_duration_ms {
+            return invalid(
+                "hls.part_target_ms must be at least 50 and at most hls.target_duration_ms",
+            );
+        }
+        if !(2..=1000).contains(&self.hls.window_segments) {
+            return invalid("hls.window_segments must be within 2..=1000");
+        }
+        self.player.validate()?;
         Ok(())
     }
 }
@@ -312,6 +381,33 @@ impl HttpConfig {
     /// How long a viewer's socket may take nothing.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+impl PlayerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("player.{m}")));
+        // Segments of unreserved URL characters: the prefix goes into the page's URLs as it is.
+        let segments_ok = self.path.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            })
+        });
+        if !segments_ok {
+            return invalid(&format!(
+                "path {:?} must be `/` and segments of letters, digits, `-._~` (e.g. \"/play\")",
+                self.path
+            ));
+        }
+        if self.enabled && self.assets_dir.is_empty() && self.script_base.is_empty() {
+            return invalid("script_base or player.assets_dir must be set");
+        }
+        Ok(())
     }
 }
 
@@ -499,6 +595,35 @@ mod tests {
         assert!(err(empty).contains("empty"));
         assert!(err("[cluster]\nnode_id = \"a,b\"\n").contains("node_id"));
         assert!(err("[cluster]\nquic_listen = \"127.0.0.1:1937\"\n").contains("tls_cert"));
+    }
+
+    #[test]
+    fn the_player_section_has_documented_defaults_and_checks_its_path() {
+        let c = Config::default();
+        assert!(c.player.enabled);
+        assert_eq!(c.player.path, "/play");
+        assert_eq!(c.player.assets_dir, "");
+        assert_eq!(c.player.script_base, "https://cdn.jsdelivr.net/npm");
+        let env = vec![(
+            "SLUICE__PLAYER__ASSETS_DIR".to_owned(),
+            "/srv/player".to_owned(),
+        )];
+        let c = Config::load(Some("[player]\npath = \"/watch/v1\"\n"), env).unwrap();
+        assert_eq!(
+            (c.player.path.as_str(), c.player.assets_dir.as_str()),
+            ("/watch/v1", "/srv/player")
+        );
+        for path in [
+            "", "/", "play", "/play/", "//play", "/a/../b", "/pl ay", "/p?x", "/p\"x",
+        ] {
+            let file = format!("[player]\npath = {path:?}\n");
+            let e = Config::load(Some(&file), []).unwrap_err();
+            assert!(e.to_string().contains("player.path"), "{path:?}: {e}");
+        }
+        let nowhere = "[player]\nscript_base = \"\"\n";
+        assert!(Config::load(Some(nowhere), []).is_err());
+        let local = "[player]\nscript_base = \"\"\nassets_dir = \"/srv/player\"\n";
+        assert!(Config::load(Some(local), []).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::schedule::Drops;
@@ -22,6 +23,8 @@ pub mod proto {
     pub const RTMP: &str = "rtmp";
     /// HTTP-FLV.
     pub const HTTP_FLV: &str = "http_flv";
+    /// HLS and LL-HLS.
+    pub const HLS: &str = "hls";
 }
 
 /// All metrics of a node.
@@ -90,6 +93,20 @@ pub struct Metrics {
     /// Subsystems of the node (`rtmp`, `http_flv`, `admin`, `quic_relay`, `reload`) that
     /// ended before shutdown or panicked. Any but `reload` stops the node.
     pub subsystem_failures: Family<Label1, Counter>,
+    /// HLS requests answered, by resource (`multivariant`, `playlist`, `part`, `segment`,
+    /// `init`, `other`) and status code.
+    pub hls_requests: Family<Label2, Counter>,
+    /// How long blocking playlist and part requests waited, seconds.
+    pub hls_blocked_wait: Histogram,
+    /// HLS viewers: connections that asked for a media playlist within the last few target
+    /// durations, all streams.
+    pub hls_viewers: Gauge,
+    /// Streams being segmented for HLS now.
+    pub hls_segmenters: Gauge,
+    /// LL-HLS parts cut.
+    pub hls_parts: Counter,
+    /// Bytes held by the HLS segment cache.
+    pub hls_cache_bytes: Gauge,
 }
 
 /// One protocol's counters, looked up once (see [`Metrics::protocol_counters`]).
@@ -144,6 +161,12 @@ impl Metrics {
             fanout_writers: Gauge::default(),
             fanout_handbacks: Family::default(),
             subsystem_failures: Family::default(),
+            hls_requests: Family::default(),
+            hls_blocked_wait: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            hls_viewers: Gauge::default(),
+            hls_segmenters: Gauge::default(),
+            hls_parts: Counter::default(),
+            hls_cache_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
@@ -249,6 +272,32 @@ impl Metrics {
             "subsystem_failures",
             "Subsystems that ended before shutdown or panicked, by subsystem",
             m.subsystem_failures.clone(),
+        );
+        registry.register(
+            "hls_requests",
+            "HLS requests answered, by resource and status",
+            m.hls_requests.clone(),
+        );
+        registry.register(
+            "hls_blocked_wait_seconds",
+            "How long blocking HLS playlist and part requests waited",
+            m.hls_blocked_wait.clone(),
+        );
+        registry.register(
+            "hls_viewers",
+            "Connections that asked for an HLS media playlist recently",
+            m.hls_viewers.clone(),
+        );
+        registry.register(
+            "hls_segmenters",
+            "Streams being segmented for HLS",
+            m.hls_segmenters.clone(),
+        );
+        registry.register("hls_parts", "LL-HLS parts cut", m.hls_parts.clone());
+        registry.register(
+            "hls_cache_bytes",
+            "Bytes held by the HLS segment cache",
+            m.hls_cache_bytes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -20,6 +20,7 @@
 //! The response starts only once the stream has frames: a stream nobody publishes within
 //! `streams.wait_for_publisher_ms` is a 404, not an empty 200.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,8 @@ use sluice_runtime::close::{Close, GOODBYE};
 use sluice_runtime::viewer::{Ended, Peer, Viewer};
 use sluice_runtime::wire::Wire;
 use sluice_runtime::{Context, accept, io};
+
+use crate::hls::{self, Hls};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
@@ -44,6 +47,8 @@ pub const MAX_HEAD: usize = 8 * 1024;
 /// The head buffer starts this small and doubles up to [`MAX_HEAD`]; it is freed once the
 /// head is parsed.
 const HEAD_BUF: usize = 1024;
+/// The longest query string an HLS request may have (414 beyond).
+const MAX_QUERY: usize = 2048;
 /// Header lines a request may have (more is answered 431).
 const MAX_HEADERS: usize = 64;
 /// Connections over `http.max_connections` answered 503 at once; beyond that, closed unanswered.
@@ -59,7 +64,7 @@ const SINK: usize = 256;
 /// Accepts HTTP-FLV connections until shutdown. Connections over `http.max_connections` are
 /// answered 503 at accept; accept errors back off briefly instead of spinning.
 /// Fails only when the listener does (see [`crate::accept::listener_failed`]).
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, hls: Arc<Hls>) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(ctx.config.load().http.max_connections));
     let refusals = Arc::new(Semaphore::new(REFUSALS));
     accept::until_shutdown(&listener, &ctx, proto::HTTP_FLV, |socket, peer| {
@@ -79,9 +84,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<
         let conn = ctx.next_conn_id();
         let span = info_span!("http", conn, %peer);
         let task_ctx = ctx.clone();
+        let hls = hls.clone();
         ctx.tracker.spawn(
             async move {
-                Handler::new(task_ctx, socket).run().await;
+                Handler::new(task_ctx, hls, conn, socket).run().await;
                 drop(permit);
             }
             .instrument(span),
@@ -108,8 +114,15 @@ struct Request {
     method: Method,
     /// The target's path, without the query or an absolute-form scheme and authority.
     path: String,
+    /// The target's query, without the `?`.
+    query: String,
     /// An HTTP/1.0 request (answered in HTTP/1.0, the body delimited by the close).
     http10: bool,
+    /// The client keeps the connection for another request (HTTP/1.1 without
+    /// `connection: close`).
+    keep_alive: bool,
+    /// Length of the head in the buffer it was parsed from.
+    head_len: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +139,7 @@ fn parse_request(buf: &[u8]) -> Result<Option<Request>, HeadError> {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Partial) => Ok(None),
-        Ok(httparse::Status::Complete(_)) => {
+        Ok(httparse::Status::Complete(head_len)) => {
             let method = match req.method.unwrap_or_default() {
                 "GET" => Method::Get,
                 "HEAD" => Method::Head,
@@ -134,7 +147,8 @@ fn parse_request(buf: &[u8]) -> Result<Option<Request>, HeadError> {
                 _ => Method::Other,
             };
             let target = req.path.unwrap_or_default();
-            let target = target.split(['?', '#']).next().unwrap_or_default();
+            let target = target.split('#').next().unwrap_or_default();
+            let (target, query) = target.split_once('?').unwrap_or((target, ""));
             // Absolute form (`GET http://host/live/a.flv`), as sent to proxies.
             let path = ["http://", "https://"]
                 .iter()
@@ -144,10 +158,20 @@ fn parse_request(buf: &[u8]) -> Result<Option<Request>, HeadError> {
                         .then(|| &target[scheme.len()..])
                 })
                 .map_or(target, |rest| rest.find('/').map_or("/", |at| &rest[at..]));
+            let http10 = req.version == Some(0);
+            let close = req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection")
+                    && h.value
+                        .split(|b| *b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            });
             Ok(Some(Request {
                 method,
                 path: path.to_owned(),
-                http10: req.version == Some(0),
+                query: query.to_owned(),
+                http10,
+                keep_alive: !http10 && !close,
+                head_len,
             }))
         }
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
@@ -158,54 +182,91 @@ fn parse_request(buf: &[u8]) -> Result<Option<Request>, HeadError> {
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
+    /// HTTP-FLV: `/{app}/{name}.flv`.
     Play {
         app: String,
         name: String,
         head_only: bool,
     },
+    /// HLS: `/{app}/{name}.m3u8` (file None) or `/{app}/{name}/{file}`.
+    Hls {
+        app: String,
+        name: String,
+        file: Option<String>,
+        head_only: bool,
+    },
     Preflight,
     NotFound,
-    /// `/{app}/{file}` that is not a `.flv` name.
-    NotFlv,
+    /// `/{app}/{file}` that names no format served here.
+    NotPlayable,
     MethodNotAllowed,
     BadRequest,
 }
 
-/// Routes `/{app}/{file}` (two non-empty, percent-decoded segments): GET and HEAD play,
-/// OPTIONS is a CORS preflight, other methods are 405; any other path is 404.
+/// Routes `/{app}/{file}` and `/{app}/{name}/{file}` (non-empty, percent-decoded segments):
+/// GET and HEAD play, OPTIONS is a CORS preflight, other methods are 405; any other path is
+/// 404. A decoded segment may not hold `/` or be `.`/`..`.
 fn route(req: &Request) -> Route {
-    let Some((app, file)) = req
-        .path
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('/'))
-        .filter(|(app, file)| !app.is_empty() && !file.is_empty() && !file.contains('/'))
-    else {
-        return Route::NotFound;
+    let segments: Vec<&str> = match req.path.strip_prefix('/') {
+        Some(rest) => rest.split('/').collect(),
+        None => return Route::NotFound,
     };
+    if !(2..=3).contains(&segments.len()) || segments.iter().any(|s| s.is_empty()) {
+        return Route::NotFound;
+    }
     let head_only = match req.method {
         Method::Get => false,
         Method::Head => true,
         Method::Options => return Route::Preflight,
         Method::Other => return Route::MethodNotAllowed,
     };
-    let (Some(app), Some(file)) = (percent_decode(app), percent_decode(file)) else {
+    let Some(decoded) = segments
+        .iter()
+        .map(|s| percent_decode(s))
+        .collect::<Option<Vec<String>>>()
+    else {
         return Route::BadRequest;
     };
-    match file.strip_suffix(".flv") {
-        Some(name) if !name.is_empty() && !name.contains('/') && !app.contains('/') => {
-            Route::Play {
-                app,
-                name: name.to_owned(),
-                head_only,
-            }
+    if decoded.iter().any(|s| s.contains('/')) {
+        return Route::NotPlayable;
+    }
+    if decoded.iter().any(|s| s == "." || s == "..") {
+        return Route::BadRequest;
+    }
+    let mut decoded = decoded.into_iter();
+    let (Some(app), Some(second)) = (decoded.next(), decoded.next()) else {
+        return Route::NotFound;
+    };
+    if let Some(file) = decoded.next() {
+        return Route::Hls {
+            app,
+            name: second,
+            file: Some(file),
+            head_only,
+        };
+    }
+    let named = |ext: &str| second.strip_suffix(ext).filter(|n| !n.is_empty());
+    if let Some(name) = named(".flv") {
+        Route::Play {
+            app,
+            name: name.to_owned(),
+            head_only,
         }
-        _ => Route::NotFlv,
+    } else if let Some(name) = named(".m3u8") {
+        Route::Hls {
+            app,
+            name: name.to_owned(),
+            file: None,
+            head_only,
+        }
+    } else {
+        Route::NotPlayable
     }
 }
 
 /// Decodes `%XX` escapes (a `%` not followed by two hex digits stays as it is); `None` when
 /// the result is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     if !text.contains('%') {
         return Some(text.to_owned());
     }
@@ -338,59 +399,184 @@ impl Peer for Quiet {
     }
 }
 
-/// One HTTP-FLV connection: its request, then the answer or the stream.
+/// One HTTP connection: its requests (HLS ones kept alive), then the answer or the stream.
 struct Handler {
     ctx: Arc<Context>,
+    hls: Arc<Hls>,
+    conn: u64,
     /// Shared with the stream's writer while the viewer is one of its members.
     socket: Arc<TcpStream>,
     counters: ProtocolCounters,
+    hls_counters: ProtocolCounters,
+    /// Request heads being read; what follows a head (a pipelined request) stays.
+    buf: Vec<u8>,
+    filled: usize,
 }
 
 impl Handler {
-    fn new(ctx: Arc<Context>, socket: TcpStream) -> Self {
+    fn new(ctx: Arc<Context>, hls: Arc<Hls>, conn: u64, socket: TcpStream) -> Self {
         let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
+        let hls_counters = ctx.metrics.protocol_counters(proto::HLS);
         Handler {
             ctx,
+            hls,
+            conn,
             socket: Arc::new(socket),
             counters,
+            hls_counters,
+            buf: Vec::new(),
+            filled: 0,
         }
     }
 
     async fn run(mut self) {
-        let deadline = self.ctx.config.load().http.request_timeout();
         let shutdown = self.ctx.shutdown.clone();
-        let read = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            read = timeout(deadline, self.read_head()) => read,
-        };
-        let request = match read {
-            Ok(Ok(request)) => request,
-            Err(_) => {
-                info!("request head timed out");
-                self.ctx.metrics.refused(proto::HTTP_FLV, "request_timeout");
-                return;
+        let mut first = true;
+        loop {
+            let deadline = {
+                let cfg = self.ctx.config.load();
+                if first {
+                    cfg.http.request_timeout()
+                } else {
+                    // Between the requests of a kept-alive connection (an HLS player polls).
+                    cfg.http.idle_timeout()
+                }
+            };
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                read = timeout(deadline, self.read_head()) => read,
+            };
+            let request = match read {
+                Ok(Ok(request)) => request,
+                Err(_) if !first => return,
+                Err(_) => {
+                    info!("request head timed out");
+                    self.ctx.metrics.refused(proto::HTTP_FLV, "request_timeout");
+                    return;
+                }
+                Ok(Err(HeadError::Closed | HeadError::Io)) => return,
+                Ok(Err(HeadError::TooLarge)) => {
+                    info!("request head too large");
+                    self.ctx.metrics.refused(proto::HTTP_FLV, "head_too_large");
+                    let response = plain(
+                        false,
+                        "431 Request Header Fields Too Large",
+                        None,
+                        "request head too large\n",
+                    );
+                    return self.answer(&response).await;
+                }
+                Ok(Err(HeadError::Bad)) => {
+                    info!("not an HTTP/1 request");
+                    self.ctx.metrics.refused(proto::HTTP_FLV, "bad_request");
+                    let response = plain(false, "400 Bad Request", None, "bad request\n");
+                    return self.answer(&response).await;
+                }
+            };
+            first = false;
+            // What follows the head stays for the next request.
+            self.buf.copy_within(request.head_len..self.filled, 0);
+            self.filled -= request.head_len;
+            if let Some(page) = self.player_page(&request).await {
+                return self.answer(&page).await;
             }
-            Ok(Err(HeadError::Closed | HeadError::Io)) => return,
-            Ok(Err(HeadError::TooLarge)) => {
-                info!("request head too large");
-                self.ctx.metrics.refused(proto::HTTP_FLV, "head_too_large");
-                let response = plain(
-                    false,
-                    "431 Request Header Fields Too Large",
-                    None,
-                    "request head too large\n",
-                );
-                return self.answer(&response).await;
+            match route(&request) {
+                Route::Hls {
+                    app,
+                    name,
+                    file,
+                    head_only,
+                } => {
+                    if !self.hls_request(&request, app, name, file, head_only).await {
+                        return;
+                    }
+                }
+                route => return self.respond(&request, route).await,
             }
-            Ok(Err(HeadError::Bad)) => {
-                info!("not an HTTP/1 request");
-                self.ctx.metrics.refused(proto::HTTP_FLV, "bad_request");
-                let response = plain(false, "400 Bad Request", None, "bad request\n");
-                return self.answer(&response).await;
-            }
-        };
+        }
+    }
+
+    /// Answers an HLS request; whether the connection stays open for another.
+    async fn hls_request(
+        &mut self,
+        request: &Request,
+        app: String,
+        name: String,
+        file: Option<String>,
+        head_only: bool,
+    ) -> bool {
         let http10 = request.http10;
-        let (app, name, head_only) = match route(&request) {
+        let (enabled, allowed) = {
+            let cfg = self.ctx.config.load();
+            (cfg.hls.enabled, cfg.streams.app_allowed(&app))
+        };
+        let response = if !enabled {
+            hls::Response {
+                status: "404 Not Found",
+                content_type: "text/plain; charset=utf-8",
+                cache_control: "no-cache",
+                body: vec![Bytes::from_static(b"HLS is not served here\n")],
+            }
+        } else if !allowed {
+            self.ctx.metrics.refused(proto::HLS, "unknown_app");
+            hls::Response {
+                status: "404 Not Found",
+                content_type: "text/plain; charset=utf-8",
+                cache_control: "no-cache",
+                body: vec![Bytes::from_static(b"application not served here\n")],
+            }
+        } else if request.query.len() > MAX_QUERY {
+            hls::Response {
+                status: "414 URI Too Long",
+                content_type: "text/plain; charset=utf-8",
+                cache_control: "no-cache",
+                body: vec![Bytes::from_static(b"query too long\n")],
+            }
+        } else {
+            let hls_request = hls::Request {
+                key: StreamKey::new(&app, &name),
+                file,
+                query: request.query.clone(),
+                conn: self.conn,
+            };
+            let shutdown = self.ctx.shutdown.clone();
+            tokio::select! {
+                response = self.hls.respond(&hls_request) => response,
+                _ = shutdown.cancelled() => return false,
+            }
+        };
+        let keep_alive = request.keep_alive && !self.ctx.shutdown.is_cancelled();
+        let mut head = Head::new(http10, response.status)
+            .header("content-type", response.content_type)
+            .header("content-length", &response.len().to_string())
+            .header("cache-control", response.cache_control)
+            .cors(&self.ctx);
+        if !keep_alive {
+            head = head.header("connection", "close");
+        }
+        let mut bufs = VecDeque::with_capacity(response.body.len() + 1);
+        bufs.push_back(head.finish().freeze());
+        if !head_only {
+            bufs.extend(response.body);
+        }
+        let total: usize = bufs.iter().map(Bytes::len).sum();
+        let idle = self.ctx.config.load().http.idle_timeout();
+        match timeout(idle, io::write_bufs(&self.socket, &mut bufs)).await {
+            Ok(Ok(_)) => {
+                self.hls_counters.bytes_out.inc_by(total as u64);
+            }
+            _ => return false,
+        }
+        if !keep_alive {
+            let _ = io::shutdown_write(&self.socket);
+        }
+        keep_alive
+    }
+
+    /// Answers a request that is not HLS, and ends the connection (HTTP-FLV plays first).
+    async fn respond(&mut self, request: &Request, route: Route) {
+        let http10 = request.http10;
+        let (app, name, head_only) = match route {
             Route::Play {
                 app,
                 name,
@@ -408,7 +594,8 @@ impl Handler {
                 let response = plain(http10, "404 Not Found", None, "");
                 return self.answer(&response).await;
             }
-            Route::NotFlv => {
+            // (HLS requests never come here: the request loop answers them.)
+            Route::NotPlayable | Route::Hls { .. } => {
                 let response = plain(http10, "404 Not Found", Some(&self.ctx), "not found\n");
                 return self.answer(&response).await;
             }
@@ -449,26 +636,62 @@ impl Handler {
 
     /// Reads the request head into a buffer that starts small and grows to [`MAX_HEAD`].
     async fn read_head(&mut self) -> Result<Request, HeadError> {
-        let mut buf = vec![0u8; HEAD_BUF];
-        let mut filled = 0;
+        if self.buf.is_empty() {
+            self.buf.resize(HEAD_BUF, 0);
+        }
         loop {
-            if filled == buf.len() {
-                if buf.len() >= MAX_HEAD {
+            // A pipelined request may already be here.
+            if self.filled > 0
+                && let Some(request) = parse_request(&self.buf[..self.filled])?
+            {
+                return Ok(request);
+            }
+            if self.filled == self.buf.len() {
+                if self.buf.len() >= MAX_HEAD {
                     return Err(HeadError::TooLarge);
                 }
-                buf.resize((buf.len() * 2).min(MAX_HEAD), 0);
+                self.buf.resize((self.buf.len() * 2).min(MAX_HEAD), 0);
             }
-            let n = match io::read(&self.socket, &mut buf[filled..]).await {
+            let n = match io::read(&self.socket, &mut self.buf[self.filled..]).await {
                 Ok(0) => return Err(HeadError::Closed),
                 Ok(n) => n,
                 Err(_) => return Err(HeadError::Io),
             };
             self.counters.bytes_in.inc_by(n as u64);
-            filled += n;
-            if let Some(request) = parse_request(&buf[..filled])? {
-                return Ok(request);
-            }
+            self.filled += n;
         }
+    }
+
+    /// The player page or one of its assets, when the request is for one (see
+    /// [`crate::player`]).
+    async fn player_page(&self, request: &Request) -> Option<BytesMut> {
+        let head_only = match request.method {
+            Method::Get => false,
+            Method::Head => true,
+            _ => return None,
+        };
+        let found = crate::player::respond(
+            &request.path,
+            &request.query,
+            &self.ctx.config.load().player,
+        )?;
+        let (status, content_type, body) = match found.body.load().await {
+            Ok(body) => (found.status, found.content_type, body),
+            Err(e) => {
+                info!(error = %e, path = request.path, "player asset not readable");
+                ("404 Not Found", "text/plain; charset=utf-8", Bytes::new())
+            }
+        };
+        let mut response = Head::new(request.http10, status)
+            .header("content-type", content_type)
+            .header("cache-control", found.cache_control)
+            .header("content-length", &body.len().to_string())
+            .header("connection", "close")
+            .finish();
+        if !head_only {
+            response.put_slice(&body);
+        }
+        Some(response)
     }
 
     async fn answer(&mut self, response: &[u8]) {
@@ -478,6 +701,8 @@ impl Handler {
 
     /// Waits for the stream's first frames (a 404 if none come), then streams it.
     async fn play(&mut self, key: StreamKey, http10: bool, head_only: bool) -> Close {
+        self.buf = Vec::new();
+        self.filled = 0;
         let ctx = self.ctx.clone();
         let chunked = !http10;
         let wire = if chunked {
@@ -629,7 +854,10 @@ mod tests {
         Request {
             method,
             path: path.to_owned(),
+            query: String::new(),
             http10: false,
+            keep_alive: true,
+            head_len: 0,
         }
     }
 
@@ -641,17 +869,30 @@ mod tests {
         }
         assert_eq!(
             parse_request(head),
-            Ok(Some(request(Method::Get, "/live/a.flv")))
+            Ok(Some(Request {
+                query: "token=x".into(),
+                head_len: head.len(),
+                ..request(Method::Get, "/live/a.flv")
+            }))
         );
-        // HTTP/1.0, and the absolute form a proxy gets.
+        // HTTP/1.0 (never kept alive), and the absolute form a proxy gets.
         assert_eq!(
             parse_request(b"HEAD http://edge:8080/live/a.flv?x HTTP/1.0\r\n\r\n"),
             Ok(Some(Request {
                 method: Method::Head,
                 path: "/live/a.flv".into(),
+                query: "x".into(),
                 http10: true,
+                keep_alive: false,
+                head_len: 47,
             }))
         );
+        // `connection: close` among other tokens ends a kept-alive connection; what follows
+        // the head (a pipelined request) is not part of it.
+        let pipelined = b"GET /a/b.m3u8 HTTP/1.1\r\nConnection: TE, Close\r\n\r\nGET /a/b";
+        let parsed = parse_request(pipelined).expect("valid").expect("complete");
+        assert!(!parsed.keep_alive);
+        assert_eq!(parsed.head_len, pipelined.len() - 8);
         assert_eq!(
             parse_request(b"OPTIONS HTTPS://edge HTTP/1.1\r\n\r\n").map(|r| r.map(|r| r.path)),
             Ok(Some("/".into()))
@@ -682,6 +923,47 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(parse_request(&many), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn hls_routes_are_the_playlist_and_files_under_the_name() {
+        let hls = |name: &str, file: Option<&str>| Route::Hls {
+            app: "live".into(),
+            name: name.into(),
+            file: file.map(Into::into),
+            head_only: false,
+        };
+        assert_eq!(route(&request(Method::Get, "/live/a.m3u8")), hls("a", None));
+        assert_eq!(
+            route(&request(Method::Get, "/live/a/media.m3u8")),
+            hls("a", Some("media.m3u8"))
+        );
+        assert_eq!(
+            route(&request(Method::Get, "/live/my%20cam/part-3.1.m4s")),
+            hls("my cam", Some("part-3.1.m4s"))
+        );
+        for path in ["/live/%2e%2e/media.m3u8", "/live/a/..", "/live/./x"] {
+            assert_eq!(
+                route(&request(Method::Get, path)),
+                Route::BadRequest,
+                "{path}"
+            );
+        }
+        for path in ["/live/a/b/c", "/live//x", "/live/a/"] {
+            assert_eq!(
+                route(&request(Method::Get, path)),
+                Route::NotFound,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            route(&request(Method::Get, "/live/a%2Fb/media.m3u8")),
+            Route::NotPlayable
+        );
+        assert_eq!(
+            route(&request(Method::Get, "/live/.m3u8")),
+            Route::NotPlayable
+        );
     }
 
     #[test]
@@ -721,8 +1003,8 @@ mod tests {
             "/live",
             "/live/",
             "//a.flv",
-            "/live/a/b.flv",
             "/live/a.flv/",
+            "/live/a/b/c.flv",
         ] {
             assert_eq!(
                 route(&request(Method::Get, path)),
@@ -736,7 +1018,11 @@ mod tests {
             );
         }
         for path in ["/live/a.mp4", "/live/.flv", "/live/a%2Fb.flv"] {
-            assert_eq!(route(&request(Method::Get, path)), Route::NotFlv, "{path}");
+            assert_eq!(
+                route(&request(Method::Get, path)),
+                Route::NotPlayable,
+                "{path}"
+            );
         }
         assert_eq!(
             route(&request(Method::Get, "/live/%ff.flv")),

@@ -5,7 +5,12 @@
 //!
 //! - [`rtmp_conn`]: the RTMP listener (handshake, chunk streams and commands through the
 //!   sans-IO `sluice-rtmp`; publish and play).
-//! - [`http`]: the HTTP listener (HTTP-FLV playback).
+//! - [`http`]: the HTTP listener (HTTP-FLV playback; HLS requests on kept-alive connections).
+//! - [`hls`]: HLS and LL-HLS: one segmenter per stream, parts cached, requests answered or
+//!   held for blocking reloads.
+//! - [`player`]: the web player page the HTTP listener serves (hls.js / mpegts.js).
 
+pub mod hls;
 pub mod http;
+pub mod player;
 pub mod rtmp_conn;

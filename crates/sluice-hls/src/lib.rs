@@ -6,4 +6,9 @@
 //! [`playlist`] writes the playlists from it and reads the blocking-reload and delta-update
 //! query. The bytes of parts and segments are the caller's to cache and serve.
 
+pub mod fmp4;
+pub mod mux;
+pub mod playlist;
+pub mod segmenter;
+pub mod ts;
 pub mod window;

@@ -1,5 +1,7 @@
 //! Plain HTTP/1.0 requests to a node (admin API, HTTP-FLV heads) and reading its Prometheus
 //! text. HTTP/1.0 so the server ends every response by closing: no chunked bodies to undo.
+//! [`KeepAlive`] is an HTTP/1.1 connection that asks many times (an HLS player's), for bodies
+//! with a `content-length`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,6 +56,125 @@ fn parse(text: &str) -> Response {
             .unwrap_or(0),
         head: head.to_owned(),
         body: body.to_owned(),
+    }
+}
+
+/// One HTTP/1.1 connection kept open across requests, as an HLS player holds it.
+#[derive(Debug)]
+pub struct KeepAlive {
+    socket: tokio::net::TcpStream,
+    /// Bytes read past the last response.
+    pending: Vec<u8>,
+}
+
+/// A response on a [`KeepAlive`] connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// Header lines, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body (`content-length` bytes).
+    pub body: Vec<u8>,
+    /// The server said it closes the connection after this response.
+    pub closes: bool,
+}
+
+impl Reply {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl KeepAlive {
+    /// Connects to `addr` (loopback).
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        let socket = tokio::time::timeout(DEADLINE, tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("connect deadline")
+            .expect("connect");
+        KeepAlive {
+            socket,
+            pending: Vec::new(),
+        }
+    }
+
+    /// `GET path` on this connection; panics on a connection error, a response without a
+    /// `content-length`, or after `deadline`.
+    pub async fn get(&mut self, path: &str, deadline: Duration) -> Reply {
+        self.try_get(path, deadline)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// `GET path`, or why no response came.
+    pub async fn try_get(&mut self, path: &str, deadline: Duration) -> Result<Reply, String> {
+        let exchange = async {
+            self.socket
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .map_err(|e| format!("request: {e}"))?;
+            let head_end = loop {
+                if let Some(at) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                self.read_more().await?;
+            };
+            let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let status = lines
+                .next()
+                .and_then(|l| l.split(' ').nth(1))
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("bad status line in {head:?}"))?;
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            let length: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .ok_or_else(|| format!("no content-length in {head:?}"))?;
+            while self.pending.len() < head_end + length {
+                self.read_more().await?;
+            }
+            let body = self.pending[head_end..head_end + length].to_vec();
+            self.pending.drain(..head_end + length);
+            let closes = headers
+                .iter()
+                .any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"));
+            Ok(Reply {
+                status,
+                headers,
+                body,
+                closes,
+            })
+        };
+        tokio::time::timeout(deadline, exchange)
+            .await
+            .map_err(|_| format!("no response within {deadline:?}"))?
+    }
+
+    async fn read_more(&mut self) -> Result<(), String> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.socket.read(&mut chunk).await {
+            Ok(0) => Err("connection closed".to_owned()),
+            Ok(n) => {
+                self.pending.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) => Err(format!("read: {e}")),
+        }
     }
 }
 

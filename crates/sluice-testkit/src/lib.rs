@@ -8,6 +8,9 @@
 //!   way it ends, and keeps the tail of their stderr for error messages.
 //! * [`nginx`] runs nginx-rtmp (Debian's nginx with libnginx-mod-rtmp) as a third-party RTMP
 //!   server, installed when missing like the tools.
+//! * [`browser`] plays a page in Debian's headless Chromium (driven by playwright-core, all
+//!   installed on first use) and reports whether the video played, changed and how far
+//!   behind live it was.
 //! * [`fixture`] resolves the checked-in media in `<workspace>/fixtures/` (see its README for
 //!   codecs and exact frame counts; `fixtures/make.sh` regenerates them).
 //!
@@ -19,11 +22,15 @@
 //! * [`node`]: origins and edges as `sluice serve` child processes ([`node::Spec`],
 //!   [`node::Process`]), and reading their JSON logs.
 //! * [`http`]: plain HTTP/1.0 requests and reading Prometheus text.
+//! * [`hls`]: an independent HLS playlist reader and the RFC 8216bis rules Sluice's
+//!   playlists are checked against.
 //! * [`wait`]: [`wait::eventually`], the bounded poll for state a test cannot be told about.
 //!
 //! Nothing here may hang a test: every external process runs with a deadline and is killed by
 //! PID when it passes.
 
+pub mod browser;
+pub mod hls;
 pub mod http;
 pub mod media;
 pub mod nginx;

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text), `/api/streams`, `/api/pulls` and
+//! The admin listener: `/metrics` (Prometheus text), `/api/streams` (with each stream's HLS
+//! state), `/api/pulls` and
 //! `/api/upstreams` (JSON), `/healthz`.
 
 use std::sync::Arc;
@@ -11,10 +12,18 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Serialize;
 use sluice_cluster::PullManager;
+use sluice_front::hls::Hls;
 use sluice_runtime::Context;
 
+/// What the node-wide handlers read.
+#[derive(Debug, Clone)]
+struct Node {
+    ctx: Arc<Context>,
+    hls: Arc<Hls>,
+}
+
 /// The admin router.
-pub fn router(ctx: Arc<Context>, pulls: PullManager) -> Router {
+pub fn router(ctx: Arc<Context>, pulls: PullManager, hls: Arc<Hls>) -> Router {
     let pull_routes = Router::new()
         .route(
             "/api/pulls",
@@ -33,12 +42,13 @@ pub fn router(ctx: Arc<Context>, pulls: PullManager) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/streams", get(streams))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(ctx)
+        .with_state(Node { ctx, hls })
         .merge(pull_routes)
 }
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+async fn metrics(State(Node { ctx, hls }): State<Node>) -> impl IntoResponse {
     ctx.update_stream_gauge();
+    hls.update_gauges();
     (
         [(
             header::CONTENT_TYPE,
@@ -75,6 +85,25 @@ pub struct StreamJson {
     pub cached_frames: usize,
     /// Bytes in the GOP cache.
     pub cached_bytes: usize,
+    /// HLS, while the stream is being segmented.
+    pub hls: Option<HlsJson>,
+}
+
+/// A stream's HLS state.
+#[derive(Debug, Serialize)]
+pub struct HlsJson {
+    /// Connections that asked for the media playlist recently.
+    pub viewers: usize,
+    /// First listed segment's media sequence number.
+    pub media_sequence: u64,
+    /// Segments listed.
+    pub segments: usize,
+    /// The newest part: `[msn, index]`.
+    pub last_part: Option<(u64, u32)>,
+    /// Bytes of the listed parts (what the cache holds for this stream).
+    pub window_bytes: usize,
+    /// The CODECS the multivariant playlist announces.
+    pub codecs: String,
 }
 
 /// Video details.
@@ -120,7 +149,7 @@ fn codec_name(codec: Option<sluice_media::CodecId>) -> String {
     .to_owned()
 }
 
-async fn streams(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+async fn streams(State(Node { ctx, hls }): State<Node>) -> impl IntoResponse {
     let now = Instant::now();
     let list: Vec<StreamJson> = ctx
         .registry
@@ -128,6 +157,14 @@ async fn streams(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
         .iter()
         .map(|s| {
             let i = s.info(now);
+            let hls = hls.info(&i.key).map(|h| HlsJson {
+                viewers: h.viewers,
+                media_sequence: h.media_sequence,
+                segments: h.segments,
+                last_part: h.last_part,
+                window_bytes: h.window_bytes,
+                codecs: h.codecs,
+            });
             StreamJson {
                 app: i.key.app.to_string(),
                 stream: i.key.name.to_string(),
@@ -152,6 +189,7 @@ async fn streams(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
                 frames_in: i.frames_in,
                 cached_frames: i.cached_frames,
                 cached_bytes: i.cached_bytes,
+                hls,
             }
         })
         .collect();

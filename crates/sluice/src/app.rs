@@ -172,14 +172,20 @@ impl App {
                 .with_context(|| format!("accepting on the RTMP listener {rtmp_addr}"))
         });
         let http_ctx = ctx.clone();
+        let hls = sluice_front::hls::Hls::new(ctx.clone());
+        let http_hls = hls.clone();
         subsystems.spawn(Subsystem::HttpFlv, async move {
-            sluice_front::http::serve(http, http_ctx)
+            sluice_front::http::serve(http, http_ctx, http_hls)
                 .await
                 .with_context(|| format!("accepting on the HTTP listener {http_addr}"))
         });
         subsystems.spawn(
             Subsystem::Admin,
-            serve_admin(admin, crate::admin::router(ctx.clone(), pulls), ctx.clone()),
+            serve_admin(
+                admin,
+                crate::admin::router(ctx.clone(), pulls, hls),
+                ctx.clone(),
+            ),
         );
 
         let failure = supervise(&ctx, &mut subsystems, reload.as_ref()).await;
