@@ -103,6 +103,11 @@ pub struct Args {
     /// budget. 0 reads as fast as the server sends.
     #[arg(long, default_value_t = 0)]
     pub read_kbps: u64,
+    /// LL-HLS viewers also GET the preload hint's part (held by the server until it is cut)
+    /// before reloading the playlist, as LL-HLS players do; without it they fetch each part
+    /// once a blocking reload lists it.
+    #[arg(long)]
+    pub hls_preload: bool,
     /// RTMP viewer implementation.
     #[arg(long, value_enum, default_value_t = Reader::Lean)]
     pub rtmp_reader: Reader,

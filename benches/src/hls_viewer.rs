@@ -40,6 +40,8 @@ pub struct HlsTarget {
     pub url: HttpUrl,
     /// LL-HLS (blocking reloads, parts) rather than classic polling of segments.
     pub low_latency: bool,
+    /// LL-HLS: also GET the preload hint's part ahead of the playlist that lists it.
+    pub preload: bool,
 }
 
 /// Retry interval while the server has no playlist yet (the stream is starting).
@@ -492,47 +494,62 @@ pub async fn run(
             // What a first playlist lists was there before the viewer asked: not timed.
             let listed_at = (!first).then_some(r.real_ns);
             for l in new {
-                let path = resolve(&base, &l.uri);
-                let is_ts = l.uri.split('?').next().unwrap_or_default().ends_with(".ts");
-                frag.reset();
-                ts.reset();
-                let mut sink = if is_ts {
-                    Sink::Ts(&mut ts)
-                } else {
-                    Sink::Fmp4(&mut frag)
+                let m = Media {
+                    listed: l,
+                    listed_at,
+                    timed: !first,
+                    hinted: false,
                 };
-                let Some(got) = conn.get(&path, cfg, sh, v, stop, &mut sink).await? else {
+                if fetch(
+                    &mut conn,
+                    &base,
+                    m,
+                    &mut st,
+                    &mut frag,
+                    &mut ts,
+                    (cfg, sh, &mut *v, stop),
+                )
+                .await?
+                .is_none()
+                {
                     return Ok(());
-                };
-                count(sh, got.status, |h| h.media += 1);
-                st.last = Some(State::key(l));
-                if got.status != 200 {
-                    continue;
                 }
-                v.first_video_ns.get_or_insert(cfg.clock.now_ns());
-                st.log_bytes(l, got.bytes);
-                let sent = if is_ts {
-                    last_sent_ts(&mut st, &ts, sh, v)
-                } else {
-                    last_sent_fmp4(&mut st, &frag, l.part.is_none(), sh, v)
+            }
+            // The preload hint's part, held by the server until it is cut: what LL-HLS
+            // players fetch ahead of the playlist that will list it.
+            let mut hinted = None;
+            if target.preload
+                && let (Some(uri), Some(part_ms)) = (&pl.preload_hint, pl.part_target_ms)
+                && let Some((msn, index)) = part_name(uri)
+            {
+                let l = Listed {
+                    msn,
+                    part: Some(index),
+                    uri: uri.clone(),
+                    duration_ms: part_ms,
                 };
-                let mut sh = sh.borrow_mut();
-                match sent {
-                    Some((s, kind)) => {
-                        if sh.streams[v.stream].sent_in_window(kind, s.seq)
-                            && let Some(listed_at) = listed_at
-                        {
-                            let h = &mut sh.hls;
-                            h.announced
-                                .record(listed_at.saturating_sub(s.at_real_ns) / 1000);
-                            h.available
-                                .record(got.real_ns.saturating_sub(s.at_real_ns) / 1000);
-                            h.download
-                                .record(got.real_ns.saturating_sub(listed_at) / 1000);
-                        }
+                if st.is_new(&l) {
+                    let m = Media {
+                        listed: &l,
+                        listed_at: None,
+                        timed: true,
+                        hinted: true,
+                    };
+                    match fetch(
+                        &mut conn,
+                        &base,
+                        m,
+                        &mut st,
+                        &mut frag,
+                        &mut ts,
+                        (cfg, sh, &mut *v, stop),
+                    )
+                    .await?
+                    {
+                        None => return Ok(()),
+                        Some(200) => hinted = Some((msn, index)),
+                        Some(_) => {}
                     }
-                    None if sh.in_window => sh.hls.unmatched += 1,
-                    None => {}
                 }
             }
             first = false;
@@ -547,14 +564,20 @@ pub async fn run(
             match pl.part_target_ms.filter(|_| target.low_latency) {
                 Some(part_ms) => {
                     let next = pl.next_msn();
-                    let (msn, part) = match pl.parts.last() {
-                        Some(p) if p.msn >= next => (p.msn, p.part.unwrap_or(0) + 1),
+                    let (msn, part) = match (hinted, pl.parts.last()) {
+                        // The playlist that lists it (at once), and with it the next hint.
+                        (Some(h), _) => h,
+                        (None, Some(p)) if p.msn >= next => (p.msn, p.part.unwrap_or(0) + 1),
                         _ => (next, 0),
                     };
                     path = format!("{base}?_HLS_msn={msn}&_HLS_part={part}");
                     // A server that does not hold blocking reloads must not be polled in a
                     // tight loop.
-                    if blocking && !fresh && pause(Duration::from_millis(part_ms / 2), stop).await {
+                    if blocking
+                        && !fresh
+                        && hinted.is_none()
+                        && pause(Duration::from_millis(part_ms / 2), stop).await
+                    {
                         return Ok(());
                     }
                 }
@@ -581,6 +604,97 @@ pub async fn run(
         v.offset = Some(off as u32);
     }
     result
+}
+
+/// A part or segment to download.
+struct Media<'a> {
+    listed: &'a Listed,
+    /// When the playlist that first listed it arrived (realtime ns), if timed.
+    listed_at: Option<u64>,
+    /// Its availability is measured (not what the viewer's first playlist listed).
+    timed: bool,
+    /// The preload hint's part: a 404 is a hint that did not come true, not an error.
+    hinted: bool,
+}
+
+/// The viewer's connection and what each request needs.
+type Ctx<'a, 'b> = (
+    &'a Config,
+    &'a RefCell<Shared>,
+    &'b mut Viewer,
+    &'a CancellationToken,
+);
+
+/// Downloads a part or segment and times it; its status, `None` when stopped.
+async fn fetch(
+    conn: &mut Conn<'_>,
+    base: &str,
+    m: Media<'_>,
+    st: &mut State,
+    frag: &mut FragmentScanner,
+    ts: &mut TsScanner,
+    (cfg, sh, v, stop): Ctx<'_, '_>,
+) -> anyhow::Result<Option<u16>> {
+    let l = m.listed;
+    let path = resolve(base, &l.uri);
+    let is_ts = l.uri.split('?').next().unwrap_or_default().ends_with(".ts");
+    frag.reset();
+    ts.reset();
+    let mut sink = if is_ts {
+        Sink::Ts(ts)
+    } else {
+        Sink::Fmp4(frag)
+    };
+    let Some(got) = conn.get(&path, cfg, sh, v, stop, &mut sink).await? else {
+        return Ok(None);
+    };
+    if m.hinted && got.status == 404 {
+        let mut sh = sh.borrow_mut();
+        if sh.in_window {
+            sh.hls.requests += 1;
+            sh.hls.preload_misses += 1;
+        }
+        return Ok(Some(got.status));
+    }
+    count(sh, got.status, |h| h.media += 1);
+    st.last = Some(State::key(l));
+    if got.status != 200 {
+        return Ok(Some(got.status));
+    }
+    v.first_video_ns.get_or_insert(cfg.clock.now_ns());
+    st.log_bytes(l, got.bytes);
+    let sent = if is_ts {
+        last_sent_ts(st, ts, sh, v)
+    } else {
+        last_sent_fmp4(st, frag, l.part.is_none(), sh, v)
+    };
+    let mut sh = sh.borrow_mut();
+    match sent {
+        Some((s, kind)) => {
+            if m.timed && sh.streams[v.stream].sent_in_window(kind, s.seq) {
+                let h = &mut sh.hls;
+                h.available
+                    .record(got.real_ns.saturating_sub(s.at_real_ns) / 1000);
+                if let Some(listed_at) = m.listed_at {
+                    h.announced
+                        .record(listed_at.saturating_sub(s.at_real_ns) / 1000);
+                    h.download
+                        .record(got.real_ns.saturating_sub(listed_at) / 1000);
+                }
+            }
+        }
+        None if sh.in_window => sh.hls.unmatched += 1,
+        None => {}
+    }
+    Ok(Some(got.status))
+}
+
+/// The (msn, index) of a part named as Sluice names them (`part-M.I.m4s`).
+fn part_name(uri: &str) -> Option<(u64, u32)> {
+    let name = uri.split('?').next()?.rsplit('/').next()?;
+    let (stem, _ext) = name.strip_prefix("part-")?.rsplit_once('.')?;
+    let (msn, index) = stem.split_once('.')?;
+    Some((msn.parse().ok()?, index.parse().ok()?))
 }
 
 /// Counts a response: requests and error statuses in the window, and `more`.
@@ -836,6 +950,13 @@ mod tests {
         // A body over the limit is an error, not a larger buffer.
         let mut small = Vec::new();
         assert!(Sink::Keep(&mut small, 4).feed(b"hello").is_err());
+    }
+
+    #[test]
+    fn part_names() {
+        assert_eq!(part_name("part-13.2.m4s"), Some((13, 2)));
+        assert_eq!(part_name("/live/k/part-7.0.m4s?x=1"), Some((7, 0)));
+        assert_eq!(part_name("seg-13.m4s"), None);
     }
 
     #[test]

@@ -156,6 +156,11 @@ pub struct Report {
     pub hls_http_5xx: Option<u64>,
     /// Kept-alive connections the server closed between requests (the viewer reconnected).
     pub hls_reconnects: Option<u64>,
+    /// `--hls-preload`: LL-HLS viewers also fetched the preload hint's part.
+    pub hls_preload: Option<bool>,
+    /// Preload-hint requests answered 404 (the hinted part was never cut): not in
+    /// `hls_http_4xx`.
+    pub hls_preload_misses: Option<u64>,
     /// Parts (segments) whose last frame was not found among the frames sent.
     pub hls_unmatched: Option<u64>,
     /// Parts (segments) timed: listed after the viewer's first playlist, last frame sent in

@@ -74,6 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             Proto::Hls | Proto::HlsClassic => Target::Hls(HlsTarget {
                 url: HttpUrl::parse(&play).context("--play")?,
                 low_latency: proto == Proto::Hls,
+                preload: args.hls_preload,
             }),
         });
     }
@@ -443,7 +444,7 @@ fn summarise(
         }
     }
     if matches!(proto, Proto::Hls | Proto::HlsClassic) {
-        hls_summary(&mut r, sh, window_s);
+        hls_summary(&mut r, sh, window_s, args.hls_preload);
     }
     let mut errors: Vec<(String, usize)> = errors.into_iter().collect();
     errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -456,7 +457,7 @@ fn summarise(
 }
 
 /// The HLS viewers' fields of the report.
-fn hls_summary(r: &mut Report, sh: &Shared, window_s: f64) {
+fn hls_summary(r: &mut Report, sh: &Shared, window_s: f64, args_preload: bool) {
     let h = &sh.hls;
     let per_s = |n: u64| (window_s > 0.0).then(|| round(n as f64 / window_s, 1));
     r.hls_requests = Some(h.requests);
@@ -468,6 +469,8 @@ fn hls_summary(r: &mut Report, sh: &Shared, window_s: f64) {
     r.hls_http_4xx = Some(h.status_4xx);
     r.hls_http_5xx = Some(h.status_5xx);
     r.hls_reconnects = Some(h.reconnects);
+    r.hls_preload = Some(args_preload);
+    r.hls_preload_misses = Some(h.preload_misses);
     r.hls_unmatched = Some(h.unmatched);
     r.hls_samples = Some(h.available.count());
     r.hls_listed_p50_ms = Some(ms(h.announced.quantile(0.5)));

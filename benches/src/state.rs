@@ -132,6 +132,8 @@ pub struct HlsStats {
     pub status_5xx: u64,
     /// Connections the server closed between requests (the viewer reconnected).
     pub reconnects: u64,
+    /// Preload-hint requests answered 404 (the hinted part was never cut).
+    pub preload_misses: u64,
     /// Part (segment) listed in a playlist − its last frame sent, µs.
     pub announced: Hist,
     /// Part (segment) downloaded − its last frame sent, µs.
