@@ -3,6 +3,8 @@
 # fixture, same viewer count, each server pinned to core 0 and the load generator
 # (sluice-bench) to core 1, a fresh server process for every measurement:
 #   (a) Sluice, LL-HLS viewers: blocking playlist reloads and every part as it is listed;
+#       then again with --hls-preload (each part fetched through the preload hint, held by
+#       the server until it is cut, as LL-HLS players do);
 #   (b) nginx-rtmp with `hls on` writing 1 s fragments to a tmpfs directory that the same
 #       nginx serves over HTTP, classic viewers polling the playlist every target duration / 2;
 #   (c) memory: Sluice with MEM_STREAMS low-bitrate streams (the small checked-in fixture),
@@ -20,7 +22,7 @@
 #   RAMP_MS      viewer connects spread over this many ms (default 2000)
 #   MEM_STREAMS  streams of (c) (default 200; 0 skips it)
 #   MEM_DURATION measured window of (c), s (default 10)
-#   RUNS         which runs: any of "sluice nginx mem" (default all three)
+#   RUNS         which runs: any of "sluice sluice-preload nginx mem" (default all)
 #   FIXTURE      FLV to publish in (a) and (b) (default: make-fixture.sh's 720p30 2.5 Mbit/s)
 #   MEM_FIXTURE  FLV each stream of (c) publishes (default fixtures/h264_aac.flv, ~700 kbit/s)
 #   SLUICE_CONFIG  Sluice config file (default: config/examples/low-latency.toml); HLS is
@@ -41,7 +43,7 @@ DURATION=${DURATION:-15}
 RAMP_MS=${RAMP_MS:-2000}
 MEM_STREAMS=${MEM_STREAMS:-200}
 MEM_DURATION=${MEM_DURATION:-10}
-RUNS=${RUNS:-sluice nginx mem}
+RUNS=${RUNS:-sluice sluice-preload nginx mem}
 MEM_FIXTURE=${MEM_FIXTURE:-fixtures/h264_aac.flv}
 OUT=${OUT:-$root/target/bench/hls-$(date +%Y%m%d-%H%M%S)}
 EXTRA=${EXTRA:-}
@@ -164,15 +166,18 @@ mid_window() { # window_s
 
 has_run() { [[ " $RUNS " == *" $1 "* ]]; }
 
-if has_run sluice; then
-  say "sluice, $VIEWERS LL-HLS viewers"
+for run in sluice sluice-preload; do
+  has_run $run || continue
+  label=sluice-llhls args=()
+  if [[ $run == sluice-preload ]]; then label=sluice-llhls-preload args=(--hls-preload); fi
+  say "$label, $VIEWERS LL-HLS viewers"
   sluice_hls_env
   start_sluice "$SLUICE_CONFIG"
-  metrics_at=$(mid_window "$DURATION") run_bench sluice-llhls "$VIEWERS" "$FIXTURE" \
+  metrics_at=$(mid_window "$DURATION") run_bench $label "$VIEWERS" "$FIXTURE" \
     "rtmp://127.0.0.1:$SLUICE_RTMP/live/bench" \
-    "http://127.0.0.1:$SLUICE_HTTP/live/bench/media.m3u8" hls --duration "$DURATION"
+    "http://127.0.0.1:$SLUICE_HTTP/live/bench/media.m3u8" hls --duration "$DURATION" "${args[@]}"
   stop_server
-fi
+done
 
 if has_run nginx; then
   say "nginx-rtmp, $VIEWERS classic HLS viewers"
@@ -210,16 +215,16 @@ echo
 echo "HLS ($VIEWERS viewers, ${DURATION} s windows; results in $OUT)."
 echo "listed / available: playlist listing the part (segment) / its download complete, after"
 echo "its last frame was sent (ms). CPU ratio against nginx-rtmp's classic HLS."
-printf '%-13s %15s %17s %13s %9s %10s %9s %9s %7s %8s\n' run 'listed p50/p99' 'available p50/p99' \
+printf '%-21s %15s %17s %13s %9s %10s %9s %9s %7s %8s\n' run 'listed p50/p99' 'available p50/p99' \
   'CPU % (x)' 'RSS/v KiB' 'req/s' 'Gbit/s' '4xx/5xx' samples 'gen CPU'
 ngcpu=$(field "$OUT/nginx-hls.json" .server_cpu_pct)
-for run in sluice-llhls nginx-hls; do
+for run in sluice-llhls sluice-llhls-preload nginx-hls; do
   f="$OUT/$run.json"
   [[ -s $f ]] || continue
   cpu=$(field "$f" .server_cpu_pct)
   ratio=$(awk -v c="$cpu" -v n="$ngcpu" 'BEGIN { if (c == "-" || n == "-" || n + 0 == 0) print ""; else printf " (%.2fx)", c / n }')
   gen=$(field "$f" 'if .generator_saturated then "\(.generator_cpu_pct)!" else .generator_cpu_pct end')
-  printf '%-13s %15s %17s %13s %9s %10s %9s %9s %7s %8s\n' "$run" \
+  printf '%-21s %15s %17s %13s %9s %10s %9s %9s %7s %8s\n' "$run" \
     "$(field "$f" '"\(.hls_listed_p50_ms)/\(.hls_listed_p99_ms)"')" \
     "$(field "$f" '"\(.hls_available_p50_ms)/\(.hls_available_p99_ms)"')" \
     "$cpu$ratio" "$(field "$f" .server_rss_per_viewer_kib)" "$(field "$f" .hls_requests_per_s)" \
