@@ -215,8 +215,8 @@ echo
 echo "HLS ($VIEWERS viewers, ${DURATION} s windows; results in $OUT)."
 echo "listed / available: playlist listing the part (segment) / its download complete, after"
 echo "its last frame was sent (ms). CPU ratio against nginx-rtmp's classic HLS."
-printf '%-21s %15s %17s %13s %9s %10s %9s %9s %7s %8s\n' run 'listed p50/p99' 'available p50/p99' \
-  'CPU % (x)' 'RSS/v KiB' 'req/s' 'Gbit/s' '4xx/5xx' samples 'gen CPU'
+printf '%-21s %15s %17s %13s %9s %9s %10s %9s %9s %7s %8s\n' run 'listed p50/p99' 'available p50/p99' \
+  'CPU % (x)' 'RSS/v KiB' 'net KiB' 'req/s' 'Gbit/s' '4xx/5xx' samples 'gen CPU'
 ngcpu=$(field "$OUT/nginx-hls.json" .server_cpu_pct)
 for run in sluice-llhls sluice-llhls-preload nginx-hls; do
   f="$OUT/$run.json"
@@ -224,10 +224,15 @@ for run in sluice-llhls sluice-llhls-preload nginx-hls; do
   cpu=$(field "$f" .server_cpu_pct)
   ratio=$(awk -v c="$cpu" -v n="$ngcpu" 'BEGIN { if (c == "-" || n == "-" || n + 0 == 0) print ""; else printf " (%.2fx)", c / n }')
   gen=$(field "$f" 'if .generator_saturated then "\(.generator_cpu_pct)!" else .generator_cpu_pct end')
-  printf '%-21s %15s %17s %13s %9s %10s %9s %9s %7s %8s\n' "$run" \
+  # Sluice starts a stream's segmenter at its first HLS request, so the growth after the
+  # warm-up includes the segment cache: "net" takes it out (sluice_hls_cache_bytes).
+  cache=$(metric "$OUT/$run.metrics" sluice_hls_cache_bytes)
+  net=$(jq -r --arg c "$cache" 'if ($c == "-" or .server_rss_end_kib == null or .viewers_connected == 0) then "-"
+    else (((.server_rss_end_kib - .server_rss_before_viewers_kib - ($c | tonumber) / 1024) / .viewers_connected * 100 | round) / 100) end' "$f")
+  printf '%-21s %15s %17s %13s %9s %9s %10s %9s %9s %7s %8s\n' "$run" \
     "$(field "$f" '"\(.hls_listed_p50_ms)/\(.hls_listed_p99_ms)"')" \
     "$(field "$f" '"\(.hls_available_p50_ms)/\(.hls_available_p99_ms)"')" \
-    "$cpu$ratio" "$(field "$f" .server_rss_per_viewer_kib)" "$(field "$f" .hls_requests_per_s)" \
+    "$cpu$ratio" "$(field "$f" .server_rss_per_viewer_kib)" "$net" "$(field "$f" .hls_requests_per_s)" \
     "$(field "$f" .delivered_gbps)" "$(field "$f" '"\(.hls_http_4xx)/\(.hls_http_5xx)"')" \
     "$(field "$f" .hls_samples)" "$gen"
 done
