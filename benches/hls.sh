@@ -5,6 +5,8 @@
 #   (a) Sluice, LL-HLS viewers: blocking playlist reloads and every part as it is listed;
 #       then again with --hls-preload (each part fetched through the preload hint, held by
 #       the server until it is cut, as LL-HLS players do);
+#   (a') Sluice with `hls.container = "ts"` and classic viewers: the same work as (b), for the
+#       CPU ratio of like against like;
 #   (b) nginx-rtmp with `hls on` writing 1 s fragments to a tmpfs directory that the same
 #       nginx serves over HTTP, classic viewers polling the playlist every target duration / 2;
 #   (c) memory: Sluice with MEM_STREAMS low-bitrate streams (the small checked-in fixture),
@@ -22,7 +24,7 @@
 #   RAMP_MS      viewer connects spread over this many ms (default 2000)
 #   MEM_STREAMS  streams of (c) (default 200; 0 skips it)
 #   MEM_DURATION measured window of (c), s (default 10)
-#   RUNS         which runs: any of "sluice sluice-preload nginx mem" (default all)
+#   RUNS         which runs: any of "sluice sluice-preload sluice-ts nginx mem" (default all)
 #   FIXTURE      FLV to publish in (a) and (b) (default: make-fixture.sh's 720p30 2.5 Mbit/s)
 #   MEM_FIXTURE  FLV each stream of (c) publishes (default fixtures/h264_aac.flv, ~700 kbit/s)
 #   SLUICE_CONFIG  Sluice config file (default: config/examples/low-latency.toml); HLS is
@@ -43,7 +45,7 @@ DURATION=${DURATION:-15}
 RAMP_MS=${RAMP_MS:-2000}
 MEM_STREAMS=${MEM_STREAMS:-200}
 MEM_DURATION=${MEM_DURATION:-10}
-RUNS=${RUNS:-sluice sluice-preload nginx mem}
+RUNS=${RUNS:-sluice sluice-preload sluice-ts nginx mem}
 MEM_FIXTURE=${MEM_FIXTURE:-fixtures/h264_aac.flv}
 OUT=${OUT:-$root/target/bench/hls-$(date +%Y%m%d-%H%M%S)}
 EXTRA=${EXTRA:-}
@@ -179,6 +181,16 @@ for run in sluice sluice-preload; do
   stop_server
 done
 
+if has_run sluice-ts; then
+  say "sluice-ts, $VIEWERS classic HLS viewers of MPEG-TS segments"
+  sluice_hls_env
+  SLUICE__HLS__CONTAINER=ts start_sluice "$SLUICE_CONFIG"
+  metrics_at=$(mid_window "$DURATION") run_bench sluice-ts-classic "$VIEWERS" "$FIXTURE" \
+    "rtmp://127.0.0.1:$SLUICE_RTMP/live/bench" \
+    "http://127.0.0.1:$SLUICE_HTTP/live/bench/media.m3u8" hls-classic --duration "$DURATION"
+  stop_server
+fi
+
 if has_run nginx; then
   say "nginx-rtmp, $VIEWERS classic HLS viewers"
   start_nginx
@@ -218,7 +230,7 @@ echo "its last frame was sent (ms). CPU ratio against nginx-rtmp's classic HLS."
 printf '%-21s %15s %17s %13s %9s %9s %10s %9s %9s %7s %8s\n' run 'listed p50/p99' 'available p50/p99' \
   'CPU % (x)' 'RSS/v KiB' 'net KiB' 'req/s' 'Gbit/s' '4xx/5xx' samples 'gen CPU'
 ngcpu=$(field "$OUT/nginx-hls.json" .server_cpu_pct)
-for run in sluice-llhls sluice-llhls-preload nginx-hls; do
+for run in sluice-llhls sluice-llhls-preload sluice-ts-classic nginx-hls; do
   f="$OUT/$run.json"
   [[ -s $f ]] || continue
   cpu=$(field "$f" .server_cpu_pct)
