@@ -670,19 +670,18 @@ async fn fetch(
     };
     let mut sh = sh.borrow_mut();
     match sent {
-        Some((s, kind)) => {
-            if m.timed && sh.streams[v.stream].sent_in_window(kind, s.seq) {
-                let h = &mut sh.hls;
-                h.available
-                    .record(got.real_ns.saturating_sub(s.at_real_ns) / 1000);
-                if let Some(listed_at) = m.listed_at {
-                    h.announced
-                        .record(listed_at.saturating_sub(s.at_real_ns) / 1000);
-                    h.download
-                        .record(got.real_ns.saturating_sub(listed_at) / 1000);
-                }
+        Some((s, kind)) if m.timed && sh.streams[v.stream].sent_in_window(kind, s.seq) => {
+            let h = &mut sh.hls;
+            h.available
+                .record(got.real_ns.saturating_sub(s.at_real_ns) / 1000);
+            if let Some(listed_at) = m.listed_at {
+                h.announced
+                    .record(listed_at.saturating_sub(s.at_real_ns) / 1000);
+                h.download
+                    .record(got.real_ns.saturating_sub(listed_at) / 1000);
             }
         }
+        Some(_) => {}
         None if sh.in_window => sh.hls.unmatched += 1,
         None => {}
     }
