@@ -319,13 +319,20 @@ impl Hls {
         // The first media: the stream's first part (a publisher that never comes, or a pull
         // that finds nothing, ends the run with `NotFound`).
         let mut state = stream.state.subscribe();
-        let first = state
-            .wait_for(|s| s.has_media() || s.gone.is_some())
-            .await
-            .map(|s| s.clone());
+        // Bounded even when a publisher is attached and sends nothing.
+        let first_media = {
+            let cfg = self.ctx.config.load();
+            cfg.streams.wait_for_publisher() + cfg.cluster.pull.timeout()
+        };
+        let first = timeout(
+            first_media,
+            state.wait_for(|s| s.has_media() || s.gone.is_some()),
+        )
+        .await
+        .map(|waited| waited.map(|s| s.clone()));
         let snapshot = match first {
-            Ok(s) if s.has_media() => s,
-            Ok(s) if s.gone == Some(Gone::Unsupported) => {
+            Ok(Ok(s)) if s.has_media() => s,
+            Ok(Ok(s)) if s.gone == Some(Gone::Unsupported) => {
                 return Response::error(
                     "415 Unsupported Media Type",
                     "the stream's codecs cannot be served in this HLS container\n",
@@ -624,6 +631,7 @@ impl Hls {
         let mut frames = Vec::with_capacity(READ_BATCH);
         let mut out = Vec::new();
         let mut tracks: Option<(u32, Tracks)> = None;
+        let mut next_prune = since;
         let shutdown = self.ctx.shutdown.clone();
         loop {
             let now = Instant::now();
@@ -686,7 +694,10 @@ impl Hls {
             if self.epoch.elapsed().saturating_sub(last) > idle {
                 return Gone::Ended;
             }
-            self.prune_sessions(stream, segmenter.window().target_duration_s);
+            if now >= next_prune {
+                self.prune_sessions(stream, segmenter.window().target_duration_s);
+                next_prune = now + TICK;
+            }
             let pull_changed = async {
                 match pull.as_mut() {
                     Some(p) => p.changed().await,
