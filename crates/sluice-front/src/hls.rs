@@ -533,19 +533,21 @@ impl Hls {
             // A new publisher after the end: a new run (the old one lingers, then goes).
             self.streams.remove_if(key, |_, s| Arc::ptr_eq(s, &stream));
         }
-        let (stream, started) = {
-            let entry = self.streams.entry(key.clone()).or_insert_with(|| {
+        let mut started = false;
+        let stream = self
+            .streams
+            .entry(key.clone())
+            .or_insert_with(|| {
+                started = true;
                 Arc::new(HlsStream {
                     run: self.next_run.fetch_add(1, Ordering::Relaxed),
                     state: watch::Sender::new(Arc::new(Snapshot::default())),
                     last_request_ms: AtomicU64::new(self.now_ms()),
                     sessions: Mutex::new(HashMap::new()),
                 })
-            });
-            let stream = entry.value().clone();
-            let started = Arc::strong_count(&stream) == 2;
-            (stream, started)
-        };
+            })
+            .value()
+            .clone();
         if started {
             let hls = self.clone();
             let key = key.clone();
