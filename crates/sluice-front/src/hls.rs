@@ -274,7 +274,9 @@ impl Hls {
             None => None,
             Some(file) => match playlist::parse_resource(file, c) {
                 Some(r) => Some(r),
-                None => return self.count(None, Response::error("404 Not Found", "not found\n")),
+                None => {
+                    return self.count("other", Response::error("404 Not Found", "not found\n"));
+                }
             },
         };
         let directives = match resource {
@@ -282,7 +284,7 @@ impl Hls {
                 Ok(d) => d,
                 Err(_) => {
                     return self.count(
-                        resource.as_ref(),
+                        "playlist",
                         Response::error("400 Bad Request", "bad LL-HLS query\n"),
                     );
                 }
@@ -291,15 +293,15 @@ impl Hls {
         };
         drop(cfg);
         let response = self.answer(request, resource.as_ref(), &directives).await;
-        self.count(resource.as_ref(), response)
+        self.count(resource_label(resource.as_ref()), response)
     }
 
-    fn count(&self, resource: Option<&Resource>, response: Response) -> Response {
+    fn count(&self, resource: &'static str, response: Response) -> Response {
         self.ctx
             .metrics
             .hls_requests
             .get_or_create(&[
-                ("resource", resource_label(resource)),
+                ("resource", resource),
                 ("status", status_label(response.status)),
             ])
             .inc();
