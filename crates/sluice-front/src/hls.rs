@@ -386,32 +386,16 @@ impl Hls {
             }
             DirectiveState::Gone => snapshot,
             DirectiveState::Wait => {
-                let limit =
-                    Duration::from_secs(3 * u64::from(snapshot.window.target_duration_s.max(1)));
-                let started = Instant::now();
-                let waited = timeout(
-                    limit,
-                    state.wait_for(|s| {
-                        s.gone.is_some()
-                            || s.ended
+                let held = self
+                    .hold(state, &snapshot, |s| {
+                        s.ended
                             || playlist::directive_state(&s.window, directives)
                                 != DirectiveState::Wait
-                    }),
-                )
-                .await;
-                self.ctx
-                    .metrics
-                    .hls_blocked_wait
-                    .observe(started.elapsed().as_secs_f64());
-                match waited {
-                    Ok(Ok(s)) if s.gone.is_none() => s.clone(),
-                    Ok(_) => return Response::error("404 Not Found", "stream ended\n"),
-                    Err(_) => {
-                        return Response::error(
-                            "503 Service Unavailable",
-                            "the requested part did not come in time\n",
-                        );
-                    }
+                    })
+                    .await;
+                match held {
+                    Ok(s) => s,
+                    Err(response) => return response,
                 }
             }
         };
@@ -425,6 +409,32 @@ impl Hls {
             LIVE_PLAYLIST
         };
         Response::ok(PLAYLIST_TYPE, cache_control, vec![body])
+    }
+
+    /// Holds a request until `ready` says the snapshot has what it asks for: at most three
+    /// target durations (then 503, as the spec says), and never past the segmenter's end
+    /// (then 404).
+    async fn hold(
+        &self,
+        state: &mut watch::Receiver<Arc<Snapshot>>,
+        now: &Snapshot,
+        mut ready: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Arc<Snapshot>, Response> {
+        let limit = Duration::from_secs(3 * u64::from(now.window.target_duration_s.max(1)));
+        let started = Instant::now();
+        let waited = timeout(limit, state.wait_for(|s| s.gone.is_some() || ready(s))).await;
+        self.ctx
+            .metrics
+            .hls_blocked_wait
+            .observe(started.elapsed().as_secs_f64());
+        match waited {
+            Ok(Ok(s)) if s.gone.is_none() => Ok(s.clone()),
+            Ok(_) => Err(Response::error("404 Not Found", "stream ended\n")),
+            Err(_) => Err(Response::error(
+                "503 Service Unavailable",
+                "the requested part did not come in time\n",
+            )),
+        }
     }
 
     /// A complete segment: its parts, one after the other.
@@ -467,28 +477,15 @@ impl Hls {
             Fate::Listed => {}
             Fate::Never => return Response::error("404 Not Found", "not found\n"),
             Fate::Coming => {
-                let limit =
-                    Duration::from_secs(3 * u64::from(snapshot.window.target_duration_s.max(1)));
-                let started = Instant::now();
-                let waited = timeout(
-                    limit,
-                    state
-                        .wait_for(|s| s.gone.is_some() || part_fate(s, msn, index) != Fate::Coming),
-                )
-                .await;
-                self.ctx
-                    .metrics
-                    .hls_blocked_wait
-                    .observe(started.elapsed().as_secs_f64());
-                match waited {
-                    Ok(Ok(s)) if part_fate(&s, msn, index) == Fate::Listed => {}
+                let held = self
+                    .hold(state, &snapshot, |s| {
+                        part_fate(s, msn, index) != Fate::Coming
+                    })
+                    .await;
+                match held {
+                    Ok(s) if part_fate(&s, msn, index) == Fate::Listed => {}
                     Ok(_) => return Response::error("404 Not Found", "not found\n"),
-                    Err(_) => {
-                        return Response::error(
-                            "503 Service Unavailable",
-                            "the requested part did not come in time\n",
-                        );
-                    }
+                    Err(response) => return response,
                 }
             }
         }
@@ -800,7 +797,7 @@ impl Hls {
                 .registry
                 .get(key)
                 .map_or(0, |s| s.info(Instant::now()).bitrate_bps);
-            let media_uri = format!("{}/media.m3u8", percent_encode(&key.name));
+            let media_uri = format!("{}/media.m3u8", crate::player::url_segment(&key.name));
             playlist::multivariant(
                 &media_uri,
                 bitrate,
@@ -864,19 +861,6 @@ fn part_fate(snapshot: &Snapshot, msn: u64, index: u32) -> Fate {
         }
         _ => Fate::Never,
     }
-}
-
-/// Percent-encodes what a URI path segment cannot hold as it is.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// What `/api/streams` shows of a stream's HLS.
