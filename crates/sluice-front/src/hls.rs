@@ -274,7 +274,9 @@ impl Hls {
             None => None,
             Some(file) => match playlist::parse_resource(file, c) {
                 Some(r) => Some(r),
-                None => return self.count(None, Response::error("404 Not Found", "not found\n")),
+                None => {
+                    return self.count("other", Response::error("404 Not Found", "not found\n"));
+                }
             },
         };
         let directives = match resource {
@@ -282,7 +284,7 @@ impl Hls {
                 Ok(d) => d,
                 Err(_) => {
                     return self.count(
-                        resource.as_ref(),
+                        "playlist",
                         Response::error("400 Bad Request", "bad LL-HLS query\n"),
                     );
                 }
@@ -291,15 +293,15 @@ impl Hls {
         };
         drop(cfg);
         let response = self.answer(request, resource.as_ref(), &directives).await;
-        self.count(resource.as_ref(), response)
+        self.count(resource_label(resource.as_ref()), response)
     }
 
-    fn count(&self, resource: Option<&Resource>, response: Response) -> Response {
+    fn count(&self, resource: &'static str, response: Response) -> Response {
         self.ctx
             .metrics
             .hls_requests
             .get_or_create(&[
-                ("resource", resource_label(resource)),
+                ("resource", resource),
                 ("status", status_label(response.status)),
             ])
             .inc();
@@ -319,13 +321,20 @@ impl Hls {
         // The first media: the stream's first part (a publisher that never comes, or a pull
         // that finds nothing, ends the run with `NotFound`).
         let mut state = stream.state.subscribe();
-        let first = state
-            .wait_for(|s| s.has_media() || s.gone.is_some())
-            .await
-            .map(|s| s.clone());
+        // Bounded even when a publisher is attached and sends nothing.
+        let first_media = {
+            let cfg = self.ctx.config.load();
+            cfg.streams.wait_for_publisher() + cfg.cluster.pull.timeout()
+        };
+        let first = timeout(
+            first_media,
+            state.wait_for(|s| s.has_media() || s.gone.is_some()),
+        )
+        .await
+        .map(|waited| waited.map(|s| s.clone()));
         let snapshot = match first {
-            Ok(s) if s.has_media() => s,
-            Ok(s) if s.gone == Some(Gone::Unsupported) => {
+            Ok(Ok(s)) if s.has_media() => s,
+            Ok(Ok(s)) if s.gone == Some(Gone::Unsupported) => {
                 return Response::error(
                     "415 Unsupported Media Type",
                     "the stream's codecs cannot be served in this HLS container\n",
@@ -377,32 +386,16 @@ impl Hls {
             }
             DirectiveState::Gone => snapshot,
             DirectiveState::Wait => {
-                let limit =
-                    Duration::from_secs(3 * u64::from(snapshot.window.target_duration_s.max(1)));
-                let started = Instant::now();
-                let waited = timeout(
-                    limit,
-                    state.wait_for(|s| {
-                        s.gone.is_some()
-                            || s.ended
+                let held = self
+                    .hold(state, &snapshot, |s| {
+                        s.ended
                             || playlist::directive_state(&s.window, directives)
                                 != DirectiveState::Wait
-                    }),
-                )
-                .await;
-                self.ctx
-                    .metrics
-                    .hls_blocked_wait
-                    .observe(started.elapsed().as_secs_f64());
-                match waited {
-                    Ok(Ok(s)) if s.gone.is_none() => s.clone(),
-                    Ok(_) => return Response::error("404 Not Found", "stream ended\n"),
-                    Err(_) => {
-                        return Response::error(
-                            "503 Service Unavailable",
-                            "the requested part did not come in time\n",
-                        );
-                    }
+                    })
+                    .await;
+                match held {
+                    Ok(s) => s,
+                    Err(response) => return response,
                 }
             }
         };
@@ -416,6 +409,32 @@ impl Hls {
             LIVE_PLAYLIST
         };
         Response::ok(PLAYLIST_TYPE, cache_control, vec![body])
+    }
+
+    /// Holds a request until `ready` says the snapshot has what it asks for: at most three
+    /// target durations (then 503, as the spec says), and never past the segmenter's end
+    /// (then 404).
+    async fn hold(
+        &self,
+        state: &mut watch::Receiver<Arc<Snapshot>>,
+        now: &Snapshot,
+        mut ready: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Arc<Snapshot>, Response> {
+        let limit = Duration::from_secs(3 * u64::from(now.window.target_duration_s.max(1)));
+        let started = Instant::now();
+        let waited = timeout(limit, state.wait_for(|s| s.gone.is_some() || ready(s))).await;
+        self.ctx
+            .metrics
+            .hls_blocked_wait
+            .observe(started.elapsed().as_secs_f64());
+        match waited {
+            Ok(Ok(s)) if s.gone.is_none() => Ok(s.clone()),
+            Ok(_) => Err(Response::error("404 Not Found", "stream ended\n")),
+            Err(_) => Err(Response::error(
+                "503 Service Unavailable",
+                "the requested part did not come in time\n",
+            )),
+        }
     }
 
     /// A complete segment: its parts, one after the other.
@@ -458,28 +477,15 @@ impl Hls {
             Fate::Listed => {}
             Fate::Never => return Response::error("404 Not Found", "not found\n"),
             Fate::Coming => {
-                let limit =
-                    Duration::from_secs(3 * u64::from(snapshot.window.target_duration_s.max(1)));
-                let started = Instant::now();
-                let waited = timeout(
-                    limit,
-                    state
-                        .wait_for(|s| s.gone.is_some() || part_fate(s, msn, index) != Fate::Coming),
-                )
-                .await;
-                self.ctx
-                    .metrics
-                    .hls_blocked_wait
-                    .observe(started.elapsed().as_secs_f64());
-                match waited {
-                    Ok(Ok(s)) if part_fate(&s, msn, index) == Fate::Listed => {}
+                let held = self
+                    .hold(state, &snapshot, |s| {
+                        part_fate(s, msn, index) != Fate::Coming
+                    })
+                    .await;
+                match held {
+                    Ok(s) if part_fate(&s, msn, index) == Fate::Listed => {}
                     Ok(_) => return Response::error("404 Not Found", "not found\n"),
-                    Err(_) => {
-                        return Response::error(
-                            "503 Service Unavailable",
-                            "the requested part did not come in time\n",
-                        );
-                    }
+                    Err(response) => return response,
                 }
             }
         }
@@ -526,19 +532,21 @@ impl Hls {
             // A new publisher after the end: a new run (the old one lingers, then goes).
             self.streams.remove_if(key, |_, s| Arc::ptr_eq(s, &stream));
         }
-        let (stream, started) = {
-            let entry = self.streams.entry(key.clone()).or_insert_with(|| {
+        let mut started = false;
+        let stream = self
+            .streams
+            .entry(key.clone())
+            .or_insert_with(|| {
+                started = true;
                 Arc::new(HlsStream {
                     run: self.next_run.fetch_add(1, Ordering::Relaxed),
                     state: watch::Sender::new(Arc::new(Snapshot::default())),
                     last_request_ms: AtomicU64::new(self.now_ms()),
                     sessions: Mutex::new(HashMap::new()),
                 })
-            });
-            let stream = entry.value().clone();
-            let started = Arc::strong_count(&stream) == 2;
-            (stream, started)
-        };
+            })
+            .value()
+            .clone();
         if started {
             let hls = self.clone();
             let key = key.clone();
@@ -624,6 +632,7 @@ impl Hls {
         let mut frames = Vec::with_capacity(READ_BATCH);
         let mut out = Vec::new();
         let mut tracks: Option<(u32, Tracks)> = None;
+        let mut next_prune = since;
         let shutdown = self.ctx.shutdown.clone();
         loop {
             let now = Instant::now();
@@ -686,7 +695,10 @@ impl Hls {
             if self.epoch.elapsed().saturating_sub(last) > idle {
                 return Gone::Ended;
             }
-            self.prune_sessions(stream, segmenter.window().target_duration_s);
+            if now >= next_prune {
+                self.prune_sessions(stream, segmenter.window().target_duration_s);
+                next_prune = now + TICK;
+            }
             let pull_changed = async {
                 match pull.as_mut() {
                     Some(p) => p.changed().await,
@@ -785,7 +797,7 @@ impl Hls {
                 .registry
                 .get(key)
                 .map_or(0, |s| s.info(Instant::now()).bitrate_bps);
-            let media_uri = format!("{}/media.m3u8", percent_encode(&key.name));
+            let media_uri = format!("{}/media.m3u8", crate::player::url_segment(&key.name));
             playlist::multivariant(
                 &media_uri,
                 bitrate,
@@ -849,19 +861,6 @@ fn part_fate(snapshot: &Snapshot, msn: u64, index: u32) -> Fate {
         }
         _ => Fate::Never,
     }
-}
-
-/// Percent-encodes what a URI path segment cannot hold as it is.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// What `/api/streams` shows of a stream's HLS.

@@ -284,7 +284,7 @@ fn json_string(text: &str) -> String {
 }
 
 /// `text` as one URL path segment: every byte but the unreserved ones percent-encoded.
-fn url_segment(text: &str) -> String {
+pub(crate) fn url_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

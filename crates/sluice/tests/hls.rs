@@ -234,6 +234,15 @@ fn modern_hevc(url: &str) -> Child {
     )
 }
 
+fn modern_av1(url: &str) -> Child {
+    process::publish_looped(
+        tools::ffmpeg_modern(),
+        &fixture(fixtures::AV1_OPUS),
+        url,
+        &[],
+    )
+}
+
 fn ffprobe5(url: &str) -> Read {
     probe_packets(url, &["-live_start_index", "0"])
 }
@@ -257,6 +266,11 @@ async fn ffmpeg5_reads_h264_aac_transport_stream_segments() {
 #[tokio::test]
 async fn ffmpeg9_reads_hevc_aac_published_over_enhanced_rtmp() {
     player_reads_the_whole_stream("", modern_hevc, read_with_modern, ("hevc", "aac")).await;
+}
+
+#[tokio::test]
+async fn ffmpeg9_reads_av1_opus_published_over_enhanced_rtmp() {
+    player_reads_the_whole_stream("", modern_av1, read_with_modern, ("av1", "opus")).await;
 }
 
 /// The part after the last one a playlist lists (where its preload hint points).
