@@ -386,6 +386,29 @@ async fn answer(
     .await;
 }
 
+/// Writes a response head and its body: bytes with `writev`, memory-file ranges with
+/// `sendfile` (what precedes one is flagged `MSG_MORE`, so the head and the body's start leave
+/// together).
+async fn write_response(socket: &TcpStream, head: Bytes, body: hls::Body) -> std::io::Result<()> {
+    let mut pending = VecDeque::with_capacity(body.len() + 1);
+    pending.push_back(head);
+    for chunk in body {
+        match chunk {
+            hls::Chunk::Memory(bytes) => pending.push_back(bytes),
+            hls::Chunk::File { file, offset, len } => {
+                for bytes in pending.drain(..) {
+                    io::write_more(socket, &bytes).await?;
+                }
+                io::send_file(socket, &file, offset, len).await?;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        io::write_bufs(socket, &mut pending).await?;
+    }
+    Ok(())
+}
+
 /// A viewer's side while it plays: it has nothing more to say after its request, so what it
 /// sends anyway is read (counted by the driver) and dropped.
 struct Quiet;
@@ -514,27 +537,12 @@ impl Handler {
             (cfg.hls.enabled, cfg.streams.app_allowed(&app))
         };
         let response = if !enabled {
-            hls::Response {
-                status: "404 Not Found",
-                content_type: "text/plain; charset=utf-8",
-                cache_control: "no-cache",
-                body: vec![Bytes::from_static(b"HLS is not served here\n")],
-            }
+            hls::Response::error("404 Not Found", "HLS is not served here\n")
         } else if !allowed {
             self.ctx.metrics.refused(proto::HLS, "unknown_app");
-            hls::Response {
-                status: "404 Not Found",
-                content_type: "text/plain; charset=utf-8",
-                cache_control: "no-cache",
-                body: vec![Bytes::from_static(b"application not served here\n")],
-            }
+            hls::Response::error("404 Not Found", "application not served here\n")
         } else if request.query.len() > MAX_QUERY {
-            hls::Response {
-                status: "414 URI Too Long",
-                content_type: "text/plain; charset=utf-8",
-                cache_control: "no-cache",
-                body: vec![Bytes::from_static(b"query too long\n")],
-            }
+            hls::Response::error("414 URI Too Long", "query too long\n")
         } else {
             let hls_request = hls::Request {
                 key: StreamKey::new(&app, &name),
@@ -557,15 +565,12 @@ impl Handler {
         if !keep_alive {
             head = head.header("connection", "close");
         }
-        let mut bufs = VecDeque::with_capacity(response.body.len() + 1);
-        bufs.push_back(head.finish().freeze());
-        if !head_only {
-            bufs.extend(response.body);
-        }
-        let total: usize = bufs.iter().map(Bytes::len).sum();
+        let head = head.finish();
+        let body = if head_only { Vec::new() } else { response.body };
+        let total = head.len() + body.iter().map(hls::Chunk::len).sum::<usize>();
         let idle = self.ctx.config.load().http.idle_timeout();
-        match timeout(idle, io::write_bufs(&self.socket, &mut bufs)).await {
-            Ok(Ok(_)) => {
+        match timeout(idle, write_response(&self.socket, head.freeze(), body)).await {
+            Ok(Ok(())) => {
                 self.hls_counters.bytes_out.inc_by(total as u64);
             }
             _ => return false,

@@ -1,8 +1,15 @@
 //! Writing batches of shared `Bytes` with vectored writes, handing the kernel only what the
-//! socket takes now (the viewer driver and the shared writer write through it).
+//! socket takes now (the viewer driver and the shared writer write through it); and
+//! [`send_file`], which hands the socket a memory file's pages by reference instead of
+//! copying them (HLS parts, see [`MemoryFile`]).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::net::SendFlags;
+use tokio::io::Interest;
 
 use bytes::{Buf, Bytes};
 
@@ -277,5 +284,148 @@ pub(crate) mod tests {
         let out = reader.await.unwrap();
         assert_eq!(out.len(), written as usize);
         assert!(out.chunks(1000).all(|u| u.starts_with(b"prefix:")));
+    }
+}
+
+/// Bytes written once into an anonymous file in memory (`memfd`), then sent to any number of
+/// sockets with [`send_file`]: the kernel passes the file's pages to the socket by reference,
+/// where a `write` of a buffer copies it each time. Append-only: bytes once written never
+/// change, which is what makes that safe (a socket may still hold a page after the send
+/// returns). The pages are freed when the last handle is dropped and no socket holds them.
+#[derive(Debug)]
+pub struct MemoryFile {
+    fd: OwnedFd,
+    /// Bytes written (one writer appends; readers use the ranges `append` returned).
+    len: AtomicU64,
+}
+
+impl MemoryFile {
+    /// A new empty file; `name` shows in `/proc/PID/fd` (for debugging only).
+    pub fn new(name: &str) -> std::io::Result<Self> {
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+        Ok(MemoryFile {
+            fd,
+            len: AtomicU64::new(0),
+        })
+    }
+
+    /// Appends `data` (one appending caller at a time); returns the offset it starts at.
+    pub fn append(&self, mut data: &[u8]) -> std::io::Result<u64> {
+        let start = self.len();
+        let mut at = start;
+        while !data.is_empty() {
+            let n = rustix::io::pwrite(&self.fd, data, at)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            at += n as u64;
+            data = &data[n..];
+        }
+        self.len.store(at, Ordering::Release);
+        Ok(start)
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl AsFd for MemoryFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Writes all of `data` flagged `MSG_MORE`: the kernel keeps it to leave in the same packets
+/// as the write that follows (a response head before a [`send_file`] body).
+pub async fn write_more(socket: &tokio::net::TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        socket.writable().await?;
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            rustix::net::send(socket, data, SendFlags::MORE | SendFlags::NOSIGNAL)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `len` bytes of `file` from `offset` with `sendfile(2)`, waiting for the socket as
+/// needed.
+pub async fn send_file(
+    socket: &tokio::net::TcpStream,
+    file: &MemoryFile,
+    mut offset: u64,
+    len: usize,
+) -> std::io::Result<()> {
+    let end = offset + len as u64;
+    while offset < end {
+        socket.writable().await?;
+        let left = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(socket, file, Some(&mut offset), left)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            // The file is shorter than asked: a caller's mistake, not a peer's.
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod file_tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_memory_file_reaches_a_socket_whole_after_a_head_sent_with_more() {
+        let file = MemoryFile::new("test").expect("memfd");
+        // Larger than a socket buffer, so sending waits for the reader.
+        let first: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(file.append(&first).expect("append"), 0);
+        assert_eq!(file.append(b"tail").expect("append"), first.len() as u64);
+        assert_eq!(file.len(), first.len() as u64 + 4);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        write_more(&server, b"head:").await.expect("head");
+        // A range from the middle, then the rest.
+        send_file(&server, &file, 1000, 500).await.expect("range");
+        send_file(&server, &file, 0, file.len() as usize)
+            .await
+            .expect("whole");
+        drop(server);
+        let got = reader.await.expect("reader");
+        let mut want = b"head:".to_vec();
+        want.extend_from_slice(&first[1000..1500]);
+        want.extend_from_slice(&first);
+        want.extend_from_slice(b"tail");
+        assert!(got == want, "{} bytes, want {}", got.len(), want.len());
     }
 }

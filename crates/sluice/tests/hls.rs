@@ -602,6 +602,13 @@ async fn metrics_and_the_api_report_hls_and_the_cache_lets_go_of_an_idle_stream(
         cached > 0.0 && cached <= window_bytes * 1.1 + 64.0 * 1024.0,
         "cache {cached} B for a window of {window_bytes} B"
     );
+    // Parts live in memory files, one per segment (the node runs in this process).
+    let files = segment_files();
+    assert!(
+        (3..=12).contains(&files),
+        "{files} segment files for a window of {} segments",
+        playlist.segments.len()
+    );
     // Nobody asks any more: the segmenter stops and its parts leave the cache.
     drop(conn);
     let released = eventually(WAIT, || async {
@@ -612,7 +619,18 @@ async fn metrics_and_the_api_report_hls_and_the_cache_lets_go_of_an_idle_stream(
     })
     .await;
     assert!(released, "{}", node.metrics().await);
+    let closed = eventually(WAIT, || async { segment_files() == 0 }).await;
+    assert!(closed, "{} segment files still open", segment_files());
     node.stop().await;
+}
+
+/// Memory files of HLS segments this process has open.
+fn segment_files() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("/memfd:sluice-hls"))
+        .count()
 }
 
 #[tokio::test]
