@@ -142,8 +142,21 @@ CONF
   wait_port $NGINX_RTMP
 }
 
+# KiB in the memory files (memfd) a process has open: Sluice keeps HLS parts there, outside
+# its RSS (they count in the machine's and the cgroup's Shmem).
+memfd_kib() { # pid
+  local total=0 f size
+  for f in /proc/"$1"/fd/*; do
+    [[ $(readlink "$f" 2>/dev/null) == /memfd:* ]] || continue
+    size=$(stat -L -c %s "$f" 2>/dev/null) || continue
+    total=$((total + size))
+  done
+  echo $((total / 1024))
+}
+
 # Runs sluice-bench against the server we started; $metrics_at s after the start it keeps
-# Sluice's /metrics (while every stream and viewer is still there).
+# Sluice's /metrics and the size of its memory files (while every stream and viewer is still
+# there).
 run_bench() { # label viewers fixture publish_url play_url proto [sluice-bench args...]
   local label=$1 n=$2 fixture=$3 publish=$4 play=$5 proto=$6 file="$OUT/$1.json"
   shift 6
@@ -155,6 +168,7 @@ run_bench() { # label viewers fixture publish_url play_url proto [sluice-bench a
   if [[ -n ${metrics_at:-} ]]; then
     sleep "$metrics_at"
     curl -s --max-time 5 "http://127.0.0.1:$SLUICE_ADMIN/metrics" > "$OUT/$label.metrics" || true
+    memfd_kib "$server_pid" > "$OUT/$label.memfd-kib"
   fi
   wait $bench || say "$label failed (exit $?)"
   cat "$file"
@@ -237,10 +251,12 @@ for run in sluice-llhls sluice-llhls-preload sluice-ts-classic nginx-hls; do
   ratio=$(awk -v c="$cpu" -v n="$ngcpu" 'BEGIN { if (c == "-" || n == "-" || n + 0 == 0) print ""; else printf " (%.2fx)", c / n }')
   gen=$(field "$f" 'if .generator_saturated then "\(.generator_cpu_pct)!" else .generator_cpu_pct end')
   # Sluice starts a stream's segmenter at its first HLS request, so the growth after the
-  # warm-up includes the segment cache: "net" takes it out (sluice_hls_cache_bytes).
+  # warm-up includes the segment cache: "net" takes it out (sluice_hls_cache_bytes), and
+  # adds back the memory files it lives in outside the RSS.
   cache=$(metric "$OUT/$run.metrics" sluice_hls_cache_bytes)
-  net=$(jq -r --arg c "$cache" 'if ($c == "-" or .server_rss_end_kib == null or .viewers_connected == 0) then "-"
-    else (((.server_rss_end_kib - .server_rss_before_viewers_kib - ($c | tonumber) / 1024) / .viewers_connected * 100 | round) / 100) end' "$f")
+  memfd=$(cat "$OUT/$run.memfd-kib" 2>/dev/null || echo 0)
+  net=$(jq -r --arg c "$cache" --arg m "$memfd" 'if ($c == "-" or .server_rss_end_kib == null or .viewers_connected == 0) then "-"
+    else (((.server_rss_end_kib + ($m | tonumber) - .server_rss_before_viewers_kib - ($c | tonumber) / 1024) / .viewers_connected * 100 | round) / 100) end' "$f")
   printf '%-21s %15s %17s %13s %9s %9s %10s %9s %9s %7s %8s\n' "$run" \
     "$(field "$f" '"\(.hls_listed_p50_ms)/\(.hls_listed_p99_ms)"')" \
     "$(field "$f" '"\(.hls_available_p50_ms)/\(.hls_available_p99_ms)"')" \
@@ -259,8 +275,9 @@ if [[ -s $one ]]; then
   rss1=$(field "$one" .server_rss_end_kib)
   win=$(field "$one" .hls_window_bytes)
   cache=$(metric "$OUT/sluice-mem-${MEM_STREAMS}x1.metrics" sluice_hls_cache_bytes)
-  echo "  no viewer: RSS $rss0; one LL-HLS viewer per stream: RSS $rss1" \
-    "(+$(awk -v a="$rss1" -v b="$rss0" 'BEGIN { if (a == "-" || b == "-") print "-"; else print a - b }') KiB)"
+  memfd=$(cat "$OUT/sluice-mem-${MEM_STREAMS}x1.memfd-kib" 2>/dev/null || echo 0)
+  echo "  no viewer: RSS $rss0; one LL-HLS viewer per stream: RSS $rss1 + memory files $memfd" \
+    "(+$(awk -v a="$rss1" -v b="$rss0" -v m="$memfd" 'BEGIN { if (a == "-" || b == "-") print "-"; else print a + m - b }') KiB)"
   echo "  playlists' window bytes (sum over streams): $win" \
     "= $(awk -v w="$win" 'BEGIN { if (w == "-") print "-"; else printf "%.0f", w / 1024 }') KiB;" \
     "sluice_hls_cache_bytes: $cache"
