@@ -63,6 +63,10 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Access control: who may publish and play (`[auth]`, documented in
+    /// `crates/sluice-auth/README-config.toml`).
+    #[serde(default)]
+    pub auth: sluice_auth::AuthConfig,
 }
 
 /// Process-wide settings.
@@ -369,6 +373,7 @@ impl Config {
             return invalid("hls.window_segments must be within 2..=1000");
         }
         self.player.validate()?;
+        self.auth.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

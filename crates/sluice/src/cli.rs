@@ -1,10 +1,14 @@
 //! The command line: `sluice [serve] [--config FILE] [--no-watch]`, `sluice check-config FILE`,
-//! `sluice print-config [--config FILE]`.
+//! `sluice print-config [--config FILE]`, `sluice sign --config FILE --url URL --expires-in
+//! SECONDS [--publish] [--key-id ID] [--client-ip IP]`.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sluice_auth::{Action, AuthConfig, Check};
 use sluice_core::Config;
 use sluice_core::config::LogFormat;
 use tracing_subscriber::EnvFilter;
@@ -38,6 +42,94 @@ pub enum Command {
     },
     /// Print the effective config (defaults, optional file, environment) as TOML.
     PrintConfig,
+    /// Print a URL signed for `check = "signed"` with a key of the config's [auth] (the
+    /// alphabetically first unless --key-id is given).
+    Sign {
+        /// The stream URL: rtmp://, rtmps://, http:// or https://HOST/APP/NAME (HTTP-FLV
+        /// `NAME.flv`, HLS `NAME.m3u8` or `NAME/media.m3u8` as well).
+        #[arg(long)]
+        url: String,
+        /// How long the URL stays valid, in seconds from now.
+        #[arg(long)]
+        expires_in: u64,
+        /// Sign for publishing (default: playing).
+        #[arg(long)]
+        publish: bool,
+        /// The signing key to use.
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Bind the URL to this client address (needed where the rule has bind_address).
+        #[arg(long)]
+        client_ip: Option<IpAddr>,
+    },
+}
+
+/// The `[auth]` section of a config.
+pub fn auth_config(config: &Config) -> &AuthConfig {
+    &config.auth
+}
+
+/// `url` with a signature appended (`?` or `&` + [`sluice_auth::sign`]) that lets it
+/// `action` until `expires_unix_s`, signed with `key_id` or the alphabetically first key of
+/// `auth` (its `signing_key_file` is read).
+pub fn signed_url(
+    auth: &AuthConfig,
+    url: &str,
+    action: Action,
+    expires_unix_s: u64,
+    key_id: Option<&str>,
+    client: Option<IpAddr>,
+) -> anyhow::Result<String> {
+    let keys = sluice_auth::load_signing_keys(auth)?;
+    let (id, secret) = match key_id {
+        Some(id) => keys.get_key_value(id).with_context(|| {
+            format!(
+                "no signing key {id:?} in auth.signing_keys or auth.signing_key_file (ids: {})",
+                keys.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?,
+        None => keys
+            .iter()
+            .next()
+            .context("no signing key: set auth.signing_keys or auth.signing_key_file")?,
+    };
+    let (app, stream) = url_stream(url)?;
+    let query = sluice_auth::sign(
+        id,
+        secret.as_bytes(),
+        action,
+        &app,
+        &stream,
+        expires_unix_s,
+        client,
+    );
+    let separator = match url.find('?') {
+        None => "?",
+        Some(_) if url.ends_with('?') || url.ends_with('&') => "",
+        Some(_) => "&",
+    };
+    Ok(format!("{url}{separator}{query}"))
+}
+
+/// The application and stream an rtmp(s):// or http(s):// URL names.
+fn url_stream(url: &str) -> anyhow::Result<(String, String)> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .with_context(|| format!("{url:?} is not a URL (SCHEME://HOST/APP/NAME)"))?;
+    if !["rtmp", "rtmps", "http", "https"].contains(&scheme.to_ascii_lowercase().as_str()) {
+        anyhow::bail!("{url:?}: the scheme must be rtmp, rtmps, http or https");
+    }
+    if rest.contains('#') {
+        anyhow::bail!("{url:?}: a URL with a fragment cannot be signed");
+    }
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    let path = rest.find('/').map_or("", |at| &rest[at..]);
+    sluice_auth::stream_of_url_path(path).with_context(|| {
+        format!(
+            "{url:?}: the path must be /APP/NAME, /APP/NAME.flv, /APP/NAME.m3u8 or \
+             /APP/NAME/FILE"
+        )
+    })
 }
 
 /// Loads the effective config: embedded defaults, the file if given, environment overrides.
@@ -81,6 +173,54 @@ impl Cli {
                 #[allow(clippy::print_stdout)]
                 {
                     print!("{}", config.to_toml());
+                }
+                Ok(())
+            }
+            Command::Sign {
+                url,
+                expires_in,
+                publish,
+                key_id,
+                client_ip,
+            } => {
+                let config = load_config(self.config.as_deref())?;
+                let auth = auth_config(&config);
+                let action = if publish {
+                    Action::Publish
+                } else {
+                    Action::Play
+                };
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .context("the system clock is before 1970")?
+                    .as_secs();
+                let signed = signed_url(
+                    auth,
+                    &url,
+                    action,
+                    now.saturating_add(expires_in),
+                    key_id.as_deref(),
+                    client_ip,
+                )?;
+                let (app, _) = url_stream(&url)?;
+                let rules = auth.rules(&app);
+                let rule = if publish { &rules.publish } else { &rules.play };
+                #[allow(clippy::print_stdout, clippy::print_stderr)]
+                {
+                    if rule.check != Check::Signed {
+                        eprintln!(
+                            "note: {action} on {app:?} is check = \"{}\" in this config, \
+                             so the signature is not what admits it",
+                            rule.check.as_str()
+                        );
+                    }
+                    if rule.bind_address && client_ip.is_none() {
+                        eprintln!(
+                            "note: {action} on {app:?} has bind_address: this URL without \
+                             --client-ip will be refused"
+                        );
+                    }
+                    println!("{signed}");
                 }
                 Ok(())
             }
