@@ -402,6 +402,16 @@ mod tests {
                 .is_some_and(|(k, _)| !k.contains(' '))
     }
 
+    /// `config/sluice.toml` (the binary's embedded default) carries this README's `[auth]`,
+    /// so every key can be overridden from the environment and the defaults cannot drift.
+    #[test]
+    fn the_workspace_default_config_carries_the_readme_section() {
+        let workspace: toml::Table =
+            toml::from_str(include_str!("../../../config/sluice.toml")).expect("sluice.toml");
+        let readme: toml::Table = toml::from_str(README).expect("README-config.toml");
+        assert_eq!(workspace.get("auth"), readme.get("auth"));
+    }
+
     #[test]
     fn toml_roundtrips() {
         let mut c = AuthConfig::default();

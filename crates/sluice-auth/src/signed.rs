@@ -8,6 +8,11 @@
 //! Order of the checks: the signature first (an expired forgery is `Invalid`, never
 //! `Expired`), then the address, then the expiry. An `ip` in the URL is always checked
 //! against the client, `bind_address` makes it required.
+//!
+//! The message joins app and stream with `/`, so it cannot tell app `a` stream `b/c` from
+//! app `a/b` stream `c`; HTTP paths and `sluice sign` never put `/` in either, and an
+//! `[auth.apps]` name cannot hold one. App and stream names with control characters are
+//! refused outright (a newline could spell another message's fields).
 
 use std::net::IpAddr;
 
