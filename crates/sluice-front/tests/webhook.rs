@@ -60,10 +60,7 @@ impl HookServer {
                 };
                 let (r, i, m, s, tx) = (r.clone(), i.clone(), m.clone(), s.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let now = i.fetch_add(1, Ordering::SeqCst) + 1;
-                    m.fetch_max(now, Ordering::SeqCst);
-                    serve_one(socket, &r, &s, &tx).await;
-                    i.fetch_sub(1, Ordering::SeqCst);
+                    serve_one(socket, &r, &i, &m, &s, &tx).await;
                 });
             }
         });
@@ -98,9 +95,16 @@ impl HookServer {
 async fn serve_one(
     mut socket: TcpStream,
     requests: &AtomicUsize,
+    in_flight: &AtomicUsize,
+    max_in_flight: &AtomicUsize,
     seen: &Mutex<Vec<Seen>>,
     arrived: &mpsc::Sender<Seen>,
 ) {
+    // In flight from accept until the answer is written: the client cannot have its answer
+    // (and free its slot) before, so this never counts more than the client's bound.
+    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let answered = Answered(in_flight);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let (head_len, method, path, content_type, length) = loop {
@@ -167,8 +171,18 @@ async fn serve_one(
         }
         _ => b"HTTP/1.1 500 Internal Server Error\r\n\r\n",
     };
+    drop(answered);
     let _ = socket.write_all(answer).await;
     let _ = socket.shutdown().await;
+}
+
+/// Takes a request out of the in-flight count when dropped (answered, or given up).
+struct Answered<'a>(&'a AtomicUsize);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn settings(timeout_ms: u64, max_concurrent: usize, cache_ms: u64) -> WebhookSettings {
@@ -393,12 +407,12 @@ async fn answers_are_cached_for_the_same_question() {
 async fn cached_answers_expire_after_cache_ms() {
     let server = HookServer::start().await;
     let metrics = Metrics::new();
-    let hooks = Webhooks::new(settings(2000, 8, 200), &metrics, TaskTracker::new());
+    let hooks = Webhooks::new(settings(2000, 8, 1000), &metrics, TaskTracker::new());
     let url = server.url("/on_play");
     hooks.ask(&url, &event("play", "ok")).await;
     hooks.ask(&url, &event("play", "ok")).await;
     assert_eq!(server.requests(), 1);
-    sleep(Duration::from_millis(400)).await;
+    sleep(Duration::from_millis(1300)).await;
     hooks.ask(&url, &event("play", "ok")).await;
     assert_eq!(server.requests(), 2);
 }
@@ -484,10 +498,12 @@ async fn notify_never_waits_and_the_done_event_arrives() {
     let mut done = event("publish_done", "wait300");
     done.protocol = "rtmps";
     hooks.notify(&url, done);
+    // The server sits on the request for 300 ms: notify came back without its answer.
     assert!(
-        started.elapsed() < Duration::from_millis(50),
+        started.elapsed() < Duration::from_millis(250),
         "notify waited"
     );
+    assert_eq!(counted(&metrics, "publish_done", "allow"), 0);
 
     let seen = timeout(Duration::from_secs(5), server.arrived.recv())
         .await
@@ -524,7 +540,7 @@ async fn notify_drops_and_counts_when_every_slot_is_taken() {
     hooks.notify(&url, event("play_done", "slow"));
     hooks.notify(&url, event("play_done", "slow"));
     assert!(
-        started.elapsed() < Duration::from_millis(50),
+        started.elapsed() < Duration::from_millis(1000),
         "notify waited"
     );
     assert_eq!(counted(&metrics, "play_done", "dropped"), 2);
