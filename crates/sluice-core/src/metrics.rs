@@ -16,6 +16,8 @@ use crate::schedule::Drops;
 pub type Label1 = [(&'static str, &'static str); 1];
 /// Two labels.
 pub type Label2 = [(&'static str, &'static str); 2];
+/// A histogram per label value, all with the same buckets.
+pub type HistogramFamily1 = Family<Label1, Histogram, fn() -> Histogram>;
 
 /// Protocol label values.
 pub mod proto {
@@ -107,6 +109,17 @@ pub struct Metrics {
     pub hls_parts: Counter,
     /// Bytes held by the HLS segment cache.
     pub hls_cache_bytes: Gauge,
+    /// Webhook decisions and notifications, by hook (`publish`, `play`, `publish_done`,
+    /// `play_done`) and result (`allow`, `deny`, `rename`, `failed`; `cached`: answered from
+    /// the cache without a request; `dropped`: a notification not sent, too many in flight).
+    pub webhook_requests: Family<Label2, Counter>,
+    /// How long webhook requests took (connect to answer, or to failure), by hook, seconds.
+    pub webhook_duration: HistogramFamily1,
+}
+
+/// Webhook durations: 1 ms to about 4 s, doubling.
+fn webhook_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 13))
 }
 
 /// One protocol's counters, looked up once (see [`Metrics::protocol_counters`]).
@@ -167,6 +180,8 @@ impl Metrics {
             hls_segmenters: Gauge::default(),
             hls_parts: Counter::default(),
             hls_cache_bytes: Gauge::default(),
+            webhook_requests: Family::default(),
+            webhook_duration: Family::new_with_constructor(webhook_buckets as fn() -> Histogram),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
@@ -299,6 +314,16 @@ impl Metrics {
             "Bytes held by the HLS segment cache",
             m.hls_cache_bytes.clone(),
         );
+        registry.register(
+            "webhook_requests",
+            "Webhook decisions and notifications, by hook and result",
+            m.webhook_requests.clone(),
+        );
+        registry.register(
+            "webhook_duration_seconds",
+            "How long webhook requests took, by hook",
+            m.webhook_duration.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -362,6 +387,13 @@ impl Metrics {
     pub fn subsystem_failed(&self, subsystem: &'static str) {
         self.subsystem_failures
             .get_or_create(&[("subsystem", subsystem)])
+            .inc();
+    }
+
+    /// Counts a webhook result (see [`Metrics::webhook_requests`]).
+    pub fn webhook(&self, hook: &'static str, result: &'static str) {
+        self.webhook_requests
+            .get_or_create(&[("hook", hook), ("result", result)])
             .inc();
     }
 

@@ -9,8 +9,11 @@
 //! - [`hls`]: HLS and LL-HLS: one segmenter per stream, parts cached, requests answered or
 //!   held for blocking reloads.
 //! - [`player`]: the web player page the HTTP listener serves (hls.js / mpegts.js).
+//! - [`webhook`]: access-control webhooks (`on_publish`, `on_play` and their `_done`
+//!   notifications): the HTTP client, its bounds, the cache of answers.
 
 pub mod hls;
 pub mod http;
 pub mod player;
 pub mod rtmp_conn;
+pub mod webhook;
