@@ -25,6 +25,8 @@ pub struct Context {
     pub tracker: TaskTracker,
     /// The pull machinery, when this node pulls streams it lacks (set once at start-up).
     pub puller: OnceLock<Arc<dyn Puller>>,
+    /// Per-address limits and the refusal log.
+    pub limits: crate::limits::Limits,
     /// The shared writers of caught-up viewers.
     pub(crate) fanout: crate::fanout::Fanout,
     next_conn_id: AtomicU64,
@@ -40,6 +42,7 @@ impl Context {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             puller: OnceLock::new(),
+            limits: crate::limits::Limits::default(),
             fanout: crate::fanout::Fanout::default(),
             next_conn_id: AtomicU64::new(1),
         })

@@ -3,6 +3,7 @@
 //! - [`Context`]: the node's shared state (registry, live config, metrics, shutdown, the
 //!   shared writers, the pull machinery).
 //! - [`accept`]: the accept loop every listener shares.
+//! - [`limits`]: per-address and per-node limits, and refusals logged once per interval.
 //! - [`io`]: non-blocking vectored writes of shared `Bytes` to a socket shared with a writer.
 //! - [`viewer`]: the one viewer driver, generic over a front end's session ([`viewer::Peer`])
 //!   and a wire format ([`wire::Wire`]); front ends negotiate, then hand viewers to it.
@@ -20,6 +21,7 @@ pub mod close;
 mod context;
 mod fanout;
 pub mod io;
+pub mod limits;
 mod pacing;
 pub mod viewer;
 pub mod wire;
