@@ -1,14 +1,18 @@
 //! The admin listener: `/metrics` (Prometheus text), `/api/streams` (with each stream's HLS
 //! state), `/api/pulls` and
 //! `/api/upstreams` (JSON), `/healthz`.
+//!
+//! With `admin.token` (or `admin.token_file`) set, every request but `/healthz` and `/readyz`
+//! (the probes of a supervisor that holds no secret) must carry `Authorization: Bearer TOKEN`.
 
 use std::sync::Arc;
 use tokio::time::Instant;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use sluice_cluster::PullManager;
@@ -38,12 +42,57 @@ pub fn router(ctx: Arc<Context>, pulls: PullManager, hls: Arc<Hls>) -> Router {
             }),
         )
         .with_state(pulls);
-    Router::new()
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/streams", get(streams))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Node { ctx, hls })
+        .with_state(Node {
+            ctx: ctx.clone(),
+            hls,
+        })
         .merge(pull_routes)
+        .layer(middleware::from_fn_with_state(ctx, bearer));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(guarded)
+}
+
+/// Lets a request through when no token is configured or it carries the token. The token
+/// file is read per request (admin requests are few), so a rotated file applies at once.
+async fn bearer(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
+    let expected = match ctx.config.load().admin.resolve_token() {
+        Ok(None) => return next.run(request).await,
+        Ok(Some(token)) => token,
+        Err(error) => {
+            tracing::warn!(%error, "admin token unreadable: refusing admin requests");
+            return (StatusCode::SERVICE_UNAVAILABLE, "admin token unreadable\n").into_response();
+        }
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|given| same_secret(given.as_bytes(), expected.as_bytes())) {
+        return next.run(request).await;
+    }
+    ctx.metrics.refused("admin", "auth_invalid");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "admin token required\n",
+    )
+        .into_response()
+}
+
+/// Compares without stopping at the first difference (the time taken does not tell how much
+/// of a guess was right; only the length may show).
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let differ = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    given.len() == expected.len() && differ == 0
 }
 
 async fn metrics(State(Node { ctx, hls }): State<Node>) -> impl IntoResponse {
