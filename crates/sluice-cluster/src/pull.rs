@@ -341,8 +341,13 @@ impl PullTask {
         let started = Instant::now();
         let quic = self.shared.quic.as_deref();
         let shutdown = self.ctx.shutdown.clone();
+        let credentials = credentials(
+            &self.ctx.config.load(),
+            upstream.app_for(&self.key),
+            &self.key.name,
+        );
         let opened = tokio::select! {
-            opened = Source::open(upstream, &self.key, &self.via, quic, settings.connect_timeout()) => opened,
+            opened = Source::open(upstream, &self.key, &self.via, &credentials, quic, settings.connect_timeout()) => opened,
             _ = shutdown.cancelled() => return Ok(SourceEnd::Stop),
         };
         let mut source = opened?;
@@ -536,6 +541,36 @@ fn splice_point(frame: &Frame) -> bool {
         FrameKind::Video => frame.keyframe || frame.seq_header,
     }
 }
+
+/// This node's credentials for an RTMP pull of `app/stream` (see `cluster.pull.credentials`
+/// and `cluster.pull.sign_with`): a query, maybe empty.
+fn credentials(config: &sluice_core::Config, app: &str, stream: &str) -> String {
+    let pull = &config.cluster.pull;
+    let mut query = pull.credentials.clone();
+    if let Some(secret) = config.auth.signing_keys.get(&pull.sign_with) {
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + PULL_SIGNATURE_SECS;
+        let signed = sluice_auth::sign(
+            &pull.sign_with,
+            secret.as_bytes(),
+            sluice_auth::Action::Play,
+            app,
+            stream,
+            expires,
+            None,
+        );
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str(&signed);
+    }
+    query
+}
+
+/// How long a pull's signature is valid: it is checked once, when the pull connects.
+const PULL_SIGNATURE_SECS: u64 = 300;
 
 #[cfg(test)]
 mod tests {

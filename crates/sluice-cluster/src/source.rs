@@ -114,14 +114,16 @@ impl Source {
         upstream: &Upstream,
         key: &StreamKey,
         via: &Via,
+        credentials: &str,
         quic: Option<&QuicRelay>,
         deadline: Duration,
     ) -> Result<Source, PullError> {
         let app = upstream.app_for(key);
         match upstream.transport {
             Transport::Rtmp => {
+                let separator = if credentials.is_empty() { "" } else { "&" };
                 let url = RtmpUrl::parse(&format!(
-                    "rtmp://{}/{app}/{}?{}",
+                    "rtmp://{}/{app}/{}?{}{separator}{credentials}",
                     upstream.addr,
                     key.name,
                     via.to_query()

@@ -105,6 +105,12 @@ pub struct PullConfig {
     pub backoff_initial_ms: u64,
     /// Longest such wait.
     pub backoff_max_ms: u64,
+    /// Query added to this node's RTMP pulls (its credentials at the upstream, e.g.
+    /// `key=...`); empty: none.
+    pub credentials: String,
+    /// Id of a key in `auth.signing_keys` this node signs each RTMP pull with (a play URL of
+    /// the stream, valid 5 minutes); empty: unsigned.
+    pub sign_with: String,
 }
 
 impl PullConfig {
