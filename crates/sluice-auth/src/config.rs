@@ -88,9 +88,9 @@ pub struct Rule {
     /// `signed` and `jwt` only: the credential must name the client's address (`ip`) and it
     /// must match; HLS grants are then bound to the address too. Default false.
     pub bind_address: bool,
-    /// "" or an http(s) URL asked after `check` allowed; its answer decides. Default "".
+    /// "" or an http:// URL asked after `check` allowed; its answer decides. Default "".
     pub hook: String,
-    /// "" or an http(s) URL told when the session ends (`on_publish_done`, `on_play_done`).
+    /// "" or an http:// URL told when the session ends (`on_publish_done`, `on_play_done`).
     /// Default "".
     pub done_hook: String,
 }
@@ -300,9 +300,11 @@ impl AuthConfig {
             ));
         }
         for (key, url) in [("hook", &rule.hook), ("done_hook", &rule.done_hook)] {
-            if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+            // Hook services are internal: plain http (https is not spoken by the client).
+            if !url.is_empty() && !url.starts_with("http://") {
                 return Err(format!(
-                    "{at}.{key}: {url:?} must be \"\" or an http:// or https:// URL"
+                    "{at}.{key}: {url:?} must be \"\" or an http://host:port/path URL \
+                     (https hooks are not supported)"
                 ));
             }
         }
@@ -430,7 +432,7 @@ mod tests {
                 play: Rule {
                     check: Check::Signed,
                     bind_address: true,
-                    done_hook: "https://x/done".into(),
+                    done_hook: "http://x/done".into(),
                     ..Rule::default()
                 },
             },

@@ -55,6 +55,8 @@ pub struct Config {
     pub player: PlayerConfig,
     /// Admin listener (metrics, API, health).
     pub admin: AdminConfig,
+    /// Per-address and per-node limits on connections, publish attempts and streams.
+    pub limits: LimitsConfig,
     /// Stream behaviour: publishers, waiting viewers, GOP cache.
     pub streams: StreamsConfig,
     /// Frame scheduling for viewers: latency budget, drops, start position, write batching.
@@ -176,8 +178,56 @@ pub struct PlayerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address to listen on (keep it private: it has no authentication).
+    /// Address to listen on.
     pub listen: SocketAddr,
+    /// Bearer token every admin request but `/healthz` and `/readyz` must carry; empty: none.
+    pub token: String,
+    /// File holding the token (trailing whitespace ignored), read at start and on reload;
+    /// used when `token` is empty.
+    pub token_file: String,
+}
+
+impl AdminConfig {
+    /// The token in force: `token`, else the contents of `token_file`, else none.
+    pub fn resolve_token(&self) -> Result<Option<String>, ConfigError> {
+        if !self.token.is_empty() {
+            return Ok(Some(self.token.clone()));
+        }
+        if self.token_file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.token_file).map_err(|e| {
+            ConfigError::Invalid(format!("admin.token_file {}: {e}", self.token_file))
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "admin.token_file {} is empty",
+                self.token_file
+            )));
+        }
+        Ok(Some(token.to_owned()))
+    }
+}
+
+/// `[limits]`: what one client address, and the node, may use. 0 means no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections open at once from one client address (RTMP, RTMPS, HTTP, HTTPS together).
+    pub max_connections_per_address: u32,
+    /// Publish requests one client address may make per minute (accepted or not).
+    pub publish_attempts_per_minute: u32,
+    /// Streams published on this node at once.
+    pub max_streams: usize,
+    /// Streams published at once in one application.
+    pub max_streams_per_app: usize,
+    /// Bytes all published streams' frame rings may hold together; a new publisher is
+    /// refused when the rings hold more than this minus one stream's `gop_cache_max_bytes`.
+    pub ingest_memory_bytes: u64,
+    /// A refusal is logged once per client address and reason per this interval (it is
+    /// counted every time).
+    pub refusal_log_interval_ms: u64,
 }
 
 /// What happens when a second publisher asks for a key that is being published.
@@ -374,6 +424,13 @@ impl Config {
         }
         self.player.validate()?;
         self.auth.validate().map_err(ConfigError::Invalid)?;
+        if !self.admin.listen.ip().is_loopback() && self.admin.resolve_token()?.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "admin.listen {} is not a loopback address: set admin.token or \
+                 admin.token_file (or SLUICE__ADMIN__TOKEN), or listen on 127.0.0.1",
+                self.admin.listen
+            )));
+        }
         Ok(())
     }
 }
@@ -629,6 +686,35 @@ mod tests {
         assert!(Config::load(Some(nowhere), []).is_err());
         let local = "[player]\nscript_base = \"\"\nassets_dir = \"/srv/player\"\n";
         assert!(Config::load(Some(local), []).is_ok());
+    }
+
+    #[test]
+    fn the_secure_example_loads_with_its_rules_limits_and_token_file() {
+        use sluice_auth::Check;
+        let c = Config::load(
+            Some(include_str!("../../../config/examples/secure.toml")),
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.auth.rules("live").publish.check, Check::Key);
+        assert_eq!(c.auth.rules("live").play.check, Check::Signed);
+        assert_eq!(c.auth.rules("other").play.check, Check::Deny);
+        assert_eq!(c.admin.token_file, "/etc/sluice/admin.token");
+        assert_eq!(c.limits.max_connections_per_address, 200);
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn admin_on_a_public_address_needs_a_token() {
+        let public = "[admin]\nlisten = \"0.0.0.0:9580\"\n";
+        let e = Config::load(Some(public), []).unwrap_err();
+        assert!(e.to_string().contains("admin.token"), "{e}");
+        let with_token = "[admin]\nlisten = \"0.0.0.0:9580\"\ntoken = \"t0ken\"\n";
+        let c = Config::load(Some(with_token), []).unwrap();
+        assert_eq!(c.admin.resolve_token().unwrap().as_deref(), Some("t0ken"));
+        let missing = "[admin]\nlisten = \"0.0.0.0:9580\"\ntoken_file = \"/nonexistent/t\"\n";
+        let e = Config::load(Some(missing), []).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/t"), "{e}");
     }
 
     #[test]

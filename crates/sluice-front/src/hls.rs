@@ -208,6 +208,9 @@ pub struct Request {
     pub query: String,
     /// The connection asking, to count viewers.
     pub conn: u64,
+    /// The access grant the request is under, if any: the multivariant playlist then
+    /// points at the media playlist under it.
+    pub grant: Option<String>,
 }
 
 /// A body: chunks written one after the other.
@@ -265,6 +268,23 @@ const LIVE_PLAYLIST: &str = "no-cache";
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 
 /// What the resource label of a request is, for metrics.
+/// The multivariant playlist with its media playlist's URI (`NAME/media.m3u8`, the last
+/// line) under `grant` (`NAME/GRANT/media.m3u8`).
+fn under_grant(multivariant: &Bytes, grant: &str) -> Bytes {
+    const MEDIA: &[u8] = b"/media.m3u8\n";
+    match multivariant.strip_suffix(MEDIA) {
+        Some(head) => {
+            let mut out = Vec::with_capacity(multivariant.len() + grant.len() + 1);
+            out.extend_from_slice(head);
+            out.push(b'/');
+            out.extend_from_slice(grant.as_bytes());
+            out.extend_from_slice(MEDIA);
+            Bytes::from(out)
+        }
+        None => multivariant.clone(),
+    }
+}
+
 fn resource_label(file: Option<&Resource>) -> &'static str {
     match file {
         None => "multivariant",
@@ -428,7 +448,10 @@ impl Hls {
             None => Response::ok(
                 PLAYLIST_TYPE,
                 LIVE_PLAYLIST,
-                vec![Chunk::Memory(snapshot.multivariant.clone())],
+                vec![Chunk::Memory(match &request.grant {
+                    None => snapshot.multivariant.clone(),
+                    Some(grant) => under_grant(&snapshot.multivariant, grant),
+                })],
             ),
             Some(Resource::MediaPlaylist) => {
                 self.note_session(&stream, request.conn);

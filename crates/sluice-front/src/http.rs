@@ -22,20 +22,25 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use sluice_auth::Action;
 use sluice_core::StreamKey;
 use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::topology::Via;
 use sluice_media::{Frame, FrameKind};
 use sluice_rtmp::command::Amf0Value;
 use sluice_runtime::close::{Close, GOODBYE};
+use sluice_runtime::limits::Limits;
 use sluice_runtime::viewer::{Ended, Peer, Viewer};
 use sluice_runtime::wire::Wire;
 use sluice_runtime::{Context, accept, io};
 
+use crate::Front;
+use crate::gate::{Ask, Gate, unix_ms};
 use crate::hls::{self, Hls};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -64,39 +69,89 @@ const SINK: usize = 256;
 /// Accepts HTTP-FLV connections until shutdown. Connections over `http.max_connections` are
 /// answered 503 at accept; accept errors back off briefly instead of spinning.
 /// Fails only when the listener does (see [`crate::accept::listener_failed`]).
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, hls: Arc<Hls>) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(ctx.config.load().http.max_connections));
-    let refusals = Arc::new(Semaphore::new(REFUSALS));
+pub async fn serve(listener: TcpListener, front: Front) -> std::io::Result<()> {
+    let limits = ConnectionLimits::new(&front.ctx);
+    let ctx = front.ctx.clone();
     accept::until_shutdown(&listener, &ctx, proto::HTTP_FLV, |socket, peer| {
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.metrics.refused(proto::HTTP_FLV, "max_connections");
-            // Bounded: a flood beyond the limit is closed unanswered.
-            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
-                let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
-                ctx.tracker.spawn(async move {
-                    let busy = plain(false, "503 Service Unavailable", None, "");
-                    answer(&socket, &busy, &counters, LINGER).await;
-                    drop(refusal);
-                });
-            }
-            return;
-        };
-        // A response's tail must not wait for the client's delayed ACK (Nagle: 40 ms on
-        // every HLS response, measured); HTTP-FLV viewers get their schedule's setting later.
-        let _ = socket.set_nodelay(true);
-        let conn = ctx.next_conn_id();
-        let span = info_span!("http", conn, %peer);
-        let task_ctx = ctx.clone();
-        let hls = hls.clone();
-        ctx.tracker.spawn(
-            async move {
-                Handler::new(task_ctx, hls, conn, socket).run().await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        spawn_connection(&front, &limits, socket, peer);
     })
     .await
+}
+
+/// The `http.max_connections` bound, shared by the listeners that feed the HTTP handler.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionLimits {
+    open: Arc<Semaphore>,
+    /// Refusals being answered (bounded: a flood beyond the limit is closed unanswered).
+    refusals: Arc<Semaphore>,
+}
+
+impl ConnectionLimits {
+    pub(crate) fn new(ctx: &Context) -> Self {
+        ConnectionLimits {
+            open: Arc::new(Semaphore::new(ctx.config.load().http.max_connections)),
+            refusals: Arc::new(Semaphore::new(REFUSALS)),
+        }
+    }
+}
+
+/// Runs one accepted connection in a task of its own, unless the node or the client's
+/// address has its maximum open (then answered 503, within bounds).
+pub(crate) fn spawn_connection(
+    front: &Front,
+    limits: &ConnectionLimits,
+    socket: TcpStream,
+    peer: SocketAddr,
+) {
+    let ctx = &front.ctx;
+    let refuse = |socket: TcpStream, reason: &'static str| {
+        Limits::refuse(ctx, proto::HTTP_FLV, reason, peer.ip());
+        if let Ok(refusal) = limits.refusals.clone().try_acquire_owned() {
+            let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
+            ctx.tracker.spawn(async move {
+                let busy = plain(false, "503 Service Unavailable", None, "");
+                answer(&socket, &busy, &counters, LINGER).await;
+                drop(refusal);
+            });
+        }
+    };
+    let Ok(permit) = limits.open.clone().try_acquire_owned() else {
+        return refuse(socket, "max_connections");
+    };
+    let slot = match Limits::connection(ctx, peer.ip()) {
+        Ok(slot) => slot,
+        Err(limit) => return refuse(socket, limit.label()),
+    };
+    // A response's tail must not wait for the client's delayed ACK (Nagle: 40 ms on
+    // every HLS response, measured); HTTP-FLV viewers get their schedule's setting later.
+    let _ = socket.set_nodelay(true);
+    let conn = ctx.next_conn_id();
+    let span = info_span!("http", conn, %peer);
+    let front = front.clone();
+    ctx.tracker.spawn(
+        async move {
+            Handler::new(&front, conn, socket, peer.ip()).run().await;
+            drop((permit, slot));
+        }
+        .instrument(span),
+    );
+}
+
+/// An HLS request's target.
+#[derive(Debug)]
+struct HlsTarget {
+    app: String,
+    name: String,
+    grant: Option<String>,
+    file: Option<String>,
+}
+
+/// What access control says of an HLS request.
+#[derive(Debug)]
+enum HlsAccess {
+    Serve,
+    /// Redirect to this path (the media playlist under a grant).
+    Redirect(String),
 }
 
 /// Why no request was read.
@@ -191,10 +246,12 @@ enum Route {
         name: String,
         head_only: bool,
     },
-    /// HLS: `/{app}/{name}.m3u8` (file None) or `/{app}/{name}/{file}`.
+    /// HLS: `/{app}/{name}.m3u8` (file None) or `/{app}/{name}/{file}`, or
+    /// `/{app}/{name}/{grant}/{file}` under a grant the playlist check gave.
     Hls {
         app: String,
         name: String,
+        grant: Option<String>,
         file: Option<String>,
         head_only: bool,
     },
@@ -206,7 +263,8 @@ enum Route {
     BadRequest,
 }
 
-/// Routes `/{app}/{file}` and `/{app}/{name}/{file}` (non-empty, percent-decoded segments):
+/// Routes `/{app}/{file}`, `/{app}/{name}/{file}` and `/{app}/{name}/g.{grant}/{file}`
+/// (non-empty, percent-decoded segments):
 /// GET and HEAD play, OPTIONS is a CORS preflight, other methods are 405; any other path is
 /// 404. A decoded segment may not hold `/` or be `.`/`..`.
 fn route(req: &Request) -> Route {
@@ -214,7 +272,10 @@ fn route(req: &Request) -> Route {
         Some(rest) => rest.split('/').collect(),
         None => return Route::NotFound,
     };
-    if !(2..=3).contains(&segments.len()) || segments.iter().any(|s| s.is_empty()) {
+    if !(2..=4).contains(&segments.len()) || segments.iter().any(|s| s.is_empty()) {
+        return Route::NotFound;
+    }
+    if segments.len() == 4 && !segments[2].starts_with("g.") {
         return Route::NotFound;
     }
     let head_only = match req.method {
@@ -240,10 +301,16 @@ fn route(req: &Request) -> Route {
     let (Some(app), Some(second)) = (decoded.next(), decoded.next()) else {
         return Route::NotFound;
     };
-    if let Some(file) = decoded.next() {
+    if let Some(third) = decoded.next() {
+        let (grant, file) = match decoded.next() {
+            Some(file) if third.starts_with("g.") => (Some(third), file),
+            Some(_) => return Route::NotFound,
+            None => (None, third),
+        };
         return Route::Hls {
             app,
             name: second,
+            grant,
             file: Some(file),
             head_only,
         };
@@ -259,6 +326,7 @@ fn route(req: &Request) -> Route {
         Route::Hls {
             app,
             name: name.to_owned(),
+            grant: None,
             file: None,
             head_only,
         }
@@ -428,8 +496,10 @@ impl Peer for Quiet {
 /// One HTTP connection: its requests (HLS ones kept alive), then the answer or the stream.
 struct Handler {
     ctx: Arc<Context>,
+    gate: Arc<Gate>,
     hls: Arc<Hls>,
     conn: u64,
+    client: IpAddr,
     /// Shared with the stream's writer while the viewer is one of its members.
     socket: Arc<TcpStream>,
     counters: ProtocolCounters,
@@ -440,13 +510,16 @@ struct Handler {
 }
 
 impl Handler {
-    fn new(ctx: Arc<Context>, hls: Arc<Hls>, conn: u64, socket: TcpStream) -> Self {
+    fn new(front: &Front, conn: u64, socket: TcpStream, client: IpAddr) -> Self {
+        let ctx = front.ctx.clone();
         let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
         let hls_counters = ctx.metrics.protocol_counters(proto::HLS);
         Handler {
             ctx,
-            hls,
+            gate: front.gate.clone(),
+            hls: front.hls.clone(),
             conn,
+            client,
             socket: Arc::new(socket),
             counters,
             hls_counters,
@@ -510,10 +583,17 @@ impl Handler {
                 Route::Hls {
                     app,
                     name,
+                    grant,
                     file,
                     head_only,
                 } => {
-                    if !self.hls_request(&request, app, name, file, head_only).await {
+                    let target = HlsTarget {
+                        app,
+                        name,
+                        grant,
+                        file,
+                    };
+                    if !self.hls_request(&request, target, head_only).await {
                         return;
                     }
                 }
@@ -526,16 +606,15 @@ impl Handler {
     async fn hls_request(
         &mut self,
         request: &Request,
-        app: String,
-        name: String,
-        file: Option<String>,
+        mut target: HlsTarget,
         head_only: bool,
     ) -> bool {
         let http10 = request.http10;
         let (enabled, allowed) = {
             let cfg = self.ctx.config.load();
-            (cfg.hls.enabled, cfg.streams.app_allowed(&app))
+            (cfg.hls.enabled, cfg.streams.app_allowed(&target.app))
         };
+        let mut location = None;
         let response = if !enabled {
             hls::Response::error("404 Not Found", "HLS is not served here\n")
         } else if !allowed {
@@ -544,16 +623,26 @@ impl Handler {
         } else if request.query.len() > MAX_QUERY {
             hls::Response::error("414 URI Too Long", "query too long\n")
         } else {
-            let hls_request = hls::Request {
-                key: StreamKey::new(&app, &name),
-                file,
-                query: request.query.clone(),
-                conn: self.conn,
-            };
-            let shutdown = self.ctx.shutdown.clone();
-            tokio::select! {
-                response = self.hls.respond(&hls_request) => response,
-                _ = shutdown.cancelled() => return false,
+            match self.hls_access(request, &mut target).await {
+                Ok(HlsAccess::Serve) => {
+                    let hls_request = hls::Request {
+                        key: StreamKey::new(&target.app, &target.name),
+                        file: target.file,
+                        query: request.query.clone(),
+                        conn: self.conn,
+                        grant: target.grant,
+                    };
+                    let shutdown = self.ctx.shutdown.clone();
+                    tokio::select! {
+                        response = self.hls.respond(&hls_request) => response,
+                        _ = shutdown.cancelled() => return false,
+                    }
+                }
+                Ok(HlsAccess::Redirect(to)) => {
+                    location = Some(to);
+                    hls::Response::error("302 Found", "see the granted playlist\n")
+                }
+                Err(response) => response,
             }
         };
         let keep_alive = request.keep_alive && !self.ctx.shutdown.is_cancelled();
@@ -562,6 +651,9 @@ impl Handler {
             .header("content-length", &response.len().to_string())
             .header("cache-control", response.cache_control)
             .cors(&self.ctx);
+        if let Some(location) = &location {
+            head = head.header("location", location);
+        }
         if !keep_alive {
             head = head.header("connection", "close");
         }
@@ -579,6 +671,96 @@ impl Handler {
             let _ = io::shutdown_write(&self.socket);
         }
         keep_alive
+    }
+
+    /// Access to an HLS resource of a guarded application (see [`Gate::play_is_guarded`]):
+    /// the multivariant playlist is checked like any play and answered with its media
+    /// playlist under a grant (`NAME/g.../media.m3u8`), so every later request of the
+    /// player is under that grant and needs only the grant's signature checked, never the
+    /// rule or the webhook again. A media playlist asked with credentials but no grant is
+    /// redirected under one; anything else without a valid grant is refused.
+    async fn hls_access(
+        &mut self,
+        request: &Request,
+        target: &mut HlsTarget,
+    ) -> Result<HlsAccess, hls::Response> {
+        if !self.gate.play_is_guarded(&target.app) {
+            return Ok(HlsAccess::Serve);
+        }
+        let refused = |ctx: &Context, client, label, status| {
+            Limits::refuse(ctx, proto::HLS, label, client);
+            hls::Response::error(status, "access refused\n")
+        };
+        if let Some(grant) = &target.grant {
+            return match self.gate.policy().verify_grant(
+                grant,
+                &target.app,
+                &target.name,
+                self.client,
+                unix_ms(),
+            ) {
+                Ok(()) => Ok(HlsAccess::Serve),
+                Err(refusal) => Err(refused(
+                    &self.ctx,
+                    self.client,
+                    refusal.label(),
+                    refusal.http_status(),
+                )),
+            };
+        }
+        let media_playlist = target.file.as_deref() == Some("media.m3u8");
+        if target.file.is_some() && !media_playlist {
+            let missing = sluice_auth::Refusal::Missing;
+            return Err(refused(
+                &self.ctx,
+                self.client,
+                missing.label(),
+                missing.http_status(),
+            ));
+        }
+        let ask = Ask {
+            action: Action::Play,
+            app: &target.app,
+            stream: &target.name,
+            query: &request.query,
+            client: self.client,
+            protocol: proto::HLS,
+        };
+        // The gate counts and logs its refusals.
+        let pass = match self.gate.admit(ask).await {
+            Ok(pass) => pass,
+            Err(denied) => {
+                return Err(hls::Response::error(
+                    denied.http_status(),
+                    denied.describe(),
+                ));
+            }
+        };
+        let bind = self
+            .gate
+            .policy()
+            .rule(&target.app, Action::Play)
+            .bind_address;
+        let grant = self.gate.policy().mint_grant(
+            &target.app,
+            &pass.stream,
+            bind.then_some(self.client),
+            unix_ms(),
+        );
+        if media_playlist {
+            use crate::player::url_segment;
+            return Ok(HlsAccess::Redirect(format!(
+                "/{}/{}/{grant}/media.m3u8",
+                url_segment(&target.app),
+                url_segment(&pass.stream)
+            )));
+        }
+        // A webhook may have renamed the stream: the playlist is the new one's, its URIs
+        // (relative, `NEW/g.../media.m3u8`) and grant too. HLS has no connection whose end
+        // is the viewer's, so the pass (and a "done" hook) ends here.
+        target.name = pass.stream;
+        target.grant = Some(grant);
+        Ok(HlsAccess::Serve)
     }
 
     /// Answers a request that is not HLS, and ends the connection (HTTP-FLV plays first).
@@ -630,14 +812,33 @@ impl Handler {
             );
             return self.answer(&response).await;
         }
+        let ask = Ask {
+            action: Action::Play,
+            app: &app,
+            stream: &name,
+            query: &request.query,
+            client: self.client,
+            protocol: proto::HTTP_FLV,
+        };
+        // Held while playing: its "done" hook is sent when it goes. (The gate counts and
+        // logs refusals.)
+        let pass = match self.gate.admit(ask).await {
+            Ok(pass) => pass,
+            Err(denied) => {
+                let text = format!("{}\n", denied.describe());
+                let response = plain(http10, denied.http_status(), Some(&self.ctx), &text);
+                return self.answer(&response).await;
+            }
+        };
         self.ctx
             .metrics
             .connections
             .get_or_create(&[("protocol", proto::HTTP_FLV)])
             .inc();
         let close = self
-            .play(StreamKey::new(&app, &name), http10, head_only)
+            .play(StreamKey::new(&app, &pass.stream), http10, head_only)
             .await;
+        drop(pass);
         self.ctx.metrics.closed(proto::HTTP_FLV, close.label());
         debug!(reason = close.label(), "http-flv connection closed");
     }
@@ -938,6 +1139,7 @@ mod tests {
         let hls = |name: &str, file: Option<&str>| Route::Hls {
             app: "live".into(),
             name: name.into(),
+            grant: None,
             file: file.map(Into::into),
             head_only: false,
         };
@@ -957,7 +1159,18 @@ mod tests {
                 "{path}"
             );
         }
-        for path in ["/live/a/b/c", "/live//x", "/live/a/"] {
+        // Four segments: only under a grant (`g.` + token).
+        assert_eq!(
+            route(&request(Method::Get, "/live/a/g.1.-.xyz/part-3.1.m4s")),
+            Route::Hls {
+                app: "live".into(),
+                name: "a".into(),
+                grant: Some("g.1.-.xyz".into()),
+                file: Some("part-3.1.m4s".into()),
+                head_only: false,
+            }
+        );
+        for path in ["/live/a/b/c", "/live//x", "/live/a/", "/live/a/g.1/b/c"] {
             assert_eq!(
                 route(&request(Method::Get, path)),
                 Route::NotFound,

@@ -9,11 +9,29 @@
 //! - [`hls`]: HLS and LL-HLS: one segmenter per stream, parts cached, requests answered or
 //!   held for blocking reloads.
 //! - [`player`]: the web player page the HTTP listener serves (hls.js / mpegts.js).
+//! - [`gate`]: who may publish and play (the `[auth]` rules, then webhooks), asked by every
+//!   front end.
 //! - [`webhook`]: access-control webhooks (`on_publish`, `on_play` and their `_done`
 //!   notifications): the HTTP client, its bounds, the cache of answers.
 
+use std::sync::Arc;
+
+use sluice_runtime::Context;
+
+pub mod gate;
 pub mod hls;
 pub mod http;
 pub mod player;
 pub mod rtmp_conn;
 pub mod webhook;
+
+/// What every connection of this node's front ends shares.
+#[derive(Debug, Clone)]
+pub struct Front {
+    /// The node's shared state.
+    pub ctx: Arc<Context>,
+    /// Access control.
+    pub gate: Arc<gate::Gate>,
+    /// HLS streams.
+    pub hls: Arc<hls::Hls>,
+}

@@ -8,10 +8,12 @@
 //! plays, the session goes on through [`Session`]: what the client sends is handled as
 //! before, and the session's output is written ahead of more media.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use sluice_auth::Action;
 use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::stream::{IngestError, PublishError};
 use sluice_core::topology::Via;
@@ -23,9 +25,13 @@ use sluice_rtmp::handshake::{self, Handshake, Progress};
 use sluice_rtmp::message::MessageType;
 use sluice_rtmp::server::{ServerConfig, ServerEvent, SessionStats};
 use sluice_runtime::close::{Close, GOODBYE};
+use sluice_runtime::limits::Limits;
 use sluice_runtime::viewer::{Ended, Peer, Viewer};
 use sluice_runtime::wire::Wire;
 use sluice_runtime::{Context, accept, io};
+
+use crate::Front;
+use crate::gate::{Ask, Gate, Pass};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -39,32 +45,56 @@ const PLAYER_READ_BUF: usize = 1024;
 /// Accepts RTMP connections until shutdown. Connections over `rtmp.max_connections` are
 /// refused at accept; accept errors back off briefly instead of spinning.
 /// Fails only when the listener does (see [`accept::listener_failed`]).
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(ctx.config.load().rtmp.max_connections));
+pub async fn serve(listener: TcpListener, front: Front) -> std::io::Result<()> {
+    let limit = Arc::new(Semaphore::new(front.ctx.config.load().rtmp.max_connections));
+    let ctx = front.ctx.clone();
     accept::until_shutdown(&listener, &ctx, proto::RTMP, |socket, peer| {
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.metrics.refused(proto::RTMP, "max_connections");
-            drop(socket);
-            return;
-        };
-        ctx.metrics
-            .connections
-            .get_or_create(&[("protocol", proto::RTMP)])
-            .inc();
-        let conn = ctx.next_conn_id();
-        let span = info_span!("rtmp", conn, %peer);
-        let task_ctx = ctx.clone();
-        ctx.tracker.spawn(
-            async move {
-                let reason = Handler::new(task_ctx.clone(), socket).run().await;
-                task_ctx.metrics.closed(proto::RTMP, reason.label());
-                debug!(reason = reason.label(), "connection closed");
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        spawn_connection(&front, &limit, socket, peer, proto::RTMP);
     })
     .await
+}
+
+/// Runs one accepted connection (`protocol`: `rtmp`, or `rtmps` behind the TLS front) in a
+/// task of its own, unless the node or the client's address has its maximum open.
+pub(crate) fn spawn_connection(
+    front: &Front,
+    limit: &Arc<Semaphore>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    protocol: &'static str,
+) {
+    let ctx = &front.ctx;
+    let Ok(permit) = limit.clone().try_acquire_owned() else {
+        Limits::refuse(ctx, protocol, "max_connections", peer.ip());
+        drop(socket);
+        return;
+    };
+    let slot = match Limits::connection(ctx, peer.ip()) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            Limits::refuse(ctx, protocol, limit.label(), peer.ip());
+            drop(socket);
+            return;
+        }
+    };
+    ctx.metrics
+        .connections
+        .get_or_create(&[("protocol", protocol)])
+        .inc();
+    let conn = ctx.next_conn_id();
+    let span = info_span!("rtmp", conn, %peer, protocol);
+    let task_ctx = ctx.clone();
+    let gate = front.gate.clone();
+    ctx.tracker.spawn(
+        async move {
+            let handler = Handler::new(task_ctx.clone(), gate, socket, peer.ip(), protocol);
+            let reason = handler.run().await;
+            task_ctx.metrics.closed(protocol, reason.label());
+            debug!(reason = reason.label(), "connection closed");
+            drop((permit, slot));
+        }
+        .instrument(span),
+    );
 }
 
 /// What this connection is doing with a stream.
@@ -73,15 +103,34 @@ enum Role {
     Publishing {
         publisher: Publisher,
         stream_id: u32,
+        /// Held while publishing: its "done" hook is sent when it goes.
+        _pass: Pass,
     },
     /// Played by the viewer driver, on this message stream.
     Playing {
         stream_id: u32,
+        _pass: Pass,
     },
+}
+
+/// A publish or play request waiting for the gate's decision (a webhook may take a while;
+/// the session holds what the client sent after it until then).
+struct Pending {
+    action: Action,
+    stream_id: u32,
+    /// The name as sent, query included.
+    name: String,
 }
 
 struct Handler {
     ctx: Arc<Context>,
+    gate: Arc<Gate>,
+    client: IpAddr,
+    /// `rtmp` or `rtmps`.
+    protocol: &'static str,
+    /// The query the client put after the application in `connect` (`live?key=...`).
+    connect_query: String,
+    pending: Option<Pending>,
     /// Shared with the viewer driver (and its stream's writer) while playing.
     socket: Arc<TcpStream>,
     conn: ServerConnection,
@@ -130,7 +179,13 @@ impl Peer for Session<'_> {
 }
 
 impl Handler {
-    fn new(ctx: Arc<Context>, socket: TcpStream) -> Self {
+    fn new(
+        ctx: Arc<Context>,
+        gate: Arc<Gate>,
+        socket: TcpStream,
+        client: IpAddr,
+        protocol: &'static str,
+    ) -> Self {
         let cfg = ctx.config.load();
         let _ = socket.set_nodelay(true);
         let conn = ServerConnection::new(
@@ -148,6 +203,11 @@ impl Handler {
         );
         Handler {
             ctx: ctx.clone(),
+            gate,
+            client,
+            protocol,
+            connect_query: String::new(),
+            pending: None,
             socket: Arc::new(socket),
             conn,
             app: None,
@@ -157,7 +217,7 @@ impl Handler {
             out: BytesMut::new(),
             close_after_flush: None,
             reported: SessionStats::default(),
-            counters: ctx.metrics.protocol_counters(proto::RTMP),
+            counters: ctx.metrics.protocol_counters(protocol),
             idle: cfg.rtmp.idle_timeout(),
         }
     }
@@ -236,6 +296,18 @@ impl Handler {
             if let Some(close) = self.close_after_flush {
                 return close;
             }
+            if let Some(pending) = self.pending.take() {
+                let decided = tokio::select! {
+                    _ = &mut cancelled => return Close::Shutdown,
+                    decided = self.decide(pending) => decided,
+                };
+                // Go on with what the client sent behind the request.
+                if let Err(close) = decided.and_then(|()| self.input(&[])) {
+                    return close;
+                }
+                idle_sleep.as_mut().reset(Instant::now() + idle);
+                continue;
+            }
             if let Some(viewer) = self.starting.take() {
                 // The driver reads with its own buffer while it plays: this one is freed,
                 // since per-viewer memory is what fan-out at scale pays for (two buffers
@@ -293,7 +365,7 @@ impl Handler {
     /// session goes on) or the connection is to close; queues the goodbye the protocol has.
     async fn play(&mut self, mut viewer: Viewer) -> Option<Close> {
         let ended = viewer.play(&mut Session(self)).await;
-        let Role::Playing { stream_id } = self.role else {
+        let Role::Playing { stream_id, .. } = self.role else {
             return Some(Close::ProtocolError);
         };
         let close = match ended {
@@ -355,9 +427,10 @@ impl Handler {
                 warn!(%error, "closing: protocol error");
                 return Err(Close::ProtocolError);
             }
-            // The connection stops at each request awaiting our decision; we decide
-            // synchronously, so go on with what the peer pipelined behind it.
-            if !decided || self.close_after_flush.is_some() {
+            // The connection stops at each request awaiting our decision; the gate decides
+            // a publish or play (maybe asking a webhook) before the session goes on, other
+            // requests are decided at once, so go on with what the peer pipelined behind.
+            if !decided || self.close_after_flush.is_some() || self.pending.is_some() {
                 return Ok(());
             }
             data = &[];
@@ -405,9 +478,15 @@ impl Handler {
                 flash_ver,
                 ..
             } => {
+                // `live?key=...`: credentials may come with the application.
+                let (app, query) = match app.split_once('?') {
+                    Some((app, query)) => (app.to_owned(), query.to_owned()),
+                    None => (app, String::new()),
+                };
+                self.connect_query = query;
                 if !self.ctx.config.load().streams.app_allowed(&app) {
                     info!(app, "connect refused: application not served");
-                    self.ctx.metrics.refused(proto::RTMP, "unknown_app");
+                    Limits::refuse(&self.ctx, self.protocol, "unknown_app", self.client);
                     self.conn
                         .session
                         .reject_connect("application not served here");
@@ -422,13 +501,11 @@ impl Handler {
                 stream_id,
                 stream_key,
                 ..
-            } => {
-                self.publish(stream_id, &stream_key);
-            }
+            } => self.request(Action::Publish, stream_id, stream_key),
             ServerEvent::PlayRequested {
                 stream_id,
                 stream_key,
-            } => self.start_play(stream_id, &stream_key),
+            } => self.request(Action::Play, stream_id, stream_key),
             ServerEvent::PublishFinished { .. } => {
                 if let Role::Publishing { publisher, .. } = &self.role {
                     info!(stream = %publisher.stream().key(), "unpublished");
@@ -482,6 +559,7 @@ impl Handler {
         let Role::Publishing {
             publisher,
             stream_id: publishing_on,
+            ..
         } = &mut self.role
         else {
             return Ok(());
@@ -517,20 +595,111 @@ impl Handler {
         (!name.is_empty() && !name.contains('/')).then(|| StreamKey::new(app, name))
     }
 
-    fn publish(&mut self, stream_id: u32, name: &str) {
-        let Some(key) = self.key(name).filter(|_| matches!(self.role, Role::Idle)) else {
-            self.refuse_publish(stream_id, "bad_publish", "invalid stream name or state");
+    /// A publish or play request: refused at once when it cannot be served, else left for
+    /// the gate ([`Handler::decide`]).
+    fn request(&mut self, action: Action, stream_id: u32, name: String) {
+        let valid = self.key(&name).is_some() && matches!(self.role, Role::Idle);
+        match action {
+            Action::Publish => {
+                if !valid {
+                    self.refuse_publish(stream_id, "bad_publish", "invalid stream name or state");
+                } else if !self.ctx.config.load().cluster.role.accepts_publishers() {
+                    self.refuse_publish(
+                        stream_id,
+                        "edge_node",
+                        "this node is an edge: publish to an origin",
+                    );
+                } else if let Err(limit) = self.ctx.limits.publish_attempt(&self.ctx, self.client) {
+                    self.refuse_publish(stream_id, limit.label(), limit.describe());
+                } else {
+                    self.pending = Some(Pending {
+                        action,
+                        stream_id,
+                        name,
+                    });
+                }
+            }
+            Action::Play if !valid => {
+                self.refuse_play(stream_id, "bad_play", "invalid stream name or state");
+            }
+            Action::Play => {
+                self.pending = Some(Pending {
+                    action,
+                    stream_id,
+                    name,
+                });
+            }
+        }
+    }
+
+    /// Asks the gate about a request, then starts or refuses it.
+    async fn decide(&mut self, pending: Pending) -> Result<(), Close> {
+        let Pending {
+            action,
+            stream_id,
+            name,
+        } = pending;
+        let (stream, name_query) = name.split_once('?').unwrap_or((&name, ""));
+        let query = match (self.connect_query.as_str(), name_query) {
+            ("", query) | (query, "") => query.to_owned(),
+            (first, second) => format!("{first}&{second}"),
+        };
+        let app = self.app.clone().unwrap_or_default();
+        let ask = Ask {
+            action,
+            app: &app,
+            stream: stream.trim(),
+            query: &query,
+            client: self.client,
+            protocol: self.protocol,
+        };
+        match (self.gate.admit(ask).await, action) {
+            (Ok(pass), Action::Publish) => self.publish(stream_id, pass),
+            (Ok(pass), Action::Play) => self.start_play(stream_id, pass, name_query),
+            (Err(denied), Action::Publish) => {
+                info!(app, stream, reason = denied.label(), "publish refused");
+                self.reject(
+                    stream_id,
+                    action,
+                    "NetStream.Publish.BadName",
+                    denied.describe(),
+                );
+            }
+            (Err(denied), Action::Play) => {
+                info!(app, stream, reason = denied.label(), "play refused");
+                self.reject(
+                    stream_id,
+                    action,
+                    "NetStream.Play.Failed",
+                    denied.describe(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a refused request with `code` (already counted) and closes once written.
+    fn reject(&mut self, stream_id: u32, action: Action, code: &str, description: &str) {
+        match action {
+            Action::Publish => self
+                .conn
+                .session
+                .reject_publish(stream_id, code, description),
+            Action::Play => self.conn.session.reject_play(stream_id, code, description),
+        }
+        self.close_after_flush = Some(Close::Rejected);
+    }
+
+    fn publish(&mut self, stream_id: u32, pass: Pass) {
+        let Some(key) = self.key(&pass.stream) else {
+            self.refuse_publish(stream_id, "bad_publish", "invalid stream name");
             return;
         };
-        let cfg = self.ctx.config.load();
-        if !cfg.cluster.role.accepts_publishers() {
-            self.refuse_publish(
-                stream_id,
-                "edge_node",
-                "this node is an edge: publish to an origin",
-            );
+        if let Err(limit) = Limits::new_stream(&self.ctx, &key) {
+            self.refuse_publish(stream_id, limit.label(), limit.describe());
             return;
         }
+        let cfg = self.ctx.config.load();
         let takeover =
             cfg.streams.publish_conflict == sluice_core::config::PublishConflict::Takeover;
         match self
@@ -545,6 +714,7 @@ impl Handler {
                 self.role = Role::Publishing {
                     publisher,
                     stream_id,
+                    _pass: pass,
                 };
             }
             Err(error) => {
@@ -561,7 +731,7 @@ impl Handler {
     /// Answers NetStream.Publish.BadName (what ffmpeg and OBS report to the user), counts
     /// `reason`, and closes once that is written.
     fn refuse_publish(&mut self, stream_id: u32, reason: &'static str, description: &str) {
-        self.ctx.metrics.refused(proto::RTMP, reason);
+        Limits::refuse(&self.ctx, self.protocol, reason, self.client);
         self.conn
             .session
             .reject_publish(stream_id, "NetStream.Publish.BadName", description);
@@ -571,20 +741,21 @@ impl Handler {
     /// Answers NetStream.Play.StreamNotFound (what players show best), counts `reason`, and
     /// closes once that is written.
     fn refuse_play(&mut self, stream_id: u32, reason: &'static str, description: &str) {
-        self.ctx.metrics.refused(proto::RTMP, reason);
+        Limits::refuse(&self.ctx, self.protocol, reason, self.client);
         self.conn
             .session
             .reject_play(stream_id, "NetStream.Play.StreamNotFound", description);
         self.close_after_flush = Some(Close::Rejected);
     }
 
-    fn start_play(&mut self, stream_id: u32, name: &str) {
-        let Some(key) = self.key(name).filter(|_| matches!(self.role, Role::Idle)) else {
-            self.refuse_play(stream_id, "bad_play", "invalid stream name or state");
+    /// Starts playing `pass.stream`; `query` is the play name's (a pulling node's via-list).
+    fn start_play(&mut self, stream_id: u32, pass: Pass, query: &str) {
+        let Some(key) = self.key(&pass.stream) else {
+            self.refuse_play(stream_id, "bad_play", "invalid stream name");
             return;
         };
         info!(app = %key.app, stream = %key.name, "playing");
-        let via = Via::from_query(name.split_once('?').map_or("", |(_, q)| q));
+        let via = Via::from_query(query);
         let (cursor, pull) = self.ctx.watch(&key, &via);
         if !via.0.is_empty() && pull.is_none() && !cursor.stream().is_publishing() {
             // Another node pulling: it does not wait for a publisher here, it asks its next
@@ -604,7 +775,10 @@ impl Handler {
             wire,
             self.idle,
         )));
-        self.role = Role::Playing { stream_id };
+        self.role = Role::Playing {
+            stream_id,
+            _pass: pass,
+        };
     }
 
     /// Leaves the current role, keeping gauges in step.

@@ -65,43 +65,8 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 /// the config, so this is only a backstop).
 const WARNED_URLS: usize = 1024;
 
-/// What a hook that could not be asked (deadline, refused connection, bad answer, too many in
-/// flight) means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnFailure {
-    /// Refuse the publisher or viewer (the default: a hook guards access).
-    #[default]
-    Deny,
-    /// Let the publisher or viewer in.
-    Allow,
-}
-
-/// How webhooks are asked. The same fields as `sluice_auth::WebhookConfig`, which replaces
-/// this type once that crate lands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookSettings {
-    /// The whole request's deadline (connect, send, answer head), and the longest an ask waits
-    /// for a slot among `max_concurrent`, milliseconds.
-    pub timeout_ms: u64,
-    /// Requests in flight at once, all hooks and URLs together.
-    pub max_concurrent: usize,
-    /// How long an allow, rename or deny answer is reused for the same URL, action, app,
-    /// stream, client address and query, milliseconds; 0: never.
-    pub cache_ms: u64,
-    /// What a failure means.
-    pub on_failure: OnFailure,
-}
-
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        WebhookSettings {
-            timeout_ms: 2000,
-            max_concurrent: 64,
-            cache_ms: 5000,
-            on_failure: OnFailure::Deny,
-        }
-    }
-}
+/// How webhooks are asked (`[auth.webhook]`), and what a failure means.
+pub use sluice_auth::{OnFailure, WebhookConfig as WebhookSettings};
 
 /// What a hook is told: one event of one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +79,7 @@ pub struct HookEvent {
     pub stream: String,
     /// The publisher's or viewer's address.
     pub client: IpAddr,
-    /// How the client came: `rtmp`, `rtmps`, `http-flv`, `hls`, ...
+    /// How the client came: `rtmp`, `rtmps`, `http_flv`, `hls`, ...
     pub protocol: &'static str,
     /// The request's query string, raw (tokens usually travel here).
     pub query: String,

@@ -18,6 +18,9 @@ use tokio::sync::oneshot;
 use tokio::task::{self, JoinSet};
 use tracing::{error, info, warn};
 
+use sluice_front::Front;
+use sluice_front::gate::Gate;
+
 use crate::reload;
 
 /// A node with its listeners bound, ready to [`App::run`].
@@ -30,6 +33,8 @@ pub struct App {
     /// The QUIC relay endpoint, when this node listens on one or pulls over one.
     quic: Option<Arc<QuicRelay>>,
     pulls: PullManager,
+    /// Access control, shared by the front ends.
+    gate: Arc<Gate>,
     /// Where config reloads come from; `None` never reloads.
     reload: Option<reload::Source>,
 }
@@ -84,6 +89,7 @@ impl App {
             None
         };
         let ctx = Context::new(config);
+        let gate = Gate::new(ctx.clone()).context("loading the [auth] keys")?;
         // Installed whatever the role, so a reload that adds upstreams takes effect.
         let pulls = PullManager::install(&ctx, quic.clone());
         Ok(App {
@@ -93,6 +99,7 @@ impl App {
             admin,
             quic,
             pulls,
+            gate,
             reload: None,
         })
     }
@@ -100,8 +107,9 @@ impl App {
     /// Reloads the config from `source` while running (SIGHUP, and changes to the file when
     /// it is watched). See [`crate::reload`].
     pub fn reload(self, source: reload::Source) -> Self {
+        let gate = Some(self.gate.clone());
         App {
-            reload: Some(source),
+            reload: Some(reload::Source { gate, ..source }),
             ..self
         }
     }
@@ -143,6 +151,7 @@ impl App {
             admin,
             quic,
             pulls,
+            gate,
             reload,
         } = self;
         let mut subsystems = Subsystems::default();
@@ -165,17 +174,21 @@ impl App {
             let serve = relay.clone().serve(ctx.clone());
             subsystems.spawn(Subsystem::Relay, async move { Ok(serve.await?) });
         }
-        let rtmp_ctx = ctx.clone();
+        let hls = sluice_front::hls::Hls::new(ctx.clone());
+        let front = Front {
+            ctx: ctx.clone(),
+            gate,
+            hls: hls.clone(),
+        };
+        let rtmp_front = front.clone();
         subsystems.spawn(Subsystem::Rtmp, async move {
-            sluice_front::rtmp_conn::serve(rtmp, rtmp_ctx)
+            sluice_front::rtmp_conn::serve(rtmp, rtmp_front)
                 .await
                 .with_context(|| format!("accepting on the RTMP listener {rtmp_addr}"))
         });
-        let http_ctx = ctx.clone();
-        let hls = sluice_front::hls::Hls::new(ctx.clone());
-        let http_hls = hls.clone();
+        let http_front = front.clone();
         subsystems.spawn(Subsystem::HttpFlv, async move {
-            sluice_front::http::serve(http, http_ctx, http_hls)
+            sluice_front::http::serve(http, http_front)
                 .await
                 .with_context(|| format!("accepting on the HTTP listener {http_addr}"))
         });
@@ -515,6 +528,7 @@ mod tests {
         let source = reload::Source {
             file: None,
             watch: false,
+            gate: None,
         };
         let reloader_counted = async {
             while failures(&ctx, "reload") == 0 {

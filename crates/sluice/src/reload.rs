@@ -30,8 +30,10 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use sluice_auth::Policy;
 use sluice_core::Config;
 use sluice_core::config::ConfigError;
+use sluice_front::gate::Gate;
 use sluice_runtime::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
@@ -50,6 +52,9 @@ pub struct Source {
     pub file: Option<PathBuf>,
     /// Also reload when the file changes, not only on SIGHUP.
     pub watch: bool,
+    /// Access control, whose policy is rebuilt on every reload (key files read again);
+    /// [`crate::App::reload`] sets it.
+    pub gate: Option<Arc<Gate>>,
 }
 
 /// What a reload does to the running config.
@@ -186,6 +191,7 @@ pub fn start(
     }
     let reloader = Reloader {
         ctx,
+        gate: source.gate,
         file: source.file,
         last_read: None,
     };
@@ -260,6 +266,8 @@ fn may_change_contents(kind: &EventKind) -> bool {
 /// cannot lose another writer's update.
 struct Reloader {
     ctx: Arc<Context>,
+    /// Its policy is rebuilt on every reload (key files are read again).
+    gate: Option<Arc<Gate>>,
     file: Option<PathBuf>,
     /// What the last reload read (its text, or why it could not), so watch events that leave
     /// the file as it was do nothing.
@@ -339,6 +347,21 @@ impl Reloader {
                 return;
             }
         };
+        // Key files are read again on every reload, changed config or not; one that cannot
+        // be read refuses the reload (the keys in force stay).
+        let policy = match Policy::load(&plan.config.auth) {
+            Ok(policy) => policy,
+            Err(error) => {
+                self.count("invalid");
+                error!(
+                    file,
+                    trigger = trigger.label(),
+                    %error,
+                    "config reload refused; the running config stays"
+                );
+                return;
+            }
+        };
         if !plan.needs_restart.is_empty() {
             warn!(
                 file,
@@ -349,16 +372,24 @@ impl Reloader {
         }
         self.count("ok");
         if plan.changed.is_empty() {
+            self.install(policy);
             info!(
                 file,
                 trigger = trigger.label(),
-                "config reloaded: no change"
+                "config reloaded: no change (key files read again)"
             );
             return;
         }
         let changed = plan.changed.join(", ");
         self.ctx.config.store(Arc::new(plan.config));
+        self.install(policy);
         info!(file, trigger = trigger.label(), changed, "config reloaded");
+    }
+
+    fn install(&self, policy: Policy) {
+        if let Some(gate) = &self.gate {
+            gate.install(policy);
+        }
     }
 
     fn count(&self, result: &'static str) {
