@@ -25,12 +25,25 @@ pub struct Response {
 /// Sends `METHOD path` (no body) to `addr` and reads the response until the server closes.
 /// Panics on a connection error or after [`DEADLINE`]. Loopback only.
 pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    request_with(addr, method, path, &[]).await
+}
+
+/// Sends `METHOD path` with extra header lines (each `Name: value`), like [`request`].
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> Response {
     let exchange = async {
         let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        socket
-            .write_all(format!("{method} {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .expect("request");
+        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: x\r\n");
+        for line in headers {
+            head.push_str(line);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        socket.write_all(head.as_bytes()).await.expect("request");
         let mut bytes = Vec::new();
         socket.read_to_end(&mut bytes).await.expect("response");
         parse(&String::from_utf8_lossy(&bytes))

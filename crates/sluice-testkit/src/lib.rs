@@ -31,6 +31,7 @@
 
 pub mod browser;
 pub mod hls;
+pub mod hooks;
 pub mod http;
 pub mod media;
 pub mod nginx;

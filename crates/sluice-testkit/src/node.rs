@@ -255,6 +255,7 @@ pub struct Process {
     /// The QUIC relay listener, when the node has one.
     pub quic: Option<SocketAddr>,
     child: Child,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -280,6 +281,7 @@ impl Process {
             admin: addrs.admin,
             quic: addrs.quic,
             child,
+            config,
             _dir: dir,
         }
     }
@@ -304,6 +306,21 @@ impl Process {
                     .unwrap_or_else(|| panic!("{} has no QUIC listener", self.id))
             ),
         }
+    }
+
+    /// Its config file (rewrite it, then [`Process::hup`], to reload).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Sends SIGHUP (reload the config) to the process, by its PID.
+    pub fn hup(&self) {
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP {}", self.child.id());
     }
 
     /// SIGKILLs the process: no goodbye to anyone.
