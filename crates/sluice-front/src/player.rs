@@ -125,20 +125,25 @@ pub fn respond(path: &str, query: &str, config: &PlayerConfig) -> Option<PlayerR
     };
     let mut format = Format::Hls;
     let mut engine = "";
-    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
-        match (key, value) {
+    // Everything else (a stream key, a signed URL's exp/kid/sig) is the stream's: the page
+    // asks for the stream with it, as it came (still percent-encoded).
+    let mut credentials = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
             ("format", "flv") => format = Format::Flv,
             ("format", "hls") => format = Format::Hls,
             ("format", _) => return Some(text("400 Bad Request", "format is hls or flv\n")),
-            ("engine", "hlsjs" | "native") => engine = value,
-            _ => {}
+            ("engine", value @ ("hlsjs" | "native")) => engine = value,
+            ("engine", _) => {}
+            _ => credentials.push(pair),
         }
     }
+    let credentials = credentials.join("&");
     Some(PlayerResponse {
         status: "200 OK",
         content_type: HTML,
         cache_control: PAGE_CACHE,
-        body: Body::Bytes(page(&app, &name, format, engine, config).into()),
+        body: Body::Bytes(page(&app, &name, format, engine, &credentials, config).into()),
     })
 }
 
@@ -168,8 +173,20 @@ fn text(status: &'static str, body: &'static str) -> PlayerResponse {
 }
 
 /// The page for one stream.
-fn page(app: &str, name: &str, format: Format, engine: &str, config: &PlayerConfig) -> String {
+fn page(
+    app: &str,
+    name: &str,
+    format: Format,
+    engine: &str,
+    credentials: &str,
+    config: &PlayerConfig,
+) -> String {
     let stream = format!("/{}/{}", url_segment(app), url_segment(name));
+    let query = if credentials.is_empty() {
+        String::new()
+    } else {
+        format!("?{credentials}")
+    };
     let scripts = if config.assets_dir.is_empty() {
         let base = config.script_base.trim_end_matches('/');
         (
@@ -194,8 +211,8 @@ fn page(app: &str, name: &str, format: Format, engine: &str, config: &PlayerConf
             },
         ),
         ("engine", engine),
-        ("hlsUrl", &format!("{stream}.m3u8")),
-        ("flvUrl", &format!("{stream}.flv")),
+        ("hlsUrl", &format!("{stream}.m3u8{query}")),
+        ("flvUrl", &format!("{stream}.flv{query}")),
     ];
     for (key, value) in fields {
         let _ = write!(json, "{}:{},", json_string(key), json_string(value));
@@ -336,6 +353,17 @@ mod tests {
         );
         assert!(json.contains(r#""hlsUrl":"/live/cam.m3u8""#), "{json}");
         assert!(json.contains(r#""flvUrl":"/live/cam.flv""#), "{json}");
+        // Credentials on the page's URL go on to the stream's (and only they).
+        let signed = html(
+            "/play/live/cam",
+            "exp=1&kid=k&sig=a-b_c&format=flv&engine=native",
+            &config(),
+        );
+        assert!(
+            signed.contains(r#""hlsUrl":"/live/cam.m3u8?exp=1\u0026kid=k\u0026sig=a-b_c""#),
+            "{signed}"
+        );
+        assert!(signed.contains(r#""format":"flv""#), "{signed}");
         assert!(
             json.contains(r#""hls":"https://cdn.example/npm/hls.js@1/dist/hls.min.js""#),
             "{json}"
