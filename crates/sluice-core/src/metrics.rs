@@ -25,6 +25,12 @@ pub mod proto {
     pub const HTTP_FLV: &str = "http_flv";
     /// HLS and LL-HLS.
     pub const HLS: &str = "hls";
+    /// The RTMPS listener (TLS handshakes only: once decrypted, its connections count as
+    /// [`RTMP`]).
+    pub const RTMPS: &str = "rtmps";
+    /// The HTTPS listener (TLS handshakes only: its requests count as [`HTTP_FLV`] and
+    /// [`HLS`]).
+    pub const HTTPS: &str = "https";
 }
 
 /// All metrics of a node.
@@ -107,6 +113,15 @@ pub struct Metrics {
     pub hls_parts: Counter,
     /// Bytes held by the HLS segment cache.
     pub hls_cache_bytes: Gauge,
+    /// TLS handshakes on the RTMPS and HTTPS listeners, by protocol (`rtmps`, `https`) and
+    /// result (`ok`, `error`, `timeout`).
+    pub tls_handshakes: Family<Label2, Counter>,
+    /// Certificate reloads (SIGHUP or a change to its files), by result (`ok`, `invalid`: the
+    /// certificate in use stays).
+    pub tls_reloads: Family<Label1, Counter>,
+    /// When the certificate in use expires (its notAfter), seconds since the Unix epoch; 0
+    /// without TLS.
+    pub tls_certificate_not_after: Gauge,
 }
 
 /// One protocol's counters, looked up once (see [`Metrics::protocol_counters`]).
@@ -167,6 +182,9 @@ impl Metrics {
             hls_segmenters: Gauge::default(),
             hls_parts: Counter::default(),
             hls_cache_bytes: Gauge::default(),
+            tls_handshakes: Family::default(),
+            tls_reloads: Family::default(),
+            tls_certificate_not_after: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
@@ -298,6 +316,21 @@ impl Metrics {
             "hls_cache_bytes",
             "Bytes held by the HLS segment cache",
             m.hls_cache_bytes.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes by protocol and result",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificate reloads by result",
+            m.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "When the certificate in use expires, Unix time",
+            m.tls_certificate_not_after.clone(),
         );
         Metrics { registry, ..m }
     }
