@@ -3,6 +3,8 @@
 //! - [`Context`]: the node's shared state (registry, live config, metrics, shutdown, the
 //!   shared writers, the pull machinery).
 //! - [`accept`]: the accept loop every listener shares.
+//! - [`bridge`]: a kernel socket for a connection decrypted in process (TLS): a socket pair
+//!   whose one end a plain front end serves, and the pump between the other and the client.
 //! - [`io`]: non-blocking vectored writes of shared `Bytes` to a socket shared with a writer.
 //! - [`viewer`]: the one viewer driver, generic over a front end's session ([`viewer::Peer`])
 //!   and a wire format ([`wire::Wire`]); front ends negotiate, then hand viewers to it.
@@ -15,6 +17,7 @@
 //! owns sockets, deadlines and shutdown.
 
 pub mod accept;
+pub mod bridge;
 pub mod client;
 pub mod close;
 mod context;
