@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +38,9 @@ use sluice_runtime::wire::Wire;
 use sluice_runtime::{Context, accept, io};
 
 use crate::hls::{self, Hls};
+use crate::limit::Limit;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tracing::{Instrument, debug, info, info_span};
 
@@ -61,14 +63,19 @@ const LAST_CHUNK: &[u8] = b"\r\n0\r\n\r\n";
 /// Discards what a viewer sends after its request (nothing, normally).
 const SINK: usize = 256;
 
-/// Accepts HTTP-FLV connections until shutdown. Connections over `http.max_connections` are
-/// answered 503 at accept; accept errors back off briefly instead of spinning.
+/// Accepts HTTP-FLV connections until shutdown. Connections over `limit`
+/// (`http.max_connections`, shared with the HTTPS listener) are answered 503 at accept;
+/// accept errors back off briefly instead of spinning.
 /// Fails only when the listener does (see [`crate::accept::listener_failed`]).
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, hls: Arc<Hls>) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(ctx.config.load().http.max_connections));
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    hls: Arc<Hls>,
+    limit: Limit,
+) -> std::io::Result<()> {
     let refusals = Arc::new(Semaphore::new(REFUSALS));
     accept::until_shutdown(&listener, &ctx, proto::HTTP_FLV, |socket, peer| {
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let Some(permit) = limit.try_admit() else {
             ctx.metrics.refused(proto::HTTP_FLV, "max_connections");
             // Bounded: a flood beyond the limit is closed unanswered.
             if let Ok(refusal) = refusals.clone().try_acquire_owned() {
@@ -81,22 +88,37 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, hls: Arc<Hls>) -> s
             }
             return;
         };
-        // A response's tail must not wait for the client's delayed ACK (Nagle: 40 ms on
-        // every HLS response, measured); HTTP-FLV viewers get their schedule's setting later.
-        let _ = socket.set_nodelay(true);
-        let conn = ctx.next_conn_id();
-        let span = info_span!("http", conn, %peer);
-        let task_ctx = ctx.clone();
-        let hls = hls.clone();
-        ctx.tracker.spawn(
-            async move {
-                Handler::new(task_ctx, hls, conn, socket).run().await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        spawn_connection(&ctx, &hls, permit, socket, peer, false);
     })
     .await
+}
+
+/// Serves one admitted connection in a task of its own: `socket` is the accepted TCP socket,
+/// or for HTTPS (`secure`) the plain end of the TLS bridge, one per HTTP/1.1 connection or
+/// HTTP/2 request (`peer` is the client's address either way).
+pub(crate) fn spawn_connection(
+    ctx: &Arc<Context>,
+    hls: &Arc<Hls>,
+    permit: OwnedSemaphorePermit,
+    socket: TcpStream,
+    peer: SocketAddr,
+    secure: bool,
+) {
+    // A response's tail must not wait for the client's delayed ACK (Nagle: 40 ms on
+    // every HLS response, measured); HTTP-FLV viewers get their schedule's setting later.
+    // (Fails on a TLS bridge's Unix socket, where it has no meaning.)
+    let _ = socket.set_nodelay(true);
+    let conn = ctx.next_conn_id();
+    let span = info_span!("http", conn, %peer, secure);
+    let task_ctx = ctx.clone();
+    let hls = hls.clone();
+    ctx.tracker.spawn(
+        async move {
+            Handler::new(task_ctx, hls, conn, socket).run().await;
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 /// Why no request was read.

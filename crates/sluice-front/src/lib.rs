@@ -9,8 +9,14 @@
 //! - [`hls`]: HLS and LL-HLS: one segmenter per stream, parts cached, requests answered or
 //!   held for blocking reloads.
 //! - [`player`]: the web player page the HTTP listener serves (hls.js / mpegts.js).
+//! - [`tls`]: the RTMPS and HTTPS listeners and their certificate; each decrypted connection
+//!   is served by the front end above it. [`h2`]: HTTP/2 on the HTTPS listener.
+//! - [`limit`]: a protocol's connection limit, shared by its clear-text and TLS listeners.
 
+pub mod h2;
 pub mod hls;
 pub mod http;
+pub mod limit;
 pub mod player;
 pub mod rtmp_conn;
+pub mod tls;

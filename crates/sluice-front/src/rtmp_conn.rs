@@ -8,6 +8,7 @@
 //! plays, the session goes on through [`Session`]: what the client sends is handled as
 //! before, and the session's output is written ahead of more media.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,44 +28,58 @@ use sluice_runtime::viewer::{Ended, Peer, Viewer};
 use sluice_runtime::wire::Wire;
 use sluice_runtime::{Context, accept, io};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::limit::Limit;
 
 /// Read buffer of a publisher; players send little (acks, pings), so theirs stays small:
 /// per-viewer memory is what fan-out at scale pays for.
 const PUBLISHER_READ_BUF: usize = 64 * 1024;
 const PLAYER_READ_BUF: usize = 1024;
 
-/// Accepts RTMP connections until shutdown. Connections over `rtmp.max_connections` are
-/// refused at accept; accept errors back off briefly instead of spinning.
-/// Fails only when the listener does (see [`accept::listener_failed`]).
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(ctx.config.load().rtmp.max_connections));
+/// Accepts RTMP connections until shutdown. Connections over `limit` (`rtmp.max_connections`,
+/// shared with the RTMPS listener) are refused at accept; accept errors back off briefly
+/// instead of spinning. Fails only when the listener does (see [`accept::listener_failed`]).
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, limit: Limit) -> std::io::Result<()> {
     accept::until_shutdown(&listener, &ctx, proto::RTMP, |socket, peer| {
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let Some(permit) = limit.try_admit() else {
             ctx.metrics.refused(proto::RTMP, "max_connections");
             drop(socket);
             return;
         };
-        ctx.metrics
-            .connections
-            .get_or_create(&[("protocol", proto::RTMP)])
-            .inc();
-        let conn = ctx.next_conn_id();
-        let span = info_span!("rtmp", conn, %peer);
-        let task_ctx = ctx.clone();
-        ctx.tracker.spawn(
-            async move {
-                let reason = Handler::new(task_ctx.clone(), socket).run().await;
-                task_ctx.metrics.closed(proto::RTMP, reason.label());
-                debug!(reason = reason.label(), "connection closed");
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        spawn_connection(&ctx, permit, socket, peer, false);
     })
     .await
+}
+
+/// Serves one admitted connection in a task of its own: `socket` is the accepted TCP socket,
+/// or for RTMPS (`secure`) the plain end of the TLS bridge (`peer` is the client's address
+/// either way).
+pub(crate) fn spawn_connection(
+    ctx: &Arc<Context>,
+    permit: OwnedSemaphorePermit,
+    socket: TcpStream,
+    peer: SocketAddr,
+    secure: bool,
+) {
+    ctx.metrics
+        .connections
+        .get_or_create(&[("protocol", proto::RTMP)])
+        .inc();
+    let conn = ctx.next_conn_id();
+    let span = info_span!("rtmp", conn, %peer, secure);
+    let task_ctx = ctx.clone();
+    ctx.tracker.spawn(
+        async move {
+            let reason = Handler::new(task_ctx.clone(), socket).run().await;
+            task_ctx.metrics.closed(proto::RTMP, reason.label());
+            debug!(reason = reason.label(), "connection closed");
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 /// What this connection is doing with a stream.
