@@ -674,14 +674,18 @@ mod tests {
         assert_eq!(c.tls.https_listen.port(), 8443);
         assert_eq!(c.tls.handshake_timeout(), Duration::from_secs(5));
         assert!(c.tls.watch);
-        let both = "[tls]\ncert_file = \"/etc/sluice/cert.pem\"\nkey_file = \"/etc/sluice/key.pem\"\n";
+        let both =
+            "[tls]\ncert_file = \"/etc/sluice/cert.pem\"\nkey_file = \"/etc/sluice/key.pem\"\n";
         assert!(Config::load(Some(both), []).unwrap().tls.enabled());
         for one in [
             "[tls]\ncert_file = \"/etc/sluice/cert.pem\"\n",
             "[tls]\nkey_file = \"/etc/sluice/key.pem\"\n",
         ] {
             let e = Config::load(Some(one), []).unwrap_err();
-            assert!(e.to_string().contains("tls.cert_file and tls.key_file"), "{e}");
+            assert!(
+                e.to_string().contains("tls.cert_file and tls.key_file"),
+                "{e}"
+            );
         }
         let e = Config::load(Some("[tls]\nhandshake_timeout_ms = 0\n"), []).unwrap_err();
         assert!(e.to_string().contains("tls.handshake_timeout_ms"), "{e}");

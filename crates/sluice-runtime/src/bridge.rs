@@ -130,7 +130,10 @@ mod tests {
         let pumping = tokio::spawn(async move { pump(far, pump_end, &shutdown).await });
         let (mut client_rx, mut client_tx) = tokio::io::split(client);
 
-        client_tx.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        client_tx
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
         let mut got = vec![0u8; 18];
         let mut filled = 0;
         while filled < got.len() {
@@ -205,7 +208,10 @@ mod tests {
         let token = shutdown.clone();
         let pumping = tokio::spawn(async move { pump(far, pump_end, &token).await });
         sleep(Duration::from_secs(60)).await;
-        assert!(!pumping.is_finished(), "nothing ends an open pair but shutdown");
+        assert!(
+            !pumping.is_finished(),
+            "nothing ends an open pair but shutdown"
+        );
         shutdown.cancel();
         timeout(GOODBYE * 4, pumping)
             .await

@@ -110,9 +110,11 @@ fn init_tracing(config: &Config) {
 }
 
 async fn serve(config: Config, file: Option<PathBuf>, watch: bool) -> anyhow::Result<()> {
-    let app = App::bind(config)
-        .await?
-        .reload(crate::reload::Source { file, watch });
+    let app = App::bind(config).await?.reload(crate::reload::Source {
+        file,
+        watch,
+        certs: None,
+    });
     let shutdown = app.context().shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
