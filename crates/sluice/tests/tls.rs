@@ -284,8 +284,7 @@ async fn probe_live(url: String) -> ProbeReport {
         if url.starts_with("rtmps:") || url.starts_with("https:") {
             args.extend(["-tls_verify", "0"]);
         }
-        probe_with(&url, &args, PROBE)
-            .unwrap_or_else(|e| panic!("ffprobe {url}: {e:#}"))
+        probe_with(&url, &args, PROBE).unwrap_or_else(|e| panic!("ffprobe {url}: {e:#}"))
     })
     .await
     .expect("probe task")
