@@ -96,7 +96,7 @@ pub struct Metrics {
     pub fanout_writers: Gauge,
     /// Viewers leaving a shared writer for their own task, by protocol and reason.
     pub fanout_handbacks: Family<Label2, Counter>,
-    /// Subsystems of the node (`rtmp`, `http_flv`, `admin`, `quic_relay`, `reload`) that
+    /// Subsystems of the node (`rtmp`, `http_flv`, `rtmps`, `https`, `admin`, `quic_relay`, `reload`) that
     /// ended before shutdown or panicked. Any but `reload` stops the node.
     pub subsystem_failures: Family<Label1, Counter>,
     /// HLS requests answered, by resource (`multivariant`, `playlist`, `part`, `segment`,
