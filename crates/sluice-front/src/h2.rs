@@ -75,6 +75,7 @@ pub(crate) async fn serve(
         hls,
         limit,
         peer,
+        conn: ctx.next_conn_id(),
         activity: activity.clone(),
     });
     let service = hyper::service::service_fn(move |request| {
@@ -120,6 +121,8 @@ struct Proxy {
     hls: Arc<Hls>,
     limit: Limit,
     peer: SocketAddr,
+    /// The id every request's handler runs under: one client connection, one HLS viewer.
+    conn: u64,
     activity: Arc<Activity>,
 }
 
@@ -162,7 +165,8 @@ impl Proxy {
                 return short(StatusCode::SERVICE_UNAVAILABLE, "");
             }
         };
-        crate::http::spawn_connection(&self.ctx, &self.hls, permit, plain, self.peer, true);
+        let (ctx, hls) = (&self.ctx, &self.hls);
+        crate::http::spawn_handler(ctx, hls, permit, plain, self.peer, true, self.conn);
         let (mut sender, conn) =
             match hyper::client::conn::http1::handshake(TokioIo::new(pump_end)).await {
                 Ok(client) => client,

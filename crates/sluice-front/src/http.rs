@@ -104,11 +104,25 @@ pub(crate) fn spawn_connection(
     peer: SocketAddr,
     secure: bool,
 ) {
+    let conn = ctx.next_conn_id();
+    spawn_handler(ctx, hls, permit, socket, peer, secure, conn);
+}
+
+/// [`spawn_connection`] under the connection id `conn`, by which HLS tells viewers apart:
+/// the requests of one HTTP/2 connection, each on a socket of its own, share one.
+pub(crate) fn spawn_handler(
+    ctx: &Arc<Context>,
+    hls: &Arc<Hls>,
+    permit: OwnedSemaphorePermit,
+    socket: TcpStream,
+    peer: SocketAddr,
+    secure: bool,
+    conn: u64,
+) {
     // A response's tail must not wait for the client's delayed ACK (Nagle: 40 ms on
     // every HLS response, measured); HTTP-FLV viewers get their schedule's setting later.
     // (Fails on a TLS bridge's Unix socket, where it has no meaning.)
     let _ = socket.set_nodelay(true);
-    let conn = ctx.next_conn_id();
     let span = info_span!("http", conn, %peer, secure);
     let task_ctx = ctx.clone();
     let hls = hls.clone();

@@ -329,6 +329,28 @@ async fn curl(version: &str, url: String, max_time: &str) -> (Option<i32>, Strin
     .expect("curl task")
 }
 
+/// One curl fetching `url` `times` over one HTTP/2 connection: per request, the HTTP version,
+/// status and connections made (`2 200 1`, then `2 200 0` for a reused connection).
+async fn reused_connection(url: String, times: usize) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(tools::curl());
+        cmd.args(["-sk", "--http2", "--max-time", "20"]).args([
+            "-w",
+            "%{stderr}%{http_version} %{http_code} %{num_connects}\\n",
+        ]);
+        for _ in 0..times {
+            cmd.args(["-o", "/dev/null", &url]);
+        }
+        let mut child = Child::spawn(&mut cmd).expect("spawn curl");
+        child
+            .wait_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("curl {url} did not end"));
+        child.stderr_tail().lines().map(str::to_owned).collect()
+    })
+    .await
+    .expect("curl task")
+}
+
 /// [`curl`] over HTTP/2.
 async fn h2(url: String) -> (String, Vec<u8>) {
     let (_, out, body) = curl("--http2", url, "10").await;
@@ -398,6 +420,16 @@ async fn https_serves_flv_and_hls_over_http2_and_http11() {
         .spawn();
     tls.process.wait_publishing("x").await;
     let base = format!("https://{}/live", tls.https);
+
+    // One HTTP/2 connection polling the media playlist is one HLS viewer, although each of
+    // its requests reaches the HTTP handler on a socket of its own.
+    let polls = reused_connection(format!("{base}/x/media.m3u8"), 3).await;
+    assert_eq!(
+        polls,
+        ["2 200 1", "2 200 0", "2 200 0"],
+        "three requests, one connection"
+    );
+    assert_eq!(tls.process.metric("sluice_hls_viewers").await, 1.0);
 
     // HTTP-FLV: an endless body, cut by curl's own deadline (exit 28) after bytes arrived.
     let (code, out, body) = curl("--http2", format!("{base}/x.flv"), "3").await;
