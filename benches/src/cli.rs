@@ -108,6 +108,12 @@ pub struct Args {
     /// once a blocking reload lists it.
     #[arg(long)]
     pub hls_preload: bool,
+    /// Viewers connect over TLS (RTMPS, or HTTPS-FLV over HTTP/1.1) to the play URL's
+    /// address, a TLS listener; any certificate is accepted. Lean RTMP and HTTP-FLV viewers
+    /// only (`reads` then counts decrypted pieces). `rtmps://` and `https://` play URLs imply
+    /// it. Publishers stay in clear text.
+    #[arg(long)]
+    pub tls: bool,
     /// RTMP viewer implementation.
     #[arg(long, value_enum, default_value_t = Reader::Lean)]
     pub rtmp_reader: Reader,

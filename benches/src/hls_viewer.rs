@@ -888,6 +888,7 @@ mod tests {
             has_audio: false,
             clock: Clock::start(),
             read_bytes_per_sec: 0,
+            tls: None,
         };
         let sh = RefCell::new(Shared::new(1));
         sh.borrow_mut().open_window();

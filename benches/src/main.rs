@@ -2,7 +2,8 @@
 //! each, default 1), paced in real time from an FLV fixture and looping with increasing
 //! timestamps, and N RTMP, HTTP-FLV or HLS viewers spread over their streams, against any server
 //! (Sluice, nginx-rtmp, SRS...); it matches every video frame's send and receive instants by
-//! timestamp and prints one JSON report. See `benches/README.md`.
+//! timestamp and prints one JSON report. See `benches/README.md`. With `--tls`, RTMP and
+//! HTTP-FLV viewers play over TLS (RTMPS, HTTPS).
 //!
 //! It runs on one thread (a current-thread tokio runtime and a `LocalSet`) so that it can be
 //! pinned to one core next to a server pinned to the other; shared state is an
@@ -23,6 +24,7 @@ mod report;
 mod ring;
 mod run;
 mod state;
+mod tls;
 mod viewer;
 
 use clap::Parser;

@@ -12,6 +12,8 @@ pub struct Report {
     pub proto: String,
     /// RTMP reader (`lean` or `client`); `http` for HTTP-FLV.
     pub reader: String,
+    /// Viewers played over TLS (`--tls`: RTMPS, HTTPS-FLV).
+    pub tls: bool,
     /// The publish URL.
     pub publish: String,
     /// The play URL.

@@ -46,6 +46,12 @@ async fn pause_until(at: Instant, interrupted: &CancellationToken) {
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     let streams = usize::from(args.streams);
     let play = args.play.clone().unwrap_or_else(|| args.publish.clone());
+    // rtmps:// and https:// are the clear-text URLs over TLS.
+    let (play, tls) = match (play.strip_prefix("rtmps://"), play.strip_prefix("https://")) {
+        (Some(rest), _) => (format!("rtmp://{rest}"), true),
+        (_, Some(rest)) => (format!("http://{rest}"), true),
+        _ => (play, args.tls),
+    };
     let proto = match (args.proto, play.starts_with("http://")) {
         (Some(p), _) => p,
         (None, true)
@@ -60,6 +66,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         (None, true) => Proto::Flv,
         (None, false) => Proto::Rtmp,
     };
+    if tls && !matches!(proto, Proto::Flv | Proto::Rtmp) {
+        bail!("--tls is for RTMP and HTTP-FLV viewers");
+    }
+    if tls && proto == Proto::Rtmp && args.rtmp_reader != Reader::Lean {
+        bail!("--tls needs the lean RTMP reader");
+    }
     let mut publish = Vec::with_capacity(streams);
     let mut targets = Vec::with_capacity(streams);
     for k in 0..streams {
@@ -175,6 +187,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         has_audio: fixture.has_audio,
         clock,
         read_bytes_per_sec: args.read_kbps * 1000 / 8,
+        tls: tls.then(|| crate::tls::client_config(proto == Proto::Flv)),
     });
     let stop_viewers = CancellationToken::new();
     let mut viewers: Vec<JoinHandle<Viewer>> = Vec::with_capacity(args.viewers);
@@ -247,6 +260,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let sh = sh.borrow();
     let mut report = summarise(&sh, &mut done, &args, proto, &fixture, window_s, stall_ns);
+    report.tls = tls;
     report.publisher_error = publisher_error(&sh);
     let gen_cpu = procfs::cpu_pct(&gen_ws, &gen_we, window_s);
     report.generator_cpu_pct = round(gen_cpu, 1);

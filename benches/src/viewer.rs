@@ -9,11 +9,16 @@
 //! one thread, a frame's bytes can wait tens of milliseconds for their viewer's turn, and
 //! that wait is the generator's, not the server's. The kernel's timestamp is when the bytes
 //! reached the socket (on loopback: when the server wrote them).
+//!
+//! With `--tls` the same readers read ciphertext into the scratch buffer and decrypt it into
+//! a second one shared the same way (see [`crate::tls`]); the receive timestamps are the
+//! ciphertext's.
 
 use std::cell::RefCell;
 use std::io::IoSliceMut;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -34,23 +39,82 @@ use crate::hls_viewer::{self, HlsTarget};
 use crate::http::{BodyDecoder, HttpUrl, MAX_HEAD, head_end, parse_head};
 use crate::media::{PROBE, TagScanner, classify};
 use crate::state::{Clock, Rx, Shared, Viewer};
+use crate::tls::Session;
 
 /// Size of the scratch buffer every lean reader reads into. Larger reads save no syscalls at
 /// these rates (a read returns what arrived since the last one) and made each connection's
 /// chunk reader keep a larger buffer.
 const SCRATCH: usize = 64 * 1024;
 
-/// The read buffer and control-message buffer all lean readers of this thread share.
+/// The read buffer and control-message buffer all lean readers of this thread share, and
+/// the buffer TLS viewers decrypt into.
 pub(crate) struct Scratch {
     pub(crate) buf: Vec<u8>,
     cmsg: Vec<u8>,
+    plain: Vec<u8>,
 }
 
 thread_local! {
     pub(crate) static SCRATCH_BUF: RefCell<Scratch> = RefCell::new(Scratch {
         buf: vec![0; SCRATCH],
         cmsg: nix::cmsg_space!(TimeSpec),
+        plain: Vec::new(),
     });
+}
+
+/// Hands what one read returned (`scratch.buf[..n]`) to `input`: as it is, or decrypted by
+/// `tls` in pieces. Stops when `input` returns true, and returns whether it did.
+fn deliver(
+    tls: &mut Option<Session>,
+    scratch: &mut Scratch,
+    n: usize,
+    mut input: impl FnMut(&[u8]) -> anyhow::Result<bool>,
+) -> anyhow::Result<bool> {
+    match tls {
+        None => input(&scratch.buf[..n]),
+        Some(session) => {
+            if scratch.plain.is_empty() {
+                scratch.plain = vec![0; SCRATCH];
+            }
+            session.decrypt(&scratch.buf[..n], &mut scratch.plain, input)
+        }
+    }
+}
+
+/// Writes `data` to the server, sealed when the viewer uses TLS.
+async fn send(
+    socket: &mut TcpStream,
+    tls: &mut Option<Session>,
+    data: &[u8],
+) -> anyhow::Result<()> {
+    match tls {
+        Some(session) => session.write_all(socket, data).await,
+        None => Ok(socket.write_all(data).await?),
+    }
+}
+
+/// Reads from the server (decrypted when the viewer uses TLS); 0 is the end of the stream.
+async fn receive(
+    socket: &mut TcpStream,
+    tls: &mut Option<Session>,
+    buf: &mut [u8],
+) -> anyhow::Result<usize> {
+    match tls {
+        Some(session) => session.read(socket, buf).await,
+        None => Ok(socket.read(buf).await?),
+    }
+}
+
+/// Sets up TLS on a connected socket when the run uses it.
+async fn start_tls(
+    socket: &mut TcpStream,
+    cfg: &Config,
+    addr: &str,
+) -> anyhow::Result<Option<Session>> {
+    match &cfg.tls {
+        Some(config) => Ok(Some(Session::connect(socket, config.clone(), addr).await?)),
+        None => Ok(None),
+    }
 }
 
 /// Asks the kernel to timestamp what this socket receives; without it latency falls back to
@@ -113,6 +177,8 @@ pub struct Config {
     pub clock: Clock,
     /// Lean RTMP viewers read no faster than this (0: no limit).
     pub read_bytes_per_sec: u64,
+    /// RTMP and HTTP-FLV viewers connect over TLS with this config (`--tls`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Socket receive buffer of rate-limited viewers (the kernel doubles it): what piles up in a
@@ -184,12 +250,16 @@ async fn rtmp_client(
     }
 }
 
-/// Connects and handshakes; returns the socket, a connection asked to play, and the bytes
-/// that followed the handshake.
+/// A connected viewer socket, its TLS session with `--tls`, and the sans-IO connection.
+type Connected = (TcpStream, Option<Session>, ClientConnection, Vec<u8>);
+
+/// Connects (with TLS under `--tls`) and handshakes; returns the socket, its TLS session, a
+/// connection asked to play, and the bytes that followed the handshake.
 async fn rtmp_connect(
+    cfg: &Config,
     url: &RtmpUrl,
     rcvbuf: Option<u32>,
-) -> anyhow::Result<(TcpStream, ClientConnection, Vec<u8>)> {
+) -> anyhow::Result<Connected> {
     let mut socket = match rcvbuf {
         // Set before connecting, so the window the peer sees is small from the start.
         Some(size) => {
@@ -209,22 +279,26 @@ async fn rtmp_connect(
     };
     socket.set_nodelay(true)?;
     enable_rx_timestamps(&socket);
+    let mut tls = start_tls(&mut socket, cfg, &url.addr).await?;
     let mut hs = Handshake::new(Role::Client);
-    socket.write_all(&hs.start()?).await?;
+    send(&mut socket, &mut tls, &hs.start()?).await?;
     let mut buf = vec![0u8; 4096];
-    let remaining = loop {
-        let n = socket.read(&mut buf).await?;
+    let mut remaining = loop {
+        let n = receive(&mut socket, &mut tls, &mut buf).await?;
         if n == 0 {
             bail!("closed during the handshake");
         }
         match hs.process(&buf[..n])? {
-            Progress::InProgress { out } => socket.write_all(&out).await?,
+            Progress::InProgress { out } => send(&mut socket, &mut tls, &out).await?,
             Progress::Done { out, remaining } => {
-                socket.write_all(&out).await?;
+                send(&mut socket, &mut tls, &out).await?;
                 break remaining;
             }
         }
     };
+    if let Some(session) = &mut tls {
+        remaining.extend(session.take_buffered()?);
+    }
     let mut conn = ClientConnection::new(
         ClientConfig {
             app: url.app.clone(),
@@ -235,7 +309,7 @@ async fn rtmp_connect(
     );
     conn.session.connect();
     conn.session.play(&url.stream);
-    Ok((socket, conn, remaining))
+    Ok((socket, tls, conn, remaining))
 }
 
 /// Feeds bytes to the connection and handles its events. Errors end the viewer.
@@ -289,9 +363,10 @@ async fn rtmp_lean(
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let connected = tokio::select! {
         _ = stop.cancelled() => bail!("stopped while connecting"),
-        c = timeout(cfg.connect_timeout, rtmp_connect(url, slow_rcvbuf(cfg))) => c,
+        c = timeout(cfg.connect_timeout, rtmp_connect(cfg, url, slow_rcvbuf(cfg))) => c,
     };
-    let (mut socket, mut conn, remaining) = connected.context("timed out connecting")??;
+    let (mut socket, mut tls, mut conn, remaining) =
+        connected.context("timed out connecting")??;
     rtmp_input(cfg, &mut conn, sh, v, &remaining, None)?;
     let mut out = BytesMut::new();
     let reading_since = tokio::time::Instant::now();
@@ -309,8 +384,11 @@ async fn rtmp_lean(
         }
         conn.drain_output(&mut out);
         if !out.is_empty() {
-            socket.write_all(&out).await.context("writing")?;
+            send(&mut socket, &mut tls, &out).await.context("writing")?;
             out.clear();
+        }
+        if let Some(session) = tls.as_mut().filter(|s| s.wants_write()) {
+            session.flush(&mut socket).await?;
         }
         tokio::select! {
             biased;
@@ -324,7 +402,10 @@ async fn rtmp_lean(
             Ok((0, _)) => Err(anyhow::anyhow!("closed by the server")),
             Ok((n, stamp)) => {
                 read_total += n as u64;
-                rtmp_input(cfg, &mut conn, sh, v, &scratch.buf[..n], stamp)
+                deliver(&mut tls, scratch, n, |data| {
+                    rtmp_input(cfg, &mut conn, sh, v, data, stamp).map(|()| false)
+                })
+                .map(|_| ())
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(anyhow::Error::new(e).context("reading")),
@@ -344,9 +425,10 @@ async fn flv(
 ) -> anyhow::Result<()> {
     let opened = tokio::select! {
         _ = stop.cancelled() => bail!("stopped while connecting"),
-        c = timeout(cfg.connect_timeout, http_open(url)) => c,
+        c = timeout(cfg.connect_timeout, http_open(cfg, url)) => c,
     };
-    let (socket, framing, rest) = opened.context("timed out waiting for the response")??;
+    let (mut socket, mut tls, framing, rest) =
+        opened.context("timed out waiting for the response")??;
     v.started(cfg.clock.now_ns());
     let mut body = BodyDecoder::new(framing);
     let mut scanner = TagScanner::default();
@@ -378,6 +460,9 @@ async fn flv(
         bail!("response body ended");
     }
     loop {
+        if let Some(session) = tls.as_mut().filter(|s| s.wants_write()) {
+            session.flush(&mut socket).await?;
+        }
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
@@ -385,7 +470,7 @@ async fn flv(
         }
         let done = SCRATCH_BUF.with_borrow_mut(|scratch| match recv(&socket, scratch) {
             Ok((0, _)) => Err(anyhow::anyhow!("closed by the server")),
-            Ok((n, stamp)) => input(&scratch.buf[..n], stamp, v),
+            Ok((n, stamp)) => deliver(&mut tls, scratch, n, |data| input(data, stamp, v)),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(anyhow::Error::new(e).context("reading")),
         })?;
@@ -395,17 +480,22 @@ async fn flv(
     }
 }
 
-/// Connects, sends the GET and reads the response head; a status other than 200 is an error.
-/// Returns the socket, the body framing and the body bytes read with the head.
-async fn http_open(url: &HttpUrl) -> anyhow::Result<(TcpStream, crate::http::Framing, Vec<u8>)> {
+/// An opened HTTP-FLV response: the socket, its TLS session with `--tls`, the body framing
+/// and the body bytes read with the head.
+type Opened = (TcpStream, Option<Session>, crate::http::Framing, Vec<u8>);
+
+/// Connects (with TLS under `--tls`), sends the GET and reads the response head; a status
+/// other than 200 is an error.
+async fn http_open(cfg: &Config, url: &HttpUrl) -> anyhow::Result<Opened> {
     let mut socket = TcpStream::connect(&url.addr).await.context("connect")?;
     socket.set_nodelay(true)?;
     enable_rx_timestamps(&socket);
-    socket.write_all(url.request().as_bytes()).await?;
+    let mut tls = start_tls(&mut socket, cfg, &url.host).await?;
+    send(&mut socket, &mut tls, url.request().as_bytes()).await?;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 2048];
     loop {
-        let n = socket.read(&mut buf).await?;
+        let n = receive(&mut socket, &mut tls, &mut buf).await?;
         if n == 0 {
             bail!("closed before the response head");
         }
@@ -415,7 +505,11 @@ async fn http_open(url: &HttpUrl) -> anyhow::Result<(TcpStream, crate::http::Fra
             if status != 200 {
                 bail!("HTTP {status}");
             }
-            return Ok((socket, framing, head.split_off(end)));
+            let mut rest = head.split_off(end);
+            if let Some(session) = &mut tls {
+                rest.extend(session.take_buffered()?);
+            }
+            return Ok((socket, tls, framing, rest));
         }
         if head.len() > MAX_HEAD {
             bail!("response head over {MAX_HEAD} bytes");
@@ -440,6 +534,7 @@ mod tests {
         let mut scratch = Scratch {
             buf: vec![0; 64],
             cmsg: nix::cmsg_space!(TimeSpec),
+            plain: Vec::new(),
         };
         // The kernel turns receive timestamping on for the machine a moment after the first
         // socket asks (deferred work), so the first segments may carry none.

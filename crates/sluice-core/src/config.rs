@@ -63,6 +63,8 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     /// This node's part in a cluster: role, upstreams to pull from, the QUIC relay.
     pub cluster: ClusterConfig,
+    /// TLS for viewers and publishers: RTMPS and HTTPS listeners, their certificate.
+    pub tls: TlsConfig,
     /// Logging.
     pub log: LogConfig,
     /// Access control: who may publish and play (`[auth]`, documented in
@@ -315,6 +317,36 @@ impl ScheduleConfig {
     }
 }
 
+/// `[tls]`: RTMPS and HTTPS (HTTP/1.1 and HTTP/2) listeners sharing one certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first; empty (with `key_file`): no TLS listeners.
+    pub cert_file: String,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// Address of the RTMPS listener (ingest and play over TLS).
+    pub rtmps_listen: SocketAddr,
+    /// Address of the HTTPS listener (HTTP-FLV, HLS, the player page; ALPN h2 and http/1.1).
+    pub https_listen: SocketAddr,
+    /// Deadline for a TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// Reload the certificate when either file changes (SIGHUP reloads it either way).
+    pub watch: bool,
+}
+
+impl TlsConfig {
+    /// Whether TLS is served (both files are named; [`Config::validate`] refuses one alone).
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty() && !self.key_file.is_empty()
+    }
+
+    /// TLS handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -430,6 +462,14 @@ impl Config {
                  admin.token_file (or SLUICE__ADMIN__TOKEN), or listen on 127.0.0.1",
                 self.admin.listen
             )));
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            return invalid(
+                "tls.cert_file and tls.key_file go together: set both (TLS on) or neither (off)",
+            );
+        }
+        if self.tls.handshake_timeout_ms == 0 {
+            return invalid("tls.handshake_timeout_ms must be positive");
         }
         Ok(())
     }
@@ -715,6 +755,31 @@ mod tests {
         let missing = "[admin]\nlisten = \"0.0.0.0:9580\"\ntoken_file = \"/nonexistent/t\"\n";
         let e = Config::load(Some(missing), []).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/t"), "{e}");
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_needs_both_files() {
+        let c = Config::default();
+        assert!(!c.tls.enabled());
+        assert_eq!(c.tls.rtmps_listen.port(), 1936);
+        assert_eq!(c.tls.https_listen.port(), 8443);
+        assert_eq!(c.tls.handshake_timeout(), Duration::from_secs(5));
+        assert!(c.tls.watch);
+        let both =
+            "[tls]\ncert_file = \"/etc/sluice/cert.pem\"\nkey_file = \"/etc/sluice/key.pem\"\n";
+        assert!(Config::load(Some(both), []).unwrap().tls.enabled());
+        for one in [
+            "[tls]\ncert_file = \"/etc/sluice/cert.pem\"\n",
+            "[tls]\nkey_file = \"/etc/sluice/key.pem\"\n",
+        ] {
+            let e = Config::load(Some(one), []).unwrap_err();
+            assert!(
+                e.to_string().contains("tls.cert_file and tls.key_file"),
+                "{e}"
+            );
+        }
+        let e = Config::load(Some("[tls]\nhandshake_timeout_ms = 0\n"), []).unwrap_err();
+        assert!(e.to_string().contains("tls.handshake_timeout_ms"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub mod proto {
     pub const HTTP_FLV: &str = "http_flv";
     /// HLS and LL-HLS.
     pub const HLS: &str = "hls";
+    /// The RTMPS listener (TLS handshakes only: once decrypted, its connections count as
+    /// [`RTMP`]).
+    pub const RTMPS: &str = "rtmps";
+    /// The HTTPS listener (TLS handshakes only: its requests count as [`HTTP_FLV`] and
+    /// [`HLS`]).
+    pub const HTTPS: &str = "https";
 }
 
 /// All metrics of a node.
@@ -92,7 +98,7 @@ pub struct Metrics {
     pub fanout_writers: Gauge,
     /// Viewers leaving a shared writer for their own task, by protocol and reason.
     pub fanout_handbacks: Family<Label2, Counter>,
-    /// Subsystems of the node (`rtmp`, `http_flv`, `admin`, `quic_relay`, `reload`) that
+    /// Subsystems of the node (`rtmp`, `http_flv`, `rtmps`, `https`, `admin`, `quic_relay`, `reload`) that
     /// ended before shutdown or panicked. Any but `reload` stops the node.
     pub subsystem_failures: Family<Label1, Counter>,
     /// HLS requests answered, by resource (`multivariant`, `playlist`, `part`, `segment`,
@@ -115,6 +121,15 @@ pub struct Metrics {
     pub webhook_requests: Family<Label2, Counter>,
     /// How long webhook requests took (connect to answer, or to failure), by hook, seconds.
     pub webhook_duration: HistogramFamily1,
+    /// TLS handshakes on the RTMPS and HTTPS listeners, by protocol (`rtmps`, `https`) and
+    /// result (`ok`, `error`, `timeout`).
+    pub tls_handshakes: Family<Label2, Counter>,
+    /// Certificate reloads (SIGHUP or a change to its files), by result (`ok`, `invalid`: the
+    /// certificate in use stays).
+    pub tls_reloads: Family<Label1, Counter>,
+    /// When the certificate in use expires (its notAfter), seconds since the Unix epoch; 0
+    /// without TLS.
+    pub tls_certificate_not_after: Gauge,
 }
 
 /// Webhook durations: 1 ms to about 4 s, doubling.
@@ -182,6 +197,9 @@ impl Metrics {
             hls_cache_bytes: Gauge::default(),
             webhook_requests: Family::default(),
             webhook_duration: Family::new_with_constructor(webhook_buckets as fn() -> Histogram),
+            tls_handshakes: Family::default(),
+            tls_reloads: Family::default(),
+            tls_certificate_not_after: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
@@ -323,6 +341,21 @@ impl Metrics {
             "webhook_duration_seconds",
             "How long webhook requests took, by hook",
             m.webhook_duration.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes by protocol and result",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificate reloads by result",
+            m.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "When the certificate in use expires, Unix time",
+            m.tls_certificate_not_after.clone(),
         );
         Metrics { registry, ..m }
     }

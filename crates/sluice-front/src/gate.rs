@@ -31,8 +31,10 @@ pub struct Ask<'a> {
     pub query: &'a str,
     /// The client's address.
     pub client: IpAddr,
-    /// The protocol label (`rtmp`, `rtmps`, `http-flv`, `hls`, ...).
+    /// The protocol label (`rtmp`, `http_flv`, `hls`), as metrics count it.
     pub protocol: &'static str,
+    /// Whether the client came over TLS (RTMPS, HTTPS).
+    pub secure: bool,
 }
 
 /// Why a request was refused.
@@ -215,6 +217,7 @@ impl Gate {
             stream: stream.to_owned(),
             client: ask.client,
             protocol: ask.protocol,
+            tls: ask.secure,
             query: ask.query.to_owned(),
             node: self.ctx.config.load().cluster.node_id().clone(),
         }

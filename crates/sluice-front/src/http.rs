@@ -42,6 +42,7 @@ use sluice_runtime::{Context, accept, io};
 use crate::Front;
 use crate::gate::{Ask, Gate, unix_ms};
 use crate::hls::{self, Hls};
+use crate::limit::{Admission, Limit};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
@@ -66,72 +67,67 @@ const LAST_CHUNK: &[u8] = b"\r\n0\r\n\r\n";
 /// Discards what a viewer sends after its request (nothing, normally).
 const SINK: usize = 256;
 
-/// Accepts HTTP-FLV connections until shutdown. Connections over `http.max_connections` are
-/// answered 503 at accept; accept errors back off briefly instead of spinning.
+/// Accepts HTTP-FLV connections until shutdown. Connections over `limit`
+/// (`http.max_connections`, shared with the HTTPS listener) are answered 503 at accept;
+/// accept errors back off briefly instead of spinning.
 /// Fails only when the listener does (see [`crate::accept::listener_failed`]).
-pub async fn serve(listener: TcpListener, front: Front) -> std::io::Result<()> {
-    let limits = ConnectionLimits::new(&front.ctx);
+pub async fn serve(listener: TcpListener, front: Front, limit: Limit) -> std::io::Result<()> {
     let ctx = front.ctx.clone();
+    let refusals = Arc::new(Semaphore::new(REFUSALS));
     accept::until_shutdown(&listener, &ctx, proto::HTTP_FLV, |socket, peer| {
-        spawn_connection(&front, &limits, socket, peer);
+        let Ok(admission) = limit.admit(&ctx, proto::HTTP_FLV, peer.ip()) else {
+            // Bounded: a flood beyond the limit is closed unanswered.
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
+                ctx.tracker.spawn(async move {
+                    let busy = plain(false, "503 Service Unavailable", None, "");
+                    answer(&socket, &busy, &counters, LINGER).await;
+                    drop(refusal);
+                });
+            }
+            return;
+        };
+        spawn_connection(&front, admission, socket, peer, false);
     })
     .await
 }
 
-/// The `http.max_connections` bound, shared by the listeners that feed the HTTP handler.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnectionLimits {
-    open: Arc<Semaphore>,
-    /// Refusals being answered (bounded: a flood beyond the limit is closed unanswered).
-    refusals: Arc<Semaphore>,
-}
-
-impl ConnectionLimits {
-    pub(crate) fn new(ctx: &Context) -> Self {
-        ConnectionLimits {
-            open: Arc::new(Semaphore::new(ctx.config.load().http.max_connections)),
-            refusals: Arc::new(Semaphore::new(REFUSALS)),
-        }
-    }
-}
-
-/// Runs one accepted connection in a task of its own, unless the node or the client's
-/// address has its maximum open (then answered 503, within bounds).
+/// Serves one admitted connection in a task of its own: `socket` is the accepted TCP socket,
+/// or for HTTPS (`secure`) the plain end of the TLS bridge, one per HTTP/1.1 connection or
+/// HTTP/2 request (`peer` is the client's address either way).
 pub(crate) fn spawn_connection(
     front: &Front,
-    limits: &ConnectionLimits,
+    admission: Admission,
     socket: TcpStream,
     peer: SocketAddr,
+    secure: bool,
 ) {
-    let ctx = &front.ctx;
-    let refuse = |socket: TcpStream, reason: &'static str| {
-        Limits::refuse(ctx, proto::HTTP_FLV, reason, peer.ip());
-        if let Ok(refusal) = limits.refusals.clone().try_acquire_owned() {
-            let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
-            ctx.tracker.spawn(async move {
-                let busy = plain(false, "503 Service Unavailable", None, "");
-                answer(&socket, &busy, &counters, LINGER).await;
-                drop(refusal);
-            });
-        }
-    };
-    let Ok(permit) = limits.open.clone().try_acquire_owned() else {
-        return refuse(socket, "max_connections");
-    };
-    let slot = match Limits::connection(ctx, peer.ip()) {
-        Ok(slot) => slot,
-        Err(limit) => return refuse(socket, limit.label()),
-    };
+    let conn = front.ctx.next_conn_id();
+    spawn_handler(front, admission, socket, peer, secure, conn);
+}
+
+/// [`spawn_connection`] under the connection id `conn`, by which HLS tells viewers apart:
+/// the requests of one HTTP/2 connection, each on a socket of its own, share one.
+pub(crate) fn spawn_handler(
+    front: &Front,
+    admission: Admission,
+    socket: TcpStream,
+    peer: SocketAddr,
+    secure: bool,
+    conn: u64,
+) {
     // A response's tail must not wait for the client's delayed ACK (Nagle: 40 ms on
     // every HLS response, measured); HTTP-FLV viewers get their schedule's setting later.
+    // (Fails on a TLS bridge's Unix socket, where it has no meaning.)
     let _ = socket.set_nodelay(true);
-    let conn = ctx.next_conn_id();
-    let span = info_span!("http", conn, %peer);
+    let span = info_span!("http", conn, %peer, secure);
     let front = front.clone();
-    ctx.tracker.spawn(
+    front.ctx.tracker.clone().spawn(
         async move {
-            Handler::new(&front, conn, socket, peer.ip()).run().await;
-            drop((permit, slot));
+            Handler::new(&front, conn, socket, peer.ip(), secure)
+                .run()
+                .await;
+            drop(admission);
         }
         .instrument(span),
     );
@@ -500,6 +496,8 @@ struct Handler {
     hls: Arc<Hls>,
     conn: u64,
     client: IpAddr,
+    /// Behind the HTTPS listener (the gate and webhooks are told).
+    secure: bool,
     /// Shared with the stream's writer while the viewer is one of its members.
     socket: Arc<TcpStream>,
     counters: ProtocolCounters,
@@ -510,7 +508,7 @@ struct Handler {
 }
 
 impl Handler {
-    fn new(front: &Front, conn: u64, socket: TcpStream, client: IpAddr) -> Self {
+    fn new(front: &Front, conn: u64, socket: TcpStream, client: IpAddr, secure: bool) -> Self {
         let ctx = front.ctx.clone();
         let counters = ctx.metrics.protocol_counters(proto::HTTP_FLV);
         let hls_counters = ctx.metrics.protocol_counters(proto::HLS);
@@ -520,6 +518,7 @@ impl Handler {
             hls: front.hls.clone(),
             conn,
             client,
+            secure,
             socket: Arc::new(socket),
             counters,
             hls_counters,
@@ -725,6 +724,7 @@ impl Handler {
             query: &request.query,
             client: self.client,
             protocol: proto::HLS,
+            secure: self.secure,
         };
         // The gate counts and logs its refusals.
         let pass = match self.gate.admit(ask).await {
@@ -819,6 +819,7 @@ impl Handler {
             query: &request.query,
             client: self.client,
             protocol: proto::HTTP_FLV,
+            secure: self.secure,
         };
         // Held while playing: its "done" hook is sent when it goes. (The gate counts and
         // logs refusals.)

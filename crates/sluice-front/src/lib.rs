@@ -13,16 +13,22 @@
 //!   front end.
 //! - [`webhook`]: access-control webhooks (`on_publish`, `on_play` and their `_done`
 //!   notifications): the HTTP client, its bounds, the cache of answers.
+//! - [`tls`]: the RTMPS and HTTPS listeners and their certificate; each decrypted connection
+//!   is served by the front end above it. [`h2`]: HTTP/2 on the HTTPS listener.
+//! - [`limit`]: a protocol's connection limit, shared by its clear-text and TLS listeners.
 
 use std::sync::Arc;
 
 use sluice_runtime::Context;
 
 pub mod gate;
+pub mod h2;
 pub mod hls;
 pub mod http;
+pub mod limit;
 pub mod player;
 pub mod rtmp_conn;
+pub mod tls;
 pub mod webhook;
 
 /// What every connection of this node's front ends shares.

@@ -33,65 +33,58 @@ use sluice_runtime::{Context, accept, io};
 use crate::Front;
 use crate::gate::{Ask, Gate, Pass};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::limit::{Admission, Limit};
 
 /// Read buffer of a publisher; players send little (acks, pings), so theirs stays small:
 /// per-viewer memory is what fan-out at scale pays for.
 const PUBLISHER_READ_BUF: usize = 64 * 1024;
 const PLAYER_READ_BUF: usize = 1024;
 
-/// Accepts RTMP connections until shutdown. Connections over `rtmp.max_connections` are
-/// refused at accept; accept errors back off briefly instead of spinning.
-/// Fails only when the listener does (see [`accept::listener_failed`]).
-pub async fn serve(listener: TcpListener, front: Front) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(front.ctx.config.load().rtmp.max_connections));
+/// Accepts RTMP connections until shutdown. Connections over `limit` (`rtmp.max_connections`,
+/// shared with the RTMPS listener) or over `limits.max_connections_per_address` are refused
+/// at accept; accept errors back off briefly instead of spinning. Fails only when the
+/// listener does (see [`accept::listener_failed`]).
+pub async fn serve(listener: TcpListener, front: Front, limit: Limit) -> std::io::Result<()> {
     let ctx = front.ctx.clone();
     accept::until_shutdown(&listener, &ctx, proto::RTMP, |socket, peer| {
-        spawn_connection(&front, &limit, socket, peer, proto::RTMP);
+        let Ok(admission) = limit.admit(&ctx, proto::RTMP, peer.ip()) else {
+            drop(socket);
+            return;
+        };
+        spawn_connection(&front, admission, socket, peer, false);
     })
     .await
 }
 
-/// Runs one accepted connection (`protocol`: `rtmp`, or `rtmps` behind the TLS front) in a
-/// task of its own, unless the node or the client's address has its maximum open.
+/// Serves one admitted connection in a task of its own: `socket` is the accepted TCP socket,
+/// or for RTMPS (`secure`) the plain end of the TLS bridge (`peer` is the client's address
+/// either way). Both count as `rtmp` in metrics; the gate and webhooks see `rtmps`.
 pub(crate) fn spawn_connection(
     front: &Front,
-    limit: &Arc<Semaphore>,
+    admission: Admission,
     socket: TcpStream,
     peer: SocketAddr,
-    protocol: &'static str,
+    secure: bool,
 ) {
     let ctx = &front.ctx;
-    let Ok(permit) = limit.clone().try_acquire_owned() else {
-        Limits::refuse(ctx, protocol, "max_connections", peer.ip());
-        drop(socket);
-        return;
-    };
-    let slot = match Limits::connection(ctx, peer.ip()) {
-        Ok(slot) => slot,
-        Err(limit) => {
-            Limits::refuse(ctx, protocol, limit.label(), peer.ip());
-            drop(socket);
-            return;
-        }
-    };
     ctx.metrics
         .connections
-        .get_or_create(&[("protocol", protocol)])
+        .get_or_create(&[("protocol", proto::RTMP)])
         .inc();
     let conn = ctx.next_conn_id();
-    let span = info_span!("rtmp", conn, %peer, protocol);
+    let span = info_span!("rtmp", conn, %peer, secure);
     let task_ctx = ctx.clone();
     let gate = front.gate.clone();
     ctx.tracker.spawn(
         async move {
-            let handler = Handler::new(task_ctx.clone(), gate, socket, peer.ip(), protocol);
+            let handler = Handler::new(task_ctx.clone(), gate, socket, peer.ip(), secure);
             let reason = handler.run().await;
-            task_ctx.metrics.closed(protocol, reason.label());
+            task_ctx.metrics.closed(proto::RTMP, reason.label());
             debug!(reason = reason.label(), "connection closed");
-            drop((permit, slot));
+            drop(admission);
         }
         .instrument(span),
     );
@@ -126,8 +119,9 @@ struct Handler {
     ctx: Arc<Context>,
     gate: Arc<Gate>,
     client: IpAddr,
-    /// `rtmp` or `rtmps`.
-    protocol: &'static str,
+    /// Behind the RTMPS listener (the gate and webhooks are told; metrics count both as
+    /// `rtmp`).
+    secure: bool,
     /// The query the client put after the application in `connect` (`live?key=...`).
     connect_query: String,
     pending: Option<Pending>,
@@ -184,7 +178,7 @@ impl Handler {
         gate: Arc<Gate>,
         socket: TcpStream,
         client: IpAddr,
-        protocol: &'static str,
+        secure: bool,
     ) -> Self {
         let cfg = ctx.config.load();
         let _ = socket.set_nodelay(true);
@@ -205,7 +199,7 @@ impl Handler {
             ctx: ctx.clone(),
             gate,
             client,
-            protocol,
+            secure,
             connect_query: String::new(),
             pending: None,
             socket: Arc::new(socket),
@@ -217,7 +211,7 @@ impl Handler {
             out: BytesMut::new(),
             close_after_flush: None,
             reported: SessionStats::default(),
-            counters: ctx.metrics.protocol_counters(protocol),
+            counters: ctx.metrics.protocol_counters(proto::RTMP),
             idle: cfg.rtmp.idle_timeout(),
         }
     }
@@ -486,7 +480,7 @@ impl Handler {
                 self.connect_query = query;
                 if !self.ctx.config.load().streams.app_allowed(&app) {
                     info!(app, "connect refused: application not served");
-                    Limits::refuse(&self.ctx, self.protocol, "unknown_app", self.client);
+                    Limits::refuse(&self.ctx, proto::RTMP, "unknown_app", self.client);
                     self.conn
                         .session
                         .reject_connect("application not served here");
@@ -651,7 +645,8 @@ impl Handler {
             stream: stream.trim(),
             query: &query,
             client: self.client,
-            protocol: self.protocol,
+            protocol: proto::RTMP,
+            secure: self.secure,
         };
         match (self.gate.admit(ask).await, action) {
             (Ok(pass), Action::Publish) => self.publish(stream_id, pass),
@@ -731,7 +726,7 @@ impl Handler {
     /// Answers NetStream.Publish.BadName (what ffmpeg and OBS report to the user), counts
     /// `reason`, and closes once that is written.
     fn refuse_publish(&mut self, stream_id: u32, reason: &'static str, description: &str) {
-        Limits::refuse(&self.ctx, self.protocol, reason, self.client);
+        Limits::refuse(&self.ctx, proto::RTMP, reason, self.client);
         self.conn
             .session
             .reject_publish(stream_id, "NetStream.Publish.BadName", description);
@@ -741,7 +736,7 @@ impl Handler {
     /// Answers NetStream.Play.StreamNotFound (what players show best), counts `reason`, and
     /// closes once that is written.
     fn refuse_play(&mut self, stream_id: u32, reason: &'static str, description: &str) {
-        Limits::refuse(&self.ctx, self.protocol, reason, self.client);
+        Limits::refuse(&self.ctx, proto::RTMP, reason, self.client);
         self.conn
             .session
             .reject_play(stream_id, "NetStream.Play.StreamNotFound", description);

@@ -13,7 +13,7 @@
 //! content-type: application/json
 //!
 //! {"action":"publish","app":"live","stream":"key","client":"1.2.3.4",
-//!  "protocol":"rtmp","query":"token=abc","node":"edge-1"}
+//!  "protocol":"rtmp","tls":false,"query":"token=abc","node":"edge-1"}
 //! ```
 //!
 //! The answer's status decides ([`HookAnswer`]): 2xx allows; 3xx with a `Location` that is a
@@ -79,8 +79,10 @@ pub struct HookEvent {
     pub stream: String,
     /// The publisher's or viewer's address.
     pub client: IpAddr,
-    /// How the client came: `rtmp`, `rtmps`, `http_flv`, `hls`, ...
+    /// How the client came: `rtmp`, `http_flv`, `hls`.
     pub protocol: &'static str,
+    /// Whether it came over TLS (RTMPS, HTTPS).
+    pub tls: bool,
     /// The request's query string, raw (tokens usually travel here).
     pub query: String,
     /// This node's id.
@@ -96,6 +98,7 @@ impl HookEvent {
             "stream": self.stream,
             "client": self.client.to_string(),
             "protocol": self.protocol,
+            "tls": self.tls,
             "query": self.query,
             "node": &*self.node,
         });
@@ -750,6 +753,7 @@ mod tests {
             stream: "a\"b".into(),
             client: "::1".parse().unwrap(),
             protocol: "hls",
+            tls: true,
             query: "t=1&u=2".into(),
             node: "n1".into(),
         };
@@ -758,5 +762,6 @@ mod tests {
         assert_eq!(v["client"], "::1");
         assert_eq!(v["query"], "t=1&u=2");
         assert_eq!(v["node"], "n1");
+        assert_eq!(v["tls"], true);
     }
 }

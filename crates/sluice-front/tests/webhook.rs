@@ -201,6 +201,7 @@ fn event(action: &'static str, stream: &str) -> HookEvent {
         stream: stream.into(),
         client: "192.0.2.7".parse().unwrap(),
         protocol: "rtmp",
+        tls: false,
         query: "token=s3cr%20t&x=1".into(),
         node: "edge-1".into(),
     }
@@ -243,12 +244,13 @@ async fn answers_by_status_and_the_request_carries_the_event() {
     assert_eq!(seen.path, "/hooks/on_publish?secret=1");
     assert_eq!(seen.content_type, "application/json");
     let body = seen.body.as_object().expect("a JSON object");
-    assert_eq!(body.len(), 7, "{body:?}");
+    assert_eq!(body.len(), 8, "{body:?}");
     assert_eq!(body["action"], "publish");
     assert_eq!(body["app"], "live");
     assert_eq!(body["stream"], "ok");
     assert_eq!(body["client"], "192.0.2.7");
     assert_eq!(body["protocol"], "rtmp");
+    assert_eq!(body["tls"], false);
     assert_eq!(body["query"], "token=s3cr%20t&x=1");
     assert_eq!(body["node"], "edge-1");
 
@@ -496,7 +498,7 @@ async fn notify_never_waits_and_the_done_event_arrives() {
 
     let started = Instant::now();
     let mut done = event("publish_done", "wait300");
-    done.protocol = "rtmps";
+    done.tls = true;
     hooks.notify(&url, done);
     // The server sits on the request for 300 ms: notify came back without its answer.
     assert!(
@@ -515,7 +517,7 @@ async fn notify_never_waits_and_the_done_event_arrives() {
     assert_eq!(seen.body["app"], "live");
     assert_eq!(seen.body["stream"], "wait300");
     assert_eq!(seen.body["client"], "192.0.2.7");
-    assert_eq!(seen.body["protocol"], "rtmps");
+    assert_eq!(seen.body["tls"], true);
     assert_eq!(seen.body["query"], "token=s3cr%20t&x=1");
     assert_eq!(seen.body["node"], "edge-1");
 

@@ -4,6 +4,8 @@
 //!   shared writers, the pull machinery).
 //! - [`accept`]: the accept loop every listener shares.
 //! - [`limits`]: per-address and per-node limits, and refusals logged once per interval.
+//! - [`bridge`]: a kernel socket for a connection decrypted in process (TLS): a socket pair
+//!   whose one end a plain front end serves, and the pump between the other and the client.
 //! - [`io`]: non-blocking vectored writes of shared `Bytes` to a socket shared with a writer.
 //! - [`viewer`]: the one viewer driver, generic over a front end's session ([`viewer::Peer`])
 //!   and a wire format ([`wire::Wire`]); front ends negotiate, then hand viewers to it.
@@ -16,6 +18,7 @@
 //! owns sockets, deadlines and shutdown.
 
 pub mod accept;
+pub mod bridge;
 pub mod client;
 pub mod close;
 mod context;

@@ -182,10 +182,14 @@ pub struct Listening {
     pub admin: SocketAddr,
     /// The QUIC relay, when the node has one.
     pub quic: Option<SocketAddr>,
+    /// RTMPS, when the node has `[tls]`.
+    pub rtmps: Option<SocketAddr>,
+    /// HTTPS, when the node has `[tls]`.
+    pub https: Option<SocketAddr>,
 }
 
-/// The addresses in a JSON log's "sluice listening" line (`quic` is logged as
-/// `Some(ADDR)`/`None`).
+/// The addresses in a JSON log's "sluice listening" line (`quic`, `rtmps` and `https` are
+/// logged as `Some(ADDR)`/`None`).
 pub fn listening(log: &str) -> Option<Listening> {
     log.lines().find_map(|line| {
         let v: Value = serde_json::from_str(line).ok()?;
@@ -194,14 +198,17 @@ pub fn listening(log: &str) -> Option<Listening> {
             return None;
         }
         let addr = |k: &str| f[k].as_str()?.parse::<SocketAddr>().ok();
-        let quic = f["quic"]
-            .as_str()
-            .and_then(|q| q.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok());
+        let optional = |k: &str| {
+            f[k].as_str()
+                .and_then(|q| q.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok())
+        };
         Some(Listening {
             rtmp: addr("rtmp")?,
             http: addr("http")?,
             admin: addr("admin")?,
-            quic,
+            quic: optional("quic"),
+            rtmps: optional("rtmps"),
+            https: optional("https"),
         })
     })
 }
@@ -254,6 +261,10 @@ pub struct Process {
     pub admin: SocketAddr,
     /// The QUIC relay listener, when the node has one.
     pub quic: Option<SocketAddr>,
+    /// RTMPS, when the node has `[tls]`.
+    pub rtmps: Option<SocketAddr>,
+    /// HTTPS, when the node has `[tls]`.
+    pub https: Option<SocketAddr>,
     child: Child,
     config: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -280,6 +291,8 @@ impl Process {
             http: addrs.http,
             admin: addrs.admin,
             quic: addrs.quic,
+            rtmps: addrs.rtmps,
+            https: addrs.https,
             child,
             config,
             _dir: dir,
@@ -321,6 +334,11 @@ impl Process {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -HUP {}", self.child.id());
+    }
+
+    /// Its process id (to send it a signal).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILLs the process: no goodbye to anyone.
@@ -419,6 +437,14 @@ mod tests {
         assert!(!logged(log, "other", "4433"));
         let no_quic = log.replace("Some(127.0.0.1:4433)", "None");
         assert_eq!(listening(&no_quic).expect("listening").quic, None);
+        assert_eq!(found.rtmps, None, "no TLS listeners logged");
+        let tls = log.replace(
+            r#""quic":"#,
+            r#""rtmps":"Some(127.0.0.1:1936)","https":"Some(127.0.0.1:8443)","quic":"#,
+        );
+        let found = listening(&tls).expect("listening");
+        assert_eq!(found.rtmps, Some("127.0.0.1:1936".parse().unwrap()));
+        assert_eq!(found.https, Some("127.0.0.1:8443".parse().unwrap()));
         assert!(listening("{}").is_none());
     }
 }

@@ -3,6 +3,8 @@
 //! * [`ffmpeg5`] / [`ffprobe`]: Debian 12's ffmpeg 5.1 (`apt-get install ffmpeg`). Legacy
 //!   RTMP/FLV only: it cannot demux enhanced FLV (HEVC/AV1/Opus) — its ffprobe misreads an
 //!   enhanced HEVC video tag as codec "vp6f".
+//! * [`curl`]: Debian 12's curl (`apt-get install curl`; OpenSSL and nghttp2, so HTTPS and
+//!   HTTP/2).
 //! * [`ffmpeg_modern`]: the static ffmpeg inside the PyPI package `imageio-ffmpeg`
 //!   (`python3 -m pip install imageio-ffmpeg`); it muxes and demuxes enhanced FLV/RTMP. It has
 //!   no ffprobe: see [`crate::probe::probe_via_modern`].
@@ -34,13 +36,23 @@ const DEBIAN_FFPROBE: &str = "/usr/bin/ffprobe";
 /// Debian's ffmpeg 5.1 (`/usr/bin/ffmpeg`), installed with apt if missing.
 pub fn ffmpeg5() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| from_env("SLUICE_FFMPEG5").unwrap_or_else(|| debian_tool(DEBIAN_FFMPEG)))
+    P.get_or_init(|| {
+        from_env("SLUICE_FFMPEG5").unwrap_or_else(|| debian_tool(DEBIAN_FFMPEG, "ffmpeg"))
+    })
 }
 
 /// Debian's ffprobe 5.1 (`/usr/bin/ffprobe`), installed with apt if missing.
 pub fn ffprobe() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| from_env("SLUICE_FFPROBE").unwrap_or_else(|| debian_tool(DEBIAN_FFPROBE)))
+    P.get_or_init(|| {
+        from_env("SLUICE_FFPROBE").unwrap_or_else(|| debian_tool(DEBIAN_FFPROBE, "ffmpeg"))
+    })
+}
+
+/// Debian's curl (`/usr/bin/curl`), installed with apt if missing.
+pub fn curl() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| debian_tool("/usr/bin/curl", "curl"))
 }
 
 /// The modern static ffmpeg from `imageio-ffmpeg`, installed with pip if missing.
@@ -67,24 +79,25 @@ fn from_env(var: &str) -> Option<PathBuf> {
     Some(path)
 }
 
-fn debian_tool(path: &str) -> PathBuf {
+/// `path`, from Debian's `package`, installed if missing.
+fn debian_tool(path: &str, package: &str) -> PathBuf {
     let path = PathBuf::from(path);
     if path.is_file() {
         return path;
     }
     require_root(&format!(
-        "{} is missing: install Debian's ffmpeg (apt-get install ffmpeg)",
+        "{} is missing: install Debian's {package} (apt-get install {package})",
         path.display()
     ));
     with_install_lock(|| {
         if path.is_file() {
             return;
         }
-        apt_install(&["ffmpeg"]);
+        apt_install(&[package]);
     });
     assert!(
         path.is_file(),
-        "{} still missing after apt-get install ffmpeg",
+        "{} still missing after apt-get install {package}",
         path.display()
     );
     path

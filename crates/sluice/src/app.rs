@@ -12,6 +12,8 @@ use sluice_cluster::PullManager;
 use sluice_cluster::quic::QuicRelay;
 use sluice_core::Config;
 use sluice_core::topology::Transport;
+use sluice_front::limit::Limit;
+use sluice_front::tls::Store;
 use sluice_runtime::Context;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -30,6 +32,8 @@ pub struct App {
     rtmp: TcpListener,
     http: TcpListener,
     admin: TcpListener,
+    /// The RTMPS and HTTPS listeners and their certificate, when `[tls]` names one.
+    tls: Option<Tls>,
     /// The QUIC relay endpoint, when this node listens on one or pulls over one.
     quic: Option<Arc<QuicRelay>>,
     pulls: PullManager,
@@ -37,6 +41,14 @@ pub struct App {
     gate: Arc<Gate>,
     /// Where config reloads come from; `None` never reloads.
     reload: Option<reload::Source>,
+}
+
+/// The TLS listeners, bound, and the certificate they present.
+#[derive(Debug)]
+struct Tls {
+    store: Arc<Store>,
+    rtmps: TcpListener,
+    https: TcpListener,
 }
 
 /// The addresses actually bound (port 0 in the config becomes a real port).
@@ -50,6 +62,10 @@ pub struct Addrs {
     pub admin: SocketAddr,
     /// QUIC relay (UDP), if any.
     pub quic: Option<SocketAddr>,
+    /// RTMPS listener, with TLS.
+    pub rtmps: Option<SocketAddr>,
+    /// HTTPS listener, with TLS.
+    pub https: Option<SocketAddr>,
 }
 
 /// Accept queue length asked of the kernel (it caps it at `net.core.somaxconn`): a crowd of
@@ -77,6 +93,17 @@ impl App {
         let rtmp = bind(config.rtmp.listen, "RTMP")?;
         let http = bind(config.http.listen, "HTTP")?;
         let admin = bind(config.admin.listen, "admin")?;
+        let tls = if config.tls.enabled() {
+            let store = Store::load(&config.tls.cert_file, &config.tls.key_file)
+                .context("loading the TLS certificate ([tls] cert_file, key_file)")?;
+            Some(Tls {
+                store,
+                rtmps: bind(config.tls.rtmps_listen, "RTMPS")?,
+                https: bind(config.tls.https_listen, "HTTPS")?,
+            })
+        } else {
+            None
+        };
         let pulls_over_quic = config.cluster.apps.keys().any(|app| {
             config
                 .cluster
@@ -92,11 +119,15 @@ impl App {
         let gate = Gate::new(ctx.clone()).context("loading the [auth] keys")?;
         // Installed whatever the role, so a reload that adds upstreams takes effect.
         let pulls = PullManager::install(&ctx, quic.clone());
+        if let Some(tls) = &tls {
+            reload::certificate_loaded(&ctx, &tls.store);
+        }
         Ok(App {
             ctx,
             rtmp,
             http,
             admin,
+            tls,
             quic,
             pulls,
             gate,
@@ -105,11 +136,17 @@ impl App {
     }
 
     /// Reloads the config from `source` while running (SIGHUP, and changes to the file when
-    /// it is watched). See [`crate::reload`].
+    /// it is watched), and the TLS certificate with it (its `certs` are this node's). See
+    /// [`crate::reload`].
     pub fn reload(self, source: reload::Source) -> Self {
         let gate = Some(self.gate.clone());
+        let certs = self.tls.as_ref().map(|tls| tls.store.clone());
         App {
-            reload: Some(reload::Source { gate, ..source }),
+            reload: Some(reload::Source {
+                gate,
+                certs,
+                ..source
+            }),
             ..self
         }
     }
@@ -126,6 +163,8 @@ impl App {
                 .as_ref()
                 .filter(|_| self.ctx.config.load().cluster.quic_listen().is_some())
                 .and_then(|q| q.local_addr().ok()),
+            rtmps: self.tls.as_ref().map(|t| addr(&t.rtmps)),
+            https: self.tls.as_ref().map(|t| addr(&t.https)),
         }
     }
 
@@ -149,6 +188,7 @@ impl App {
             rtmp,
             http,
             admin,
+            tls,
             quic,
             pulls,
             gate,
@@ -169,29 +209,60 @@ impl App {
         };
         let (rtmp_addr, http_addr, admin_addr) =
             (rtmp.local_addr()?, http.local_addr()?, admin.local_addr()?);
-        info!(rtmp = %rtmp_addr, http = %http_addr, admin = %admin_addr, quic = ?quic_addr, role = ?ctx.config.load().cluster.role, node = %ctx.config.load().cluster.node_id(), "sluice listening");
+        let (rtmps_addr, https_addr) = match &tls {
+            Some(tls) => (Some(tls.rtmps.local_addr()?), Some(tls.https.local_addr()?)),
+            None => (None, None),
+        };
+        info!(rtmp = %rtmp_addr, http = %http_addr, admin = %admin_addr, quic = ?quic_addr, rtmps = ?rtmps_addr, https = ?https_addr, role = ?ctx.config.load().cluster.role, node = %ctx.config.load().cluster.node_id(), "sluice listening");
         if let Some(relay) = quic.as_ref().filter(|relay| relay.listening()) {
             let serve = relay.clone().serve(ctx.clone());
             subsystems.spawn(Subsystem::Relay, async move { Ok(serve.await?) });
         }
+        // Each limit is shared by a protocol's clear-text and TLS listeners.
+        let (rtmp_limit, http_limit) = {
+            let cfg = ctx.config.load();
+            (
+                Limit::new(cfg.rtmp.max_connections),
+                Limit::new(cfg.http.max_connections),
+            )
+        };
         let hls = sluice_front::hls::Hls::new(ctx.clone());
         let front = Front {
             ctx: ctx.clone(),
             gate,
             hls: hls.clone(),
         };
-        let rtmp_front = front.clone();
+        let (rtmp_front, limit) = (front.clone(), rtmp_limit.clone());
         subsystems.spawn(Subsystem::Rtmp, async move {
-            sluice_front::rtmp_conn::serve(rtmp, rtmp_front)
+            sluice_front::rtmp_conn::serve(rtmp, rtmp_front, limit)
                 .await
                 .with_context(|| format!("accepting on the RTMP listener {rtmp_addr}"))
         });
-        let http_front = front.clone();
+        let (http_front, limit) = (front.clone(), http_limit.clone());
         subsystems.spawn(Subsystem::HttpFlv, async move {
-            sluice_front::http::serve(http, http_front)
+            sluice_front::http::serve(http, http_front, limit)
                 .await
                 .with_context(|| format!("accepting on the HTTP listener {http_addr}"))
         });
+        if let Some(Tls {
+            store,
+            rtmps,
+            https,
+        }) = tls
+        {
+            let (rtmps_front, rtmps_store) = (front.clone(), store.clone());
+            subsystems.spawn(Subsystem::Rtmps, async move {
+                sluice_front::tls::serve_rtmps(rtmps, rtmps_front, rtmp_limit, rtmps_store)
+                    .await
+                    .with_context(|| format!("accepting on the RTMPS listener {rtmps_addr:?}"))
+            });
+            let https_front = front.clone();
+            subsystems.spawn(Subsystem::Https, async move {
+                sluice_front::tls::serve_https(https, https_front, http_limit, store)
+                    .await
+                    .with_context(|| format!("accepting on the HTTPS listener {https_addr:?}"))
+            });
+        }
         subsystems.spawn(
             Subsystem::Admin,
             serve_admin(
@@ -248,6 +319,10 @@ enum Subsystem {
     Rtmp,
     /// The HTTP-FLV accept loop.
     HttpFlv,
+    /// The RTMPS accept loop (with TLS).
+    Rtmps,
+    /// The HTTPS accept loop (with TLS).
+    Https,
     /// The admin API server.
     Admin,
     /// The QUIC relay's accept loop, on nodes that listen for other nodes' pulls.
@@ -262,6 +337,8 @@ impl Subsystem {
         match self {
             Subsystem::Rtmp => "rtmp",
             Subsystem::HttpFlv => "http_flv",
+            Subsystem::Rtmps => "rtmps",
+            Subsystem::Https => "https",
             Subsystem::Admin => "admin",
             Subsystem::Relay => "quic_relay",
             Subsystem::Reload => "reload",
@@ -359,7 +436,12 @@ async fn supervise(
             // listener would look alive to its load balancer and its peers (and, without
             // the admin server, to nobody at all) while refusing the players, publishers or
             // pulls that come to it.
-            Subsystem::Rtmp | Subsystem::HttpFlv | Subsystem::Admin | Subsystem::Relay => None,
+            Subsystem::Rtmp
+            | Subsystem::HttpFlv
+            | Subsystem::Rtmps
+            | Subsystem::Https
+            | Subsystem::Admin
+            | Subsystem::Relay => None,
             // The reloader is not on the serving path: no connection depends on it and it
             // holds nothing a new one lacks (the running config is in the context).
             // Restarting the node for it would drop every viewer to mend something none of
@@ -529,6 +611,7 @@ mod tests {
             file: None,
             watch: false,
             gate: None,
+            certs: None,
         };
         let reloader_counted = async {
             while failures(&ctx, "reload") == 0 {

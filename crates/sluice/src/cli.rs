@@ -254,6 +254,7 @@ async fn serve(config: Config, file: Option<PathBuf>, watch: bool) -> anyhow::Re
         file,
         watch,
         gate: None,
+        certs: None,
     });
     let shutdown = app.context().shutdown.clone();
     tokio::spawn(async move {

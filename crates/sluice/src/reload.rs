@@ -21,6 +21,14 @@
 //! target, or a Kubernetes `..data` link) re-read it once they have stopped for [`DEBOUNCE`];
 //! a re-read that finds the same text as the last one does nothing. SIGHUP always reloads and
 //! always logs.
+//!
+//! The TLS certificate (`[tls]`) reloads here too: on every SIGHUP, and when `tls.watch` is
+//! on, when its certificate or key file changes (watched the same way, by their directories,
+//! so a renewal that swaps symlinks is seen; [`CERT_DEBOUNCE`] lets a renewal write both files
+//! before they are read). A pair that does not load is refused with an error naming the file,
+//! and the certificate in use stays; connections already open are never touched either way.
+//! Counted in `sluice_tls_reloads_total{result}`; `sluice_tls_certificate_not_after_seconds`
+//! follows the certificate in use. The files' paths are fixed at startup like the listeners.
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -34,6 +42,7 @@ use sluice_auth::Policy;
 use sluice_core::Config;
 use sluice_core::config::ConfigError;
 use sluice_front::gate::Gate;
+use sluice_front::tls::Store;
 use sluice_runtime::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
@@ -45,6 +54,10 @@ use crate::cli;
 /// written in several steps is read once, whole.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// How long the certificate files' directories must be quiet before they are read: a renewal
+/// writes the certificate and the key one after the other, and either alone does not load.
+pub const CERT_DEBOUNCE: Duration = Duration::from_millis(500);
+
 /// Where reloads come from.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -55,6 +68,9 @@ pub struct Source {
     /// Access control, whose policy is rebuilt on every reload (key files read again);
     /// [`crate::App::reload`] sets it.
     pub gate: Option<Arc<Gate>>,
+    /// The TLS certificate in use, reloaded on SIGHUP (and its files watched when
+    /// `tls.watch`); `None` without TLS. [`crate::App::reload`] sets it.
+    pub certs: Option<Arc<Store>>,
 }
 
 /// What a reload does to the running config.
@@ -76,7 +92,7 @@ pub struct Plan {
 pub fn plan(running: &Config, mut loaded: Config) -> Result<Plan, ConfigError> {
     let mut needs_restart = Vec::new();
     // Each key read once at startup: app.rs binds the listeners and the QUIC relay (with its
-    // TLS files), the front ends (sluice-front) size their connection semaphores, cli.rs
+    // TLS files) and loads the TLS certificate (whose files the reloader watches), the front ends (sluice-front) size their connection semaphores, cli.rs
     // installs the log subscriber.
     macro_rules! fixed {
         ($($section:ident . $key:ident),* $(,)?) => {$(
@@ -99,6 +115,11 @@ pub fn plan(running: &Config, mut loaded: Config) -> Result<Plan, ConfigError> {
         cluster.tls_key,
         cluster.tls_ca,
         cluster.tls_server_name,
+        tls.cert_file,
+        tls.key_file,
+        tls.rtmps_listen,
+        tls.https_listen,
+        tls.watch,
     );
     // Derived settings follow the kept values (the default node id names the RTMP port).
     loaded.validate()?;
@@ -174,8 +195,8 @@ pub fn start(
     let hup = signal(SignalKind::hangup())
         .inspect_err(|error| warn!(%error, "cannot handle SIGHUP; no config reload by signal"))
         .ok();
-    let watch = match &source.file {
-        Some(file) if source.watch => watch(file)
+    let config_watch = match &source.file {
+        Some(file) if source.watch => watch(&[file])
             .inspect_err(|error| {
                 warn!(
                     file = %file.display(),
@@ -186,30 +207,61 @@ pub fn start(
             .ok(),
         _ => None,
     };
-    if let (Some(file), Some(_)) = (&source.file, &watch) {
+    if let (Some(file), Some(_)) = (&source.file, &config_watch) {
         info!(file = %file.display(), "watching the config file for changes");
     }
+    let cert_watch = match &source.certs {
+        Some(certs) if ctx.config.load().tls.watch => {
+            let files = [certs.cert_file(), certs.key_file()];
+            watch(&files)
+                .inspect_err(|error| {
+                    warn!(
+                        cert_file = %certs.cert_file().display(),
+                        key_file = %certs.key_file().display(),
+                        %error,
+                        "cannot watch the TLS certificate files; reload them with SIGHUP"
+                    );
+                })
+                .ok()
+                .inspect(|_| {
+                    info!(
+                        cert_file = %certs.cert_file().display(),
+                        key_file = %certs.key_file().display(),
+                        "watching the TLS certificate files for changes"
+                    );
+                })
+        }
+        _ => None,
+    };
+    let last_certs = source.certs.as_deref().map(read_certs);
     let reloader = Reloader {
         ctx,
         gate: source.gate,
         file: source.file,
         last_read: None,
+        certs: source.certs,
+        last_certs,
     };
-    reloader.run(hup, watch)
+    reloader.run(hup, config_watch, cert_watch)
 }
 
-/// A watch on the file's directory and the receiver of its (coalesced) change signals.
+/// A watch on the files' directories and the receiver of its (coalesced) change signals.
 type Watch = (RecommendedWatcher, mpsc::Receiver<()>);
 
-/// Watches the directory of `file` (and, if `file` is a symlink elsewhere, its target's).
-fn watch(file: &Path) -> notify::Result<Watch> {
+/// Watches the directory of each of `files` (and, if one is a symlink elsewhere, its
+/// target's).
+fn watch(files: &[&Path]) -> notify::Result<Watch> {
     // Capacity 1: a pending signal already means "re-read after the quiet period", so events
     // that find it full are dropped, and the notify thread never waits on us.
     let (tx, rx) = mpsc::channel(1);
-    let target = std::fs::canonicalize(file).ok();
-    let names: BTreeSet<OsString> = [Some(file), target.as_deref()]
-        .into_iter()
-        .flatten()
+    let targets: Vec<Option<PathBuf>> = files
+        .iter()
+        .map(|f| std::fs::canonicalize(f).ok())
+        .collect();
+    let names: BTreeSet<OsString> = files
+        .iter()
+        .copied()
+        .chain(targets.iter().flatten().map(PathBuf::as_path))
         .filter_map(|p| p.file_name().map(OsStr::to_owned))
         .collect();
     let mut watcher =
@@ -218,15 +270,22 @@ fn watch(file: &Path) -> notify::Result<Watch> {
                 let _ = tx.try_send(());
             }
             Ok(_) => {}
-            Err(error) => warn!(%error, "config file watch error"),
+            Err(error) => warn!(%error, "file watch error"),
         })?;
-    let dir = parent(file);
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    // Best effort: the target's directory may go away (a ConfigMap swap), the link's stays.
-    if let Some(target_dir) = target.map(|t| parent(&t))
-        && std::fs::canonicalize(&dir).ok().as_ref() != Some(&target_dir)
-    {
-        let _ = watcher.watch(&target_dir, RecursiveMode::NonRecursive);
+    let mut watched = BTreeSet::new();
+    for (file, target) in files.iter().zip(targets) {
+        let dir = parent(file);
+        let canonical = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        if watched.insert(canonical) {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        }
+        // Best effort: the target's directory may go away (a ConfigMap swap), the link's
+        // stays.
+        if let Some(target_dir) = target.map(|t| parent(&t))
+            && watched.insert(target_dir.clone())
+        {
+            let _ = watcher.watch(&target_dir, RecursiveMode::NonRecursive);
+        }
     }
     Ok((watcher, rx))
 }
@@ -272,14 +331,35 @@ struct Reloader {
     /// What the last reload read (its text, or why it could not), so watch events that leave
     /// the file as it was do nothing.
     last_read: Option<Result<String, String>>,
+    /// The TLS certificate in use, if any.
+    certs: Option<Arc<Store>>,
+    /// What its files held when last read, for the same purpose.
+    last_certs: Option<CertFiles>,
+}
+
+/// The contents of a certificate and a key file (or why one could not be read).
+type CertFiles = (Result<Vec<u8>, String>, Result<Vec<u8>, String>);
+
+fn read_certs(store: &Store) -> CertFiles {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| e.to_string());
+    (read(store.cert_file()), read(store.key_file()))
 }
 
 impl Reloader {
     /// Reloads on each SIGHUP and watched change until shutdown (Ok), or until the watch
     /// stops delivering changes (an error, so that the supervisor sets it up again).
-    async fn run(mut self, mut hup: Option<Signal>, watch: Option<Watch>) -> anyhow::Result<()> {
-        // The watcher stops when dropped, at the end of this task.
+    async fn run(
+        mut self,
+        mut hup: Option<Signal>,
+        watch: Option<Watch>,
+        cert_watch: Option<Watch>,
+    ) -> anyhow::Result<()> {
+        // The watchers stop when dropped, at the end of this task.
         let (_watcher, mut changes) = match watch {
+            Some((watcher, rx)) => (Some(watcher), Some(rx)),
+            None => (None, None),
+        };
+        let (_cert_watcher, mut cert_changes) = match cert_watch {
             Some((watcher, rx)) => (Some(watcher), Some(rx)),
             None => (None, None),
         };
@@ -290,19 +370,70 @@ impl Reloader {
                 () = next_signal(&mut hup) => {
                     info!("SIGHUP received");
                     self.reload(Trigger::Signal);
+                    self.reload_certs(Trigger::Signal);
                 }
                 change = next_change(&mut changes) => {
                     let Some(rx) = changes.as_mut() else { continue };
                     if change.is_none() {
                         anyhow::bail!("the config file watch stopped");
                     }
-                    if !settle(rx, &shutdown).await {
+                    if !settle(rx, &shutdown, DEBOUNCE).await {
                         return Ok(());
                     }
                     self.reload(Trigger::Watch);
                 }
+                change = next_change(&mut cert_changes) => {
+                    let Some(rx) = cert_changes.as_mut() else { continue };
+                    if change.is_none() {
+                        anyhow::bail!("the TLS certificate file watch stopped");
+                    }
+                    if !settle(rx, &shutdown, CERT_DEBOUNCE).await {
+                        return Ok(());
+                    }
+                    self.reload_certs(Trigger::Watch);
+                }
             }
         }
+    }
+
+    /// Re-reads the TLS certificate and key, and presents them from the next handshake on if
+    /// they load; otherwise logs why (naming the file) and keeps the certificate in use.
+    fn reload_certs(&mut self, trigger: Trigger) {
+        let Some(store) = self.certs.clone() else {
+            return;
+        };
+        let files = read_certs(&store);
+        if trigger == Trigger::Watch && self.last_certs.as_ref() == Some(&files) {
+            debug!("TLS certificate files unchanged");
+            return;
+        }
+        self.last_certs = Some(files);
+        let result = match store.reload() {
+            Ok(()) => {
+                certificate_loaded(&self.ctx, &store);
+                info!(
+                    cert_file = %store.cert_file().display(),
+                    key_file = %store.key_file().display(),
+                    not_after = store.not_after(),
+                    trigger = trigger.label(),
+                    "TLS certificate reloaded"
+                );
+                "ok"
+            }
+            Err(error) => {
+                error!(
+                    trigger = trigger.label(),
+                    error = %error,
+                    "TLS certificate reload refused; the certificate in use stays"
+                );
+                "invalid"
+            }
+        };
+        self.ctx
+            .metrics
+            .tls_reloads
+            .get_or_create(&[("result", result)])
+            .inc();
     }
 
     /// Re-reads the file and swaps the config if it loads.
@@ -419,15 +550,23 @@ async fn next_change(changes: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
     }
 }
 
-/// Waits until no change has arrived for [`DEBOUNCE`]. False if shutdown came first.
+/// Sets the certificate's expiry gauge from the certificate in use (0 when unknown).
+pub fn certificate_loaded(ctx: &Context, store: &Store) {
+    ctx.metrics
+        .tls_certificate_not_after
+        .set(store.not_after().unwrap_or(0));
+}
+
+/// Waits until no change has arrived for `quiet`. False if shutdown came first.
 async fn settle(
     rx: &mut mpsc::Receiver<()>,
     shutdown: &tokio_util::sync::CancellationToken,
+    quiet: Duration,
 ) -> bool {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(DEBOUNCE) => return true,
+            _ = tokio::time::sleep(quiet) => return true,
             more = rx.recv() => {
                 if more.is_none() {
                     return true;
