@@ -26,7 +26,8 @@ pub use config::{
 pub use keys::AuthError;
 pub use policy::{Access, Action, Admit, Policy, Refusal, load_signing_keys};
 pub use query::{
-    MAX_PARAMS, param, percent_decode, percent_encode, query_params, stream_of_url_path,
+    MAX_PARAMS, param, percent_decode, percent_decode_exact, percent_encode, query_params,
+    stream_of_url_path,
 };
 pub use signed::sign;
 

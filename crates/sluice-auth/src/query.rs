@@ -29,11 +29,28 @@ pub fn param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     query_params(query).find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
-/// Decodes `%XX` escapes; borrows when there are none.
+/// Decodes `%XX` escapes (a `%` not followed by two hex digits stays as it is); bytes that
+/// are not UTF-8 become U+FFFD. Borrows when there are no escapes.
 pub fn percent_decode(text: &str) -> Cow<'_, str> {
     if !text.contains('%') {
         return Cow::Borrowed(text);
     }
+    match String::from_utf8(decode_escapes(text)) {
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+/// [`percent_decode`] for names that must be exact (URL path segments): `None` when the
+/// decoded bytes are not UTF-8.
+pub fn percent_decode_exact(text: &str) -> Option<Cow<'_, str>> {
+    if !text.contains('%') {
+        return Some(Cow::Borrowed(text));
+    }
+    String::from_utf8(decode_escapes(text)).ok().map(Cow::Owned)
+}
+
+fn decode_escapes(text: &str) -> Vec<u8> {
     fn hex(b: u8) -> Option<u8> {
         match b {
             b'0'..=b'9' => Some(b - b'0'),
@@ -61,10 +78,7 @@ pub fn percent_decode(text: &str) -> Cow<'_, str> {
             }
         }
     }
-    match String::from_utf8(out) {
-        Ok(s) => Cow::Owned(s),
-        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-    }
+    out
 }
 
 /// `text` with every byte but the unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`, for a
@@ -141,6 +155,19 @@ mod tests {
         assert_eq!(query_params(&many).count(), MAX_PARAMS);
         assert_eq!(param("key=a&key=b", "key").as_deref(), Some("a"));
         assert_eq!(param("keys=a", "key"), None);
+    }
+
+    #[test]
+    fn exact_decoding_refuses_what_is_not_utf8_and_lossy_decoding_replaces_it() {
+        assert_eq!(percent_decode_exact("a%20b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode_exact("100%").as_deref(), Some("100%"));
+        assert_eq!(percent_decode_exact("%zz%4").as_deref(), Some("%zz%4"));
+        assert_eq!(percent_decode_exact("%ff"), None);
+        assert_eq!(percent_decode("%ffa"), "\u{fffd}a");
+        assert!(matches!(
+            percent_decode_exact("plain"),
+            Some(Cow::Borrowed("plain"))
+        ));
     }
 
     #[test]

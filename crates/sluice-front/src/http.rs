@@ -20,6 +20,7 @@
 //! The response starts only once the stream has frames: a stream nobody publishes within
 //! `streams.wait_for_publisher_ms` is a 404, not an empty 200.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sluice_auth::Action;
+use sluice_auth::{Action, percent_decode_exact};
 use sluice_core::StreamKey;
 use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::topology::Via;
@@ -282,7 +283,7 @@ fn route(req: &Request) -> Route {
     };
     let Some(decoded) = segments
         .iter()
-        .map(|s| percent_decode(s))
+        .map(|s| percent_decode_exact(s).map(Cow::into_owned))
         .collect::<Option<Vec<String>>>()
     else {
         return Route::BadRequest;
@@ -329,39 +330,6 @@ fn route(req: &Request) -> Route {
     } else {
         Route::NotPlayable
     }
-}
-
-/// Decodes `%XX` escapes (a `%` not followed by two hex digits stays as it is); `None` when
-/// the result is not UTF-8.
-pub(crate) fn percent_decode(text: &str) -> Option<String> {
-    if !text.contains('%') {
-        return Some(text.to_owned());
-    }
-    fn hex(b: u8) -> Option<u8> {
-        char::from(b)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let escaped = match bytes.get(at..at + 3) {
-            Some([b'%', hi, lo]) => hex(*hi).zip(hex(*lo)).map(|(hi, lo)| hi << 4 | lo),
-            _ => None,
-        };
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                at += 3;
-            }
-            None => {
-                out.push(bytes[at]);
-                at += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A response head being built: the status line, then header lines (names in lower case,

@@ -150,7 +150,7 @@ pub fn respond(path: &str, query: &str, config: &PlayerConfig) -> Option<PlayerR
 /// A percent-decoded path segment that names an application or a stream: not empty, no
 /// `/`, and not a dot segment (a browser would resolve `/../NAME.flv` away).
 fn segment(raw: &str) -> Option<String> {
-    let decoded = crate::http::percent_decode(raw)?;
+    let decoded = sluice_auth::percent_decode_exact(raw)?.into_owned();
     let usable = !decoded.is_empty()
         && decoded != "."
         && decoded != ".."
