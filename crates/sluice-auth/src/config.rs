@@ -301,11 +301,8 @@ impl AuthConfig {
         }
         for (key, url) in [("hook", &rule.hook), ("done_hook", &rule.done_hook)] {
             // Hook services are internal: plain http (https is not spoken by the client).
-            if !url.is_empty() && !url.starts_with("http://") {
-                return Err(format!(
-                    "{at}.{key}: {url:?} must be \"\" or an http://host:port/path URL \
-                     (https hooks are not supported)"
-                ));
+            if !url.is_empty() {
+                crate::HookUrl::parse(url).map_err(|why| format!("{at}.{key}: {why}"))?;
             }
         }
         Ok(())
@@ -449,6 +446,27 @@ mod tests {
             toml::from_str::<AuthConfig>(&text).unwrap(),
             AuthConfig::default()
         );
+    }
+
+    #[test]
+    fn hook_urls_the_client_cannot_call_are_config_errors() {
+        for (url, why) in [
+            ("https://hooks.internal/on_play", "https is not supported"),
+            ("http://host:port/x", "the port"),
+            ("http://user@host/x", "user:password"),
+            ("http://host/x y", "spaces"),
+        ] {
+            let text = format!("[apps.live.play]\nhook = {url:?}\n");
+            let c: AuthConfig = toml::from_str(&text).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(
+                e.contains("apps.live.play.hook") && e.contains(why),
+                "{url}: {e}"
+            );
+        }
+        let ok: AuthConfig =
+            toml::from_str("[apps.live.play]\ndone_hook = \"http://[::1]:9/done\"\n").unwrap();
+        assert_eq!(ok.validate(), Ok(()));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 mod config;
 mod grant;
+mod hook_url;
 mod jwt;
 mod keys;
 mod mac;
@@ -23,11 +24,12 @@ pub use config::{
     AppRules, AuthConfig, Check, JwtConfig, MAX_KEY_ID_BYTES, MIN_SECRET_BYTES, OnFailure, Rule,
     WebhookConfig, valid_key_id,
 };
+pub use hook_url::HookUrl;
 pub use keys::AuthError;
 pub use policy::{Access, Action, Admit, Policy, Refusal, load_signing_keys};
 pub use query::{
-    MAX_PARAMS, param, percent_decode, percent_decode_exact, percent_encode, query_params,
-    stream_of_url_path,
+    MAX_PARAMS, MAX_QUERY, param, percent_decode, percent_decode_exact, percent_encode,
+    query_params, stream_of_url_path,
 };
 pub use signed::sign;
 

@@ -332,7 +332,9 @@ impl Policy {
 
     /// Checks a grant from [`Policy::mint_grant`] presented by `client` for `app/stream`:
     /// `Missing` when empty, `Invalid` when forged, for another stream or address, or unbound
-    /// while the play rule binds; `Expired` past its expiry.
+    /// while the play rule binds; `Expired` past its expiry; `Denied` once the app's play rule
+    /// is `deny` (a reload to `deny` ends HLS sessions at their next request; to revoke every
+    /// grant otherwise, change `auth.grant_secret`).
     pub fn verify_grant(
         &self,
         token: &str,
@@ -341,7 +343,11 @@ impl Policy {
         client: IpAddr,
         now_unix_ms: u64,
     ) -> Result<(), Refusal> {
-        let bind = self.rule(app, Action::Play).bind_address;
+        let rule = self.rule(app, Action::Play);
+        if rule.check == Check::Deny {
+            return Err(Refusal::Denied);
+        }
+        let bind = rule.bind_address;
         grant::verify(
             &self.grant_key,
             token,

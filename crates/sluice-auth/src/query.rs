@@ -6,6 +6,9 @@ use std::borrow::Cow;
 
 /// Most parameters [`query_params`] yields; the rest of a query is ignored.
 pub const MAX_PARAMS: usize = 64;
+/// The longest query a request may carry (credentials, webhook parameters): the front ends
+/// refuse longer ones before anything is checked or sent to a hook.
+pub const MAX_QUERY: usize = 2048;
 
 /// The `name=value` pairs of `query` (without the `?`), percent-decoded (`%XX`; a `%` not
 /// followed by two hex digits stays as it is, and bytes that are not UTF-8 become U+FFFD).

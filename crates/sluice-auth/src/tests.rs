@@ -763,6 +763,27 @@ fn grants_name_one_stream_and_expire() {
 }
 
 #[test]
+fn a_reload_to_deny_ends_grants_and_a_new_grant_secret_voids_them() {
+    let secret = "grant-secret-0123456789";
+    let before = policy(&format!("grant_secret = \"{secret}\"\n"));
+    let g = before.mint_grant("live", "cam", Some(client()), NOW);
+    let denied = policy(&format!(
+        "grant_secret = \"{secret}\"\n[apps.live.play]\ncheck = \"deny\"\n"
+    ));
+    assert_eq!(
+        denied.verify_grant(&g, "live", "cam", client(), NOW),
+        Err(Refusal::Denied)
+    );
+    let same = policy(&format!("grant_secret = \"{secret}\"\n"));
+    assert_eq!(same.verify_grant(&g, "live", "cam", client(), NOW), Ok(()));
+    let rotated = policy("grant_secret = \"another-secret-0123456789\"\n");
+    assert_eq!(
+        rotated.verify_grant(&g, "live", "cam", client(), NOW),
+        Err(Refusal::Invalid)
+    );
+}
+
+#[test]
 fn grants_bind_the_address_when_play_binds() {
     let p = policy(&format!(
         "[signing_keys]\nk1 = \"{SECRET}\"\n[apps.live.play]\ncheck = \"signed\"\nbind_address = true\n"

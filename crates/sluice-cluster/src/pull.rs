@@ -547,7 +547,19 @@ fn splice_point(frame: &Frame) -> bool {
 fn credentials(config: &sluice_core::Config, app: &str, stream: &str) -> String {
     let pull = &config.cluster.pull;
     let mut query = pull.credentials.clone();
-    if let Some(secret) = config.auth.signing_keys.get(&pull.sign_with) {
+    if pull.sign_with.is_empty() {
+        return query;
+    }
+    // Read per pull, so a rotated key file applies to the next pull (the config's validation
+    // checked the key was there at load).
+    let keys = match sluice_auth::load_signing_keys(&config.auth) {
+        Ok(keys) => keys,
+        Err(error) => {
+            warn!(%error, "no signing keys: this pull goes unsigned");
+            return query;
+        }
+    };
+    if let Some(secret) = keys.get(&pull.sign_with) {
         let expires = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
@@ -565,6 +577,8 @@ fn credentials(config: &sluice_core::Config, app: &str, stream: &str) -> String 
             query.push('&');
         }
         query.push_str(&signed);
+    } else {
+        warn!(key_id = %pull.sign_with, "cluster.pull.sign_with names no signing key now: this pull goes unsigned");
     }
     query
 }

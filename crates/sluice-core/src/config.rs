@@ -456,6 +456,17 @@ impl Config {
         }
         self.player.validate()?;
         self.auth.validate().map_err(ConfigError::Invalid)?;
+        let sign_with = &self.cluster.pull.sign_with;
+        if !sign_with.is_empty() {
+            let keys = sluice_auth::load_signing_keys(&self.auth)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if !keys.contains_key(sign_with) {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.pull.sign_with = {sign_with:?}: no such key in auth.signing_keys \
+                     or auth.signing_key_file"
+                )));
+            }
+        }
         if !self.admin.listen.ip().is_loopback() && self.admin.resolve_token()?.is_none() {
             return Err(ConfigError::Invalid(format!(
                 "admin.listen {} is not a loopback address: set admin.token or \
@@ -742,6 +753,16 @@ mod tests {
         assert_eq!(c.admin.token_file, "/etc/sluice/admin.token");
         assert_eq!(c.limits.max_connections_per_address, 200);
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn an_edge_signs_its_pulls_only_with_a_key_it_has() {
+        let unknown = "[cluster.pull]\nsign_with = \"nodes\"\n";
+        let e = Config::load(Some(unknown), []).unwrap_err();
+        assert!(e.to_string().contains("cluster.pull.sign_with"), "{e}");
+        let known = "[cluster.pull]\nsign_with = \"nodes\"\n\
+                     [auth.signing_keys]\nnodes = \"0123456789abcdef0123\"\n";
+        assert!(Config::load(Some(known), []).is_ok());
     }
 
     #[test]

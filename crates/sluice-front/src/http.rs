@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sluice_auth::{Action, percent_decode_exact};
+use sluice_auth::{Action, MAX_QUERY, percent_decode_exact};
 use sluice_core::StreamKey;
 use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::topology::Via;
@@ -54,8 +54,6 @@ pub const MAX_HEAD: usize = 8 * 1024;
 /// The head buffer starts this small and doubles up to [`MAX_HEAD`]; it is freed once the
 /// head is parsed.
 const HEAD_BUF: usize = 1024;
-/// The longest query string an HLS request may have (414 beyond).
-const MAX_QUERY: usize = 2048;
 /// Header lines a request may have (more is answered 431).
 const MAX_HEADERS: usize = 64;
 /// Connections over `http.max_connections` answered 503 at once; beyond that, closed unanswered.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sluice_auth::Action;
+use sluice_auth::{Action, MAX_QUERY};
 use sluice_core::metrics::{ProtocolCounters, proto};
 use sluice_core::stream::{IngestError, PublishError};
 use sluice_core::topology::Via;
@@ -477,6 +477,18 @@ impl Handler {
                     Some((app, query)) => (app.to_owned(), query.to_owned()),
                     None => (app, String::new()),
                 };
+                if app.len() + query.len() > MAX_QUERY {
+                    info!(
+                        len = app.len() + query.len(),
+                        "connect refused: app too long"
+                    );
+                    Limits::refuse(&self.ctx, proto::RTMP, "bad_connect", self.client);
+                    self.conn
+                        .session
+                        .reject_connect("application name too long");
+                    self.close_after_flush = Some(Close::Rejected);
+                    return Ok(());
+                }
                 self.connect_query = query;
                 if !self.ctx.config.load().streams.app_allowed(&app) {
                     info!(app, "connect refused: application not served");
@@ -592,7 +604,9 @@ impl Handler {
     /// A publish or play request: refused at once when it cannot be served, else left for
     /// the gate ([`Handler::decide`]).
     fn request(&mut self, action: Action, stream_id: u32, name: String) {
-        let valid = self.key(&name).is_some() && matches!(self.role, Role::Idle);
+        // The name and its query (credentials) may go to a webhook: bounded like HTTP's.
+        let valid =
+            self.key(&name).is_some() && matches!(self.role, Role::Idle) && name.len() <= MAX_QUERY;
         match action {
             Action::Publish => {
                 if !valid {

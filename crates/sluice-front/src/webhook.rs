@@ -42,6 +42,7 @@ use moka::sync::Cache;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use sluice_auth::HookUrl;
 use sluice_core::metrics::{HistogramFamily1, Label2, Metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -155,110 +156,25 @@ impl HookAnswer {
     }
 }
 
-/// Checks that `url` is a hook URL this module can call: `http://host[:port][/path][?query]`.
-/// The message says what is wrong, for the config error.
+/// Checks that `url` is a hook URL this module can call: `http://host[:port][/path][?query]`
+/// (the config's validation does the same). The message says what is wrong.
 pub fn check_url(url: &str) -> Result<(), String> {
-    Target::parse(url).map(drop)
+    HookUrl::parse(url).map(drop)
 }
 
-/// A parsed hook URL.
-#[derive(Debug)]
-struct Target<'a> {
-    /// `host[:port]` as written, for the `host` header.
-    authority: &'a str,
-    /// What to connect to: `host:port` (brackets kept around an IPv6 address).
-    connect: String,
-    /// Path and query, `/` when the URL has none.
-    path: &'a str,
-}
-
-impl<'a> Target<'a> {
-    fn parse(url: &'a str) -> Result<Self, String> {
-        let bad = |why: &str| Err(format!("webhook URL {url:?}: {why}"));
-        if url
-            .bytes()
-            .any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii())
-        {
-            return bad("has spaces, control or non-ASCII characters");
-        }
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return bad("must be http://host:port/path");
-        };
-        if scheme.eq_ignore_ascii_case("https") {
-            return bad(
-                "https is not supported: hook servers are internal, use http://host:port/path",
-            );
-        }
-        if !scheme.eq_ignore_ascii_case("http") {
-            return bad("only http:// URLs are supported");
-        }
-        if url.contains('#') {
-            return bad("must not have a #fragment");
-        }
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
-            Some(_) => return bad("a query must follow a path (http://host:port/path?query)"),
-            None => (rest, "/"),
-        };
-        if authority.contains('@') {
-            return bad("must not carry user:password@");
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let Some((addr, after)) = v6.split_once(']') else {
-                return bad("an IPv6 host needs its closing ]");
-            };
-            if addr.parse::<std::net::Ipv6Addr>().is_err() {
-                return bad("the host between [ ] is not an IPv6 address");
-            }
-            match after {
-                "" => (&authority[..addr.len() + 2], None),
-                p => match p.strip_prefix(':') {
-                    Some(port) => (&authority[..addr.len() + 2], Some(port)),
-                    None => return bad("junk after the IPv6 host"),
-                },
-            }
-        } else {
-            match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        let host_ok = !host.is_empty()
-            && (host.starts_with('[')
-                || host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
-        if !host_ok {
-            return bad("no host, or a host with characters a host name cannot have");
-        }
-        let port = match port {
-            None => 80,
-            Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => return bad("the port must be 1 to 65535"),
-            },
-        };
-        Ok(Target {
-            authority,
-            connect: format!("{host}:{port}"),
-            path,
-        })
-    }
-
-    /// The request head and body.
-    fn request(&self, body: &[u8]) -> Vec<u8> {
-        let head = format!(
-            "POST {} HTTP/1.1\r\nhost: {}\r\nuser-agent: sluice/{}\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            self.path,
-            self.authority,
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body);
-        request
-    }
+/// The request head and body for `target`.
+fn request(target: &HookUrl<'_>, body: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: {}\r\nuser-agent: sluice/{}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        target.path,
+        target.authority,
+        env!("CARGO_PKG_VERSION"),
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    request
 }
 
 /// What an answer is cached under.
@@ -535,12 +451,12 @@ impl Webhooks {
 
 /// One request to `url` within `deadline`.
 async fn exchange(url: &str, event: &HookEvent, deadline: Duration) -> HookAnswer {
-    let target = match Target::parse(url) {
+    let target = match HookUrl::parse(url) {
         Ok(target) => target,
-        // `check_url` refuses such a URL at config load; a caller that skipped it gets this.
+        // The config refuses such a URL at load; a caller that skipped it gets this.
         Err(_) => return HookAnswer::Failed("connect"),
     };
-    let request = target.request(&event.json());
+    let request = request(&target, &event.json());
     let exchange = async {
         let mut socket = TcpStream::connect(&target.connect)
             .await
@@ -641,47 +557,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
-        let t = Target::parse("http://127.0.0.1:8080/hooks/publish?x=1").unwrap();
-        assert_eq!(t.connect, "127.0.0.1:8080");
-        assert_eq!(t.authority, "127.0.0.1:8080");
-        assert_eq!(t.path, "/hooks/publish?x=1");
-        let t = Target::parse("http://auth.internal").unwrap();
-        assert_eq!((t.connect.as_str(), t.path), ("auth.internal:80", "/"));
-        let t = Target::parse("HTTP://[::1]:9/on_play").unwrap();
-        assert_eq!((t.connect.as_str(), t.path), ("[::1]:9", "/on_play"));
-        let t = Target::parse("http://[::1]/").unwrap();
-        assert_eq!(t.connect, "[::1]:80");
-
-        let https = check_url("https://auth.example/hook").unwrap_err();
-        assert!(https.contains("https is not supported"), "{https}");
-        for bad in [
-            "",
-            "auth:8080/hook",
-            "rtmp://host/app",
-            "http://",
-            "http://:80/x",
-            "http://host:0/x",
-            "http://host:99999/x",
-            "http://host:port/x",
-            "http://user:pw@host/x",
-            "http://host/x#frag",
-            "http://host/x y",
-            "http://host/x\r\nevil: 1",
-            "http://host?x=1",
-            "http://[::1/x",
-            "http://[nope]/x",
-            "http://[::1]x/",
-            "http://ho_st/x",
-        ] {
-            assert!(check_url(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
-
-    #[test]
     fn request_bytes() {
-        let t = Target::parse("http://h:1/p?q").unwrap();
-        let r = String::from_utf8(t.request(b"{}")).unwrap();
+        let t = HookUrl::parse("http://h:1/p?q").unwrap();
+        let r = String::from_utf8(request(&t, b"{}")).unwrap();
         assert!(r.starts_with("POST /p?q HTTP/1.1\r\nhost: h:1\r\n"), "{r}");
         assert!(r.contains("\r\ncontent-type: application/json\r\n"), "{r}");
         assert!(

@@ -16,8 +16,15 @@ use tracing::info;
 
 use crate::Context;
 
-/// Entries kept in the refusal log before old ones are swept.
+/// Entries kept in the refusal log before old ones are swept; at this size after a sweep, a
+/// refusal from a new address is counted but not logged (a flood from many addresses).
 const LOG_SWEEP_AT: usize = 4096;
+/// Address entries kept before those with nothing left to count are swept (an entry stays
+/// after its last connection while its publish-attempt minute runs).
+const ADDRESS_SWEEP_AT: usize = 4096;
+/// At most one sweep of a map per this long, so a flood pays for a scan per interval, not
+/// per attempt.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The publish-attempt window.
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -73,6 +80,37 @@ pub struct Limits {
     addresses: DashMap<IpAddr, Address>,
     /// When a refusal was last logged, per address and reason.
     logged: DashMap<(IpAddr, &'static str), Instant>,
+    /// When each map was last swept.
+    addresses_swept: Sweeps,
+    logged_swept: Sweeps,
+}
+
+/// When a map was last swept; a sweep is due [`SWEEP_EVERY`] after the last one, and only one
+/// caller at a time gets it.
+#[derive(Debug, Default)]
+struct Sweeps(parking_lot::Mutex<Option<Instant>>);
+
+impl Sweeps {
+    fn due(&self, now: Instant) -> bool {
+        let Some(mut last) = self.0.try_lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| now.duration_since(at) < SWEEP_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+impl Address {
+    /// Whether the entry still counts something at `now`.
+    fn in_use(&self, now: Instant) -> bool {
+        self.connections > 0
+            || self
+                .minute
+                .is_some_and(|(start, _)| now.duration_since(start) < MINUTE)
+    }
 }
 
 /// One open connection of an address; dropping it gives the place back.
@@ -88,9 +126,8 @@ impl Drop for AddressSlot {
         if let Some(mut entry) = limits.addresses.get_mut(&self.ip) {
             entry.connections = entry.connections.saturating_sub(1);
         }
-        limits.addresses.remove_if(&self.ip, |_, a| {
-            a.connections == 0 && a.minute.is_none_or(|(start, _)| start.elapsed() >= MINUTE)
-        });
+        let now = Instant::now();
+        limits.addresses.remove_if(&self.ip, |_, a| !a.in_use(now));
     }
 }
 
@@ -132,6 +169,11 @@ impl Limits {
             _ => (now, 0),
         };
         entry.minute = Some((start, attempts.saturating_add(1)));
+        drop(entry);
+        // Entries of addresses that left stay for their minute; sweep them now and then.
+        if self.addresses.len() >= ADDRESS_SWEEP_AT && self.addresses_swept.due(now) {
+            self.addresses.retain(|_, a| a.in_use(now));
+        }
         if attempts >= max {
             return Err(Limit::PublishRate);
         }
@@ -190,13 +232,20 @@ impl Limits {
         ctx.metrics.refused(protocol, reason);
         let interval = Duration::from_millis(ctx.config.load().limits.refusal_log_interval_ms);
         let now = Instant::now();
-        let logged = &ctx.limits.logged;
+        let limits = &ctx.limits;
+        let logged = &limits.logged;
+        let key = (canonical(ip), reason);
         if logged.len() >= LOG_SWEEP_AT {
-            logged.retain(|_, at| now.duration_since(*at) < interval);
+            if limits.logged_swept.due(now) {
+                logged.retain(|_, at| now.duration_since(*at) < interval);
+            }
+            if logged.len() >= LOG_SWEEP_AT && !logged.contains_key(&key) {
+                return false;
+            }
         }
         let mut log = false;
         logged
-            .entry((canonical(ip), reason))
+            .entry(key)
             .and_modify(|at| {
                 if now.duration_since(*at) >= interval {
                     *at = now;
@@ -270,6 +319,52 @@ mod tests {
             .unwrap();
         tokio::time::advance(MINUTE).await;
         ctx.limits.publish_attempt(&ctx, a).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn addresses_that_attempted_once_are_swept_after_their_minute() {
+        let ctx = ctx("publish_attempts_per_minute = 3\n");
+        let many = u32::try_from(ADDRESS_SWEEP_AT).unwrap() + 10;
+        let address = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..many {
+            let slot = Limits::connection(&ctx, address(i)).unwrap();
+            ctx.limits.publish_attempt(&ctx, address(i)).unwrap();
+            drop(slot);
+        }
+        // Inside their minute they stay: they still count.
+        assert_eq!(ctx.limits.tracked_addresses(), many as usize);
+        tokio::time::advance(MINUTE + SWEEP_EVERY).await;
+        ctx.limits
+            .publish_attempt(&ctx, "192.0.2.1".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            ctx.limits.tracked_addresses(),
+            1,
+            "only the new attempt left"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_from_many_addresses_is_counted_but_the_log_stays_bounded() {
+        let ctx = ctx("refusal_log_interval_ms = 10000\n");
+        let many = u32::try_from(LOG_SWEEP_AT).unwrap() * 2;
+        let address = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let logged = (0..many)
+            .filter(|&i| Limits::refused(&ctx, "rtmp", "auth_missing", address(i)))
+            .count();
+        assert_eq!(logged, LOG_SWEEP_AT, "logged until the log was full");
+        assert_eq!(ctx.limits.logged.len(), LOG_SWEEP_AT);
+        let text = ctx.metrics.encode();
+        assert!(
+            text.contains(&format!(
+                r#"sluice_connections_refused_total{{protocol="rtmp",reason="auth_missing"}} {many}"#
+            )),
+            "{text}"
+        );
+        // Once the entries are older than the interval, a sweep makes room again.
+        tokio::time::advance(Duration::from_millis(10_000)).await;
+        assert!(Limits::refused(&ctx, "rtmp", "auth_missing", address(many)));
+        assert_eq!(ctx.limits.logged.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,7 +59,9 @@ pub fn router(ctx: Arc<Context>, pulls: PullManager, hls: Arc<Hls>) -> Router {
 /// Lets a request through when no token is configured or it carries the token. The token
 /// file is read per request (admin requests are few), so a rotated file applies at once.
 async fn bearer(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
-    let expected = match ctx.config.load().admin.resolve_token() {
+    // Resolved before any await: the config guard must not live across the handler.
+    let resolved = ctx.config.load().admin.resolve_token();
+    let expected = match resolved {
         Ok(None) => return next.run(request).await,
         Ok(Some(token)) => token,
         Err(error) => {

@@ -146,6 +146,20 @@ async fn ffmpeg_publishes_with_a_good_stream_key_and_is_refused_without_one() {
     );
     assert_eq!(refused(&node, "auth_missing").await, 1.0);
     assert_eq!(refused(&node, "auth_invalid").await, 1.0);
+    // A name longer than any credential is refused before the rule (or a hook) sees it
+    // (our own client: ffmpeg cuts such a name short).
+    let long = format!("live/cam?key={}", "k".repeat(sluice_auth::MAX_QUERY));
+    let url = sluice_testkit::rtmp::url(&node.rtmp_url(&long));
+    let refusal = sluice_runtime::client::Client::publish(&url, WAIT)
+        .await
+        .expect_err("a 2 KiB key is refused");
+    assert!(refusal.to_string().contains("BadName"), "{refusal}");
+    assert_eq!(refused(&node, "bad_publish").await, 1.0);
+    assert_eq!(
+        refused(&node, "auth_invalid").await,
+        1.0,
+        "never reached the rule"
+    );
     // OBS puts the key in the stream name (`cam?key=...`): ffmpeg sends the same.
     let mut good = publish(&node.rtmp_url("live/cam?key=s3cret-key"));
     wait_publishing(&node, "cam").await;
