@@ -932,6 +932,26 @@ fn dockerfile_exposes_the_default_ports_and_serves_the_config() {
             .is_some_and(|u| !u.starts_with("0") && !u.starts_with("root")),
         "runs as a non-root user: {user:?}"
     );
+    // The Kubernetes pods run as that user too (readable Secret files, no root).
+    let uid: u64 = user
+        .last()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("numeric USER");
+    for (file, doc) in k8s_docs()
+        .iter()
+        .filter(|(_, d)| matches!(text(d, &["kind"]).as_str(), "StatefulSet" | "Deployment"))
+    {
+        let context = at(doc, &["spec", "template", "spec", "securityContext"]);
+        assert_eq!(
+            number(at(context, &["runAsUser"])),
+            Some(uid),
+            "{file}: runAsUser"
+        );
+    }
     let health = all("HEALTHCHECK");
     assert_eq!(health.len(), 1);
     let url = format!("http://127.0.0.1:{}/healthz", defaults.admin.listen.port());
