@@ -6,8 +6,10 @@
 //!   admin port, the admin token file is a mounted Secret, the grace period covers preStop,
 //!   the drain and the shutdown, the edges' upstreams name the origins; Prometheus scrapes
 //!   every node's admin port.
-//! - The Grafana dashboard only queries metrics a real `sluice serve` (with a stream
-//!   published) exposes on `/metrics`.
+//! - The Grafana dashboard only queries metrics sluice-core registers, and those that need no
+//!   failure, failover, lagging viewer, relay or TLS show on the `/metrics` of a real origin
+//!   (a stream published) and edge (pulling it for a player); `/healthz` answers, and so does
+//!   `/readyz` once the drain (`server.drain_grace_ms`) is on the branch.
 //! - The Dockerfile exposes the default config's ports and runs `serve --config`; the systemd
 //!   unit passes `systemd-analyze verify` (when the machine has it) and its stop timeout
 //!   covers the drain.
