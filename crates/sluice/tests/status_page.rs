@@ -221,8 +221,19 @@ async fn the_status_page_shows_live_streams_links_players_and_escapes_names() {
     check_shot(&report.shots[1], 360, &summary);
     assert!(report.shots[1].width < 1280, "{summary}");
 
+    // Viewers that leave are no longer counted.
     flv.abort();
     rtmp_viewer.stop().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            node.stream("cam").await.is_some_and(|s| {
+                s["viewers_by_protocol"] == serde_json::json!({"rtmp": 0, "http_flv": 0, "hls": 0})
+            })
+        })
+        .await,
+        "viewers by protocol after they left: {:?}",
+        node.stream("cam").await
+    );
     cam.abort();
     hostile.abort();
 }
