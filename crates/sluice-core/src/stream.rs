@@ -105,6 +105,11 @@ pub struct StreamStats {
     pub frames_in: AtomicU64,
     /// Viewers attached now.
     pub viewers: AtomicUsize,
+    /// Of those, players over RTMP (and RTMPS) now, as the viewer driver counts them
+    /// (edges pulling over RTMP included).
+    pub rtmp_viewers: AtomicUsize,
+    /// Of those, players over HTTP-FLV (and HTTPS) now.
+    pub http_flv_viewers: AtomicUsize,
     /// Times a viewer was moved forward because it fell out of the ring.
     pub viewer_skips: AtomicU64,
 }
@@ -126,6 +131,10 @@ pub struct StreamInfo {
     pub uptime: Option<Duration>,
     /// Viewers attached now.
     pub viewers: usize,
+    /// Players over RTMP now.
+    pub rtmp_viewers: usize,
+    /// Players over HTTP-FLV now.
+    pub http_flv_viewers: usize,
     /// Payload bytes received.
     pub bytes_in: u64,
     /// Frames received.
@@ -415,6 +424,8 @@ impl Stream {
             bitrate_bps: s.bitrate.last_bps,
             uptime: s.publish_started.map(|t| now.saturating_duration_since(t)),
             viewers: self.stats.viewers.load(Ordering::Relaxed),
+            rtmp_viewers: self.stats.rtmp_viewers.load(Ordering::Relaxed),
+            http_flv_viewers: self.stats.http_flv_viewers.load(Ordering::Relaxed),
             bytes_in: self.stats.bytes_in.load(Ordering::Relaxed),
             frames_in: self.stats.frames_in.load(Ordering::Relaxed),
             cached_frames: s.frames.len(),

@@ -23,12 +23,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sluice_core::metrics::ProtocolCounters;
 use sluice_core::topology::PullTicket;
-use sluice_core::{Cursor, ReadState};
+use sluice_core::{Cursor, ReadState, Stream};
 use sluice_media::Frame;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -212,6 +213,8 @@ impl Viewer {
             .get_or_create(&[("protocol", self.wire.protocol())])
             .clone();
         viewers.inc();
+        // Dropped with this future, whichever way it ends.
+        let _playing = Playing::new(self.cursor.stream().clone(), self.wire);
         {
             let cfg = self.ctx.config.load();
             apply_socket_options(
@@ -494,6 +497,35 @@ impl Viewer {
             })?;
         self.counters.bytes_out.inc_by(written);
         Ok(())
+    }
+}
+
+/// Counts a viewer in its stream's players of its protocol (for the admin API) while it
+/// plays.
+struct Playing {
+    stream: Arc<Stream>,
+    rtmp: bool,
+}
+
+impl Playing {
+    fn new(stream: Arc<Stream>, wire: Wire) -> Playing {
+        let rtmp = matches!(wire, Wire::Rtmp(_));
+        Self::count(&stream, rtmp).fetch_add(1, Ordering::Relaxed);
+        Playing { stream, rtmp }
+    }
+
+    fn count(stream: &Stream, rtmp: bool) -> &AtomicUsize {
+        if rtmp {
+            &stream.stats.rtmp_viewers
+        } else {
+            &stream.stats.http_flv_viewers
+        }
+    }
+}
+
+impl Drop for Playing {
+    fn drop(&mut self) {
+        Self::count(&self.stream, self.rtmp).fetch_sub(1, Ordering::Relaxed);
     }
 }
 

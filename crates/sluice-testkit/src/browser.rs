@@ -14,8 +14,11 @@
 //! `SLUICE_PLAYWRIGHT` (a directory with `node_modules/playwright-core`),
 //! `SLUICE_PLAYER_ASSETS`, and `SLUICE_BROWSER_CACHE` for the cache directory itself.
 //!
-//! [`play_page`] starts Chromium itself (fresh profile, headless, muted autoplay allowed) as
-//! a [`Child`], so it is killed by PID whatever happens, and has the script connect to it.
+//! [`play_page`] (the player page) and [`drive_page`] (any page, step by step: waits,
+//! evaluations, form input, screenshots measured by the browser's own PNG decoder) start
+//! Chromium themselves (fresh profile, headless, muted autoplay allowed) as a [`Child`], so it
+//! is killed by PID whatever happens, and have their script (`browser/play.mjs`,
+//! `browser/page.mjs`) connect to it.
 
 #![allow(clippy::print_stderr)] // progress of first-use installs goes to the test log
 
@@ -38,6 +41,8 @@ pub const PLAYWRIGHT_CORE: &str = "1.65.2";
 const DEBIAN_CHROMIUM: &str = "/usr/bin/chromium";
 /// The page-driving script, kept beside this crate's sources.
 const PLAY_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/play.mjs");
+/// The step-driving script (see [`drive_page`]).
+const PAGE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/page.mjs");
 const ASSETS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/player-assets.sh");
 /// How long Chromium may take to open its DevTools port.
 const BROWSER_START: Duration = Duration::from_secs(30);
@@ -141,66 +146,217 @@ impl PlayReport {
 /// Blocking (run it with `spawn_blocking` from async tests). Errors when the browser or the
 /// script could not run at all; a page that never plays is a report with `playing: false`.
 pub fn play_page(url: &str, duration: Duration) -> anyhow::Result<PlayReport> {
-    let chromium = chromium();
-    let playwright = playwright();
-    forget_old_runs();
-    let run = cache_dir().join("runs").join(format!(
-        "{}-{}",
-        std::process::id(),
-        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let profile = run.join("profile");
-    let _ = std::fs::remove_dir_all(&run);
-    std::fs::create_dir_all(&profile).with_context(|| format!("creating {}", run.display()))?;
-
-    let mut browser = Child::spawn(
-        Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--mute-audio",
-                "--autoplay-policy=no-user-gesture-required",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-                "--window-size=1280,900",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank"),
-    )?;
-    let port = devtools_port(&profile, &mut browser)?;
-
+    let mut session = Session::start()?;
     let args = serde_json::json!({
-        "playwright": playwright.join("node_modules/playwright-core"),
-        "cdp": format!("http://127.0.0.1:{port}"),
+        "playwright": session.playwright.join("node_modules/playwright-core"),
+        "cdp": session.cdp(),
         "url": url,
         "durationMs": u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         "shots": 5,
-        "outDir": run.join("shots"),
+        "outDir": session.run.join("shots"),
         "timeoutMs": u64::try_from((duration + PLAY_SLACK).as_millis()).unwrap_or(u64::MAX),
     });
-    let out = process::run(
-        Command::new("node").arg(PLAY_SCRIPT).arg(args.to_string()),
-        duration + PLAY_SLACK + Duration::from_secs(15),
-    );
-    // Killed by PID (SIGTERM, then SIGKILL), before anything can fail below.
-    browser.terminate(process::DROP_GRACE);
-    let out = out.context("browser/play.mjs")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| format!("play.mjs printed no report: {stdout}"))?;
-    let _ = std::fs::remove_dir_all(&profile);
-    PlayReport::from_json(serde_json::from_str(line).context("play.mjs report")?)
+    let line = session.script(PLAY_SCRIPT, &args, duration + PLAY_SLACK)?;
+    PlayReport::from_json(serde_json::from_str(&line).context("play.mjs report")?)
+}
+
+/// One step of [`drive_page`].
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Opens a URL (waits for its `load` event).
+    Goto(String),
+    /// Resizes the page to width × height CSS pixels (the window is 1280×900).
+    Viewport(u32, u32),
+    /// Waits until a JavaScript expression is truthy (polled every 100 ms).
+    WaitFor(String),
+    /// Evaluates a JavaScript expression; its JSON value goes to [`PageReport::values`].
+    Eval(String),
+    /// Types text into the input a CSS selector finds.
+    Fill(String, String),
+    /// Clicks what a CSS selector finds.
+    Click(String),
+    /// A screenshot of the whole page, named (`NAME.png`), measured into
+    /// [`PageReport::shots`].
+    Screenshot(String),
+}
+
+impl Step {
+    fn json(&self) -> Value {
+        use serde_json::json;
+        match self {
+            Step::Goto(url) => json!({ "goto": url }),
+            Step::Viewport(w, h) => json!({ "viewport": [w, h] }),
+            Step::WaitFor(expr) => json!({ "waitFor": expr }),
+            Step::Eval(expr) => json!({ "eval": expr }),
+            Step::Fill(selector, text) => json!({ "fill": [selector, text] }),
+            Step::Click(selector) => json!({ "click": selector }),
+            Step::Screenshot(name) => json!({ "screenshot": name }),
+        }
+    }
+}
+
+/// What [`drive_page`] found.
+#[derive(Debug, Clone)]
+pub struct PageReport {
+    /// Steps that completed.
+    pub completed: usize,
+    /// The step that failed, and why (a wait that timed out, a selector not found).
+    pub failure: Option<String>,
+    /// The values of the [`Step::Eval`] steps, in order.
+    pub values: Vec<Value>,
+    /// The screenshots, in order.
+    pub shots: Vec<PageShot>,
+    /// Console errors and warnings, page errors, failed requests.
+    pub errors: Vec<String>,
+}
+
+/// A page screenshot and its pixels as the browser decoded them.
+#[derive(Debug, Clone)]
+pub struct PageShot {
+    /// The PNG file.
+    pub path: PathBuf,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Standard deviation of the pixels' luma (0 for a blank page).
+    pub stddev_luma: f64,
+    /// Distinct colours, each channel quantised to 4 bits.
+    pub colors: u32,
+}
+
+impl PageReport {
+    fn from_json(raw: &Value) -> anyhow::Result<PageReport> {
+        let u32_of = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        Ok(PageReport {
+            completed: raw["completed"]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .context("no `completed`")?,
+            failure: raw["failure"].as_str().map(str::to_owned),
+            values: raw["values"].as_array().cloned().unwrap_or_default(),
+            shots: raw["shots"]
+                .as_array()
+                .map(|shots| {
+                    shots
+                        .iter()
+                        .map(|s| PageShot {
+                            path: PathBuf::from(s["path"].as_str().unwrap_or_default()),
+                            width: u32_of(&s["width"]),
+                            height: u32_of(&s["height"]),
+                            stddev_luma: s["stddevLuma"].as_f64().unwrap_or_default(),
+                            colors: u32_of(&s["colors"]),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            errors: raw["errors"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Runs `steps` in one page of a fresh headless Chromium, all within `timeout`. Blocking
+/// (use `spawn_blocking` from async tests). Errors when the browser or the script could not
+/// run at all; a step that fails ends the run and is [`PageReport::failure`].
+pub fn drive_page(steps: &[Step], timeout: Duration) -> anyhow::Result<PageReport> {
+    let mut session = Session::start()?;
+    let args = serde_json::json!({
+        "playwright": session.playwright.join("node_modules/playwright-core"),
+        "cdp": session.cdp(),
+        "outDir": session.run.join("shots"),
+        "timeoutMs": u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        "steps": steps.iter().map(Step::json).collect::<Vec<_>>(),
+    });
+    let line = session.script(PAGE_SCRIPT, &args, timeout)?;
+    PageReport::from_json(&serde_json::from_str(&line).context("page.mjs report")?)
+}
+
+/// A headless Chromium with a fresh profile in its own run directory, killed by PID when
+/// dropped (or when its script ends).
+struct Session {
+    browser: Child,
+    port: u16,
+    run: PathBuf,
+    playwright: &'static Path,
+}
+
+impl Session {
+    fn start() -> anyhow::Result<Session> {
+        let chromium = chromium();
+        let playwright = playwright();
+        forget_old_runs();
+        let run = cache_dir().join("runs").join(format!(
+            "{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let profile = run.join("profile");
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(&profile).with_context(|| format!("creating {}", run.display()))?;
+        let mut browser = Child::spawn(
+            Command::new(chromium)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--no-default-browser-check",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-extensions",
+                    "--mute-audio",
+                    "--autoplay-policy=no-user-gesture-required",
+                    "--remote-debugging-address=127.0.0.1",
+                    "--remote-debugging-port=0",
+                    "--window-size=1280,900",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .arg("about:blank"),
+        )?;
+        let port = devtools_port(&profile, &mut browser)?;
+        Ok(Session {
+            browser,
+            port,
+            run,
+            playwright,
+        })
+    }
+
+    fn cdp(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a script under node with `args`, kills the browser, and returns the JSON line
+    /// the script printed last.
+    fn script(&mut self, script: &str, args: &Value, limit: Duration) -> anyhow::Result<String> {
+        let out = process::run(
+            Command::new("node").arg(script).arg(args.to_string()),
+            limit + Duration::from_secs(15),
+        );
+        // Killed by PID (SIGTERM, then SIGKILL), before anything can fail below.
+        self.browser.terminate(process::DROP_GRACE);
+        let name = Path::new(script)
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let out = out.with_context(|| format!("browser/{name}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("{name} printed no report: {stdout}"))?;
+        let _ = std::fs::remove_dir_all(self.run.join("profile"));
+        Ok(line.to_owned())
+    }
 }
 
 static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -439,6 +595,36 @@ mod tests {
         assert_eq!(report.max_latency(), Some(0.9));
         assert_eq!(report.errors, ["console.error: x"]);
         assert!(PlayReport::from_json(serde_json::json!({"screenshots": []})).is_err());
+    }
+
+    #[test]
+    fn a_page_report_is_read_from_the_scripts_json() {
+        let raw = serde_json::json!({
+            "completed": 3, "failure": "step 3 {\"waitFor\":\"x\"}: Timeout",
+            "values": [true, {"a": 1}],
+            "shots": [{"name": "wide", "path": "/tmp/wide.png", "width": 1280, "height": 900,
+                       "meanLuma": 240.5, "stddevLuma": 31.2, "colors": 57}],
+            "errors": ["console.error: y"]
+        });
+        let report = PageReport::from_json(&raw).unwrap();
+        assert_eq!(report.completed, 3);
+        assert!(report.failure.as_deref().unwrap().ends_with("Timeout"));
+        assert_eq!(report.values[1]["a"], 1);
+        assert_eq!(
+            (
+                report.shots[0].width,
+                report.shots[0].height,
+                report.shots[0].colors
+            ),
+            (1280, 900, 57)
+        );
+        assert!((report.shots[0].stddev_luma - 31.2).abs() < 1e-9);
+        assert_eq!(report.errors, ["console.error: y"]);
+        assert_eq!(
+            Step::Fill("#token".into(), "t".into()).json(),
+            serde_json::json!({"fill": ["#token", "t"]})
+        );
+        assert!(PageReport::from_json(&serde_json::json!({})).is_err());
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The admin listener: `/metrics` (Prometheus text), `/api/streams` (with each stream's HLS
-//! state), `/api/pulls` and
-//! `/api/upstreams` (JSON), `/healthz`.
+//! state), `/api/pulls`, `/api/upstreams` and `/api/node` (JSON), `/healthz`, and the status
+//! page (`/`, `/status.css`, `/status.js`, see [`crate::status`]).
 //!
 //! With `admin.token` (or `admin.token_file`) set, every request but `/healthz` and `/readyz`
-//! (the probes of a supervisor that holds no secret) must carry `Authorization: Bearer TOKEN`.
+//! (the probes of a supervisor that holds no secret) and the status page's static files (they
+//! hold no data: the page's script asks the API with the token the operator gives it) must
+//! carry `Authorization: Bearer TOKEN`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -16,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use sluice_cluster::PullManager;
+use sluice_core::topology::Role;
 use sluice_front::hls::Hls;
 use sluice_runtime::Context;
 
@@ -24,10 +28,26 @@ use sluice_runtime::Context;
 struct Node {
     ctx: Arc<Context>,
     hls: Arc<Hls>,
+    listeners: Listeners,
+}
+
+/// The viewer-facing listeners as bound (a port 0 in the config is a real port here), for
+/// `/api/node`.
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    /// The HTTP listener (HTTP-FLV, HLS, the player page).
+    pub http: SocketAddr,
+    /// The HTTPS listener, with TLS.
+    pub https: Option<SocketAddr>,
 }
 
 /// The admin router.
-pub fn router(ctx: Arc<Context>, pulls: PullManager, hls: Arc<Hls>) -> Router {
+pub fn router(
+    ctx: Arc<Context>,
+    pulls: PullManager,
+    hls: Arc<Hls>,
+    listeners: Listeners,
+) -> Router {
     let pull_routes = Router::new()
         .route(
             "/api/pulls",
@@ -45,14 +65,17 @@ pub fn router(ctx: Arc<Context>, pulls: PullManager, hls: Arc<Hls>) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/streams", get(streams))
+        .route("/api/node", get(node))
         .with_state(Node {
             ctx: ctx.clone(),
             hls,
+            listeners,
         })
         .merge(pull_routes)
         .layer(middleware::from_fn_with_state(ctx, bearer));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(crate::status::router())
         .merge(guarded)
 }
 
@@ -97,7 +120,7 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len() && differ == 0
 }
 
-async fn metrics(State(Node { ctx, hls }): State<Node>) -> impl IntoResponse {
+async fn metrics(State(Node { ctx, hls, .. }): State<Node>) -> impl IntoResponse {
     ctx.update_stream_gauge();
     hls.update_gauges();
     (
@@ -126,8 +149,11 @@ pub struct StreamJson {
     pub bitrate_bps: u64,
     /// Seconds the current publisher has been publishing.
     pub uptime_secs: Option<f64>,
-    /// Viewers attached.
+    /// Viewers attached: players over RTMP and HTTP-FLV, edges pulling, and the HLS
+    /// segmenter while there is one (HLS viewers are counted apart, in `viewers_by_protocol`).
     pub viewers: usize,
+    /// Players now, by protocol.
+    pub viewers_by_protocol: ProtocolViewersJson,
     /// Payload bytes received.
     pub bytes_in: u64,
     /// Frames received.
@@ -138,6 +164,17 @@ pub struct StreamJson {
     pub cached_bytes: usize,
     /// HLS, while the stream is being segmented.
     pub hls: Option<HlsJson>,
+}
+
+/// A stream's players by protocol.
+#[derive(Debug, Serialize)]
+pub struct ProtocolViewersJson {
+    /// Over RTMP and RTMPS (edges pulling over RTMP included).
+    pub rtmp: usize,
+    /// Over HTTP-FLV and HTTPS-FLV.
+    pub http_flv: usize,
+    /// Connections that asked for the HLS media playlist recently (0 while not segmented).
+    pub hls: usize,
 }
 
 /// A stream's HLS state.
@@ -200,7 +237,7 @@ fn codec_name(codec: Option<sluice_media::CodecId>) -> String {
     .to_owned()
 }
 
-async fn streams(State(Node { ctx, hls }): State<Node>) -> impl IntoResponse {
+async fn streams(State(Node { ctx, hls, .. }): State<Node>) -> impl IntoResponse {
     let now = Instant::now();
     let list: Vec<StreamJson> = ctx
         .registry
@@ -236,6 +273,11 @@ async fn streams(State(Node { ctx, hls }): State<Node>) -> impl IntoResponse {
                 bitrate_bps: i.bitrate_bps,
                 uptime_secs: i.uptime.map(|d| d.as_secs_f64()),
                 viewers: i.viewers,
+                viewers_by_protocol: ProtocolViewersJson {
+                    rtmp: i.rtmp_viewers,
+                    http_flv: i.http_flv_viewers,
+                    hls: hls.as_ref().map_or(0, |h| h.viewers),
+                },
                 bytes_in: i.bytes_in,
                 frames_in: i.frames_in,
                 cached_frames: i.cached_frames,
@@ -245,4 +287,35 @@ async fn streams(State(Node { ctx, hls }): State<Node>) -> impl IntoResponse {
         })
         .collect();
     axum::Json(serde_json::json!({ "streams": list }))
+}
+
+/// `/api/node`: what this node is and where its viewers connect (the status page links each
+/// stream to its player page from it).
+#[derive(Debug, Serialize)]
+pub struct NodeJson {
+    /// `cluster.node_id` (or the default, HOSTNAME:PORT).
+    pub node_id: String,
+    /// `origin`, `edge` or `both`.
+    pub role: Role,
+    /// This binary's version.
+    pub version: &'static str,
+    /// The HTTP listener's port (as bound).
+    pub http_port: u16,
+    /// The HTTPS listener's port, with TLS.
+    pub https_port: Option<u16>,
+    /// The player page: `null` when `player.enabled` is off, else its path prefix
+    /// (`player.path`; the page of a stream is `{player_path}/APP/NAME`).
+    pub player_path: Option<String>,
+}
+
+async fn node(State(Node { ctx, listeners, .. }): State<Node>) -> impl IntoResponse {
+    let cfg = ctx.config.load();
+    axum::Json(NodeJson {
+        node_id: cfg.cluster.node_id().to_string(),
+        role: cfg.cluster.role,
+        version: env!("CARGO_PKG_VERSION"),
+        http_port: listeners.http.port(),
+        https_port: listeners.https.map(|a| a.port()),
+        player_path: cfg.player.enabled.then(|| cfg.player.path.clone()),
+    })
 }

@@ -267,7 +267,15 @@ impl App {
             Subsystem::Admin,
             serve_admin(
                 admin,
-                crate::admin::router(ctx.clone(), pulls, hls),
+                crate::admin::router(
+                    ctx.clone(),
+                    pulls,
+                    hls,
+                    crate::admin::Listeners {
+                        http: http_addr,
+                        https: https_addr,
+                    },
+                ),
                 ctx.clone(),
             ),
         );

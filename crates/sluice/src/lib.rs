@@ -7,5 +7,6 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod reload;
+pub mod status;
 
 pub use app::App;
