@@ -341,6 +341,11 @@ impl Process {
         self.child.id()
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_running()
+    }
+
     /// Waits up to `within` for the process to exit by itself; its status, `None` if it is
     /// still running (it is left running).
     pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
