@@ -641,6 +641,27 @@ mod tests {
     }
 
     #[test]
+    fn drain_settings_are_validated() {
+        let load = |server: &str| Config::load(Some(&format!("[server]\n{server}")), []);
+        let c = Config::default();
+        assert_eq!(c.server.drain_grace(), Duration::from_secs(30));
+        assert_eq!(c.server.drain_redirect, "");
+        let c = load("drain_grace_ms = 0\ndrain_redirect = \"rtmp://other:1935/live\"\n").unwrap();
+        assert_eq!(c.server.drain_grace(), Duration::ZERO);
+        assert!(load("drain_redirect = \"rtmps://other.example/live\"\n").is_ok());
+        for bad in [
+            "drain_grace_ms = 3600001",
+            "drain_redirect = \"other.example/live\"",
+            "drain_redirect = \"http://other.example/live\"",
+            "drain_redirect = \"rtmp:///live\"",
+            "drain_redirect = \"rtmp://other/a b\"",
+        ] {
+            let error = load(bad).expect_err(bad).to_string();
+            assert!(error.contains("server.drain_"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn file_merges_over_defaults_and_env_over_file() {
         let file = "[rtmp]\nchunk_size = 8192\n[streams]\napps = [\"live\"]\n";
         let env = vec![

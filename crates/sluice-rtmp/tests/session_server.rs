@@ -318,18 +318,12 @@ fn a_redirected_connect_carries_the_url_in_ex() {
     assert_eq!((err.name.as_str(), err.transaction_id), ("_error", 3.0));
     assert_eq!(code(&err), "NetConnection.Connect.Rejected");
     assert_eq!(info(&err, "description"), Some(s("node draining")));
-    assert_eq!(
-        info(&err, "redirect"),
-        Some(s("rtmp://other.example/live"))
-    );
+    assert_eq!(info(&err, "redirect"), Some(s("rtmp://other.example/live")));
     let Some(Amf0Value::Object(ex)) = info(&err, "ex") else {
         panic!("no ex object in {err:?}");
     };
     assert_eq!(ex.get("code"), Some(&Amf0Value::Number(302.0)));
-    assert_eq!(
-        ex.get("redirect"),
-        Some(&s("rtmp://other.example/live"))
-    );
+    assert_eq!(ex.get("redirect"), Some(&s("rtmp://other.example/live")));
     assert!(matches!(
         session.handle_message(cmd(0, "createStream", 2.0, Amf0Value::Null, vec![])),
         Err(SessionError::AfterRejectedConnect(_))

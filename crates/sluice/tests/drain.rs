@@ -6,7 +6,8 @@
 //!   statuses, a new HTTP-FLV request and a new HLS multivariant playlist 503 with
 //!   Retry-After; refusals are counted; the process exits 0 once the grace is over.
 //! - `POST /api/drain` (with the admin token, refused without it) does the same without a
-//!   signal, and a drain whose last session leaves ends before its grace period.
+//!   signal; with `server.drain_redirect`, a new RTMP client is rejected at connect; a
+//!   drain whose last session leaves ends before its grace period.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ const GRACE: Duration = Duration::from_secs(3);
 const READY_FLIPS: Duration = Duration::from_millis(500);
 /// The admin token of the API test.
 const TOKEN: &str = "drain-test-token";
+/// Where the API test's node sends RTMP clients while it drains.
+const REDIRECT: &str = "rtmp://other.example/live";
 
 /// An HTTP-FLV viewer reading from a task: the bytes it got so far.
 struct FlvReader {
@@ -163,14 +166,23 @@ async fn sigterm_drains_connected_viewers_refuses_new_ones_then_exits_zero() {
     assert_eq!(multivariant.status, 200, "{}", multivariant.text());
     let media = hls.get("/live/cam/media.m3u8", WAIT).await;
     assert_eq!(media.status, 200, "{}", media.text());
-    assert_eq!(http::get(node.admin, "/readyz").await, (200, "ready\n".into()));
+    assert_eq!(
+        http::get(node.admin, "/readyz").await,
+        (200, "ready\n".into())
+    );
     assert_eq!(node.metric("sluice_draining").await, 0.0);
 
     let signalled = Instant::now();
     sigterm(&node);
     let flipped = readyz_fails_within(node.admin, READY_FLIPS).await;
-    println!("/readyz failed {flipped:?} after SIGTERM");
-    assert_eq!(http::get(node.admin, "/healthz").await, (200, "ok\n".into()));
+    #[allow(clippy::print_stderr)] // how quick, for the test log
+    {
+        eprintln!("/readyz failed {flipped:?} after SIGTERM");
+    }
+    assert_eq!(
+        http::get(node.admin, "/healthz").await,
+        (200, "ok\n".into())
+    );
 
     // New viewers and publishers are refused.
     let (code, description) = refusal(Client::play(&url(&node.rtmp_url("cam")), WAIT).await);
@@ -214,8 +226,9 @@ async fn sigterm_drains_connected_viewers_refuses_new_ones_then_exits_zero() {
     let metrics = node.metrics().await;
     assert_eq!(http::metric_value(&metrics, "sluice_draining"), 1.0);
     for protocol in ["rtmp", "http_flv", "hls"] {
-        let series =
-            format!(r#"sluice_connections_refused_total{{protocol="{protocol}",reason="draining"}}"#);
+        let series = format!(
+            r#"sluice_connections_refused_total{{protocol="{protocol}",reason="draining"}}"#
+        );
         assert!(
             http::metric_value(&metrics, &series) >= 1.0,
             "{series} not counted:\n{metrics}"
@@ -230,7 +243,10 @@ async fn sigterm_drains_connected_viewers_refuses_new_ones_then_exits_zero() {
     let ran = signalled.elapsed();
     let log = node.log();
     assert_eq!(status.code(), Some(0), "{status}:\n{log}");
-    assert!(ran >= GRACE, "exited after {ran:?}, before the grace period");
+    assert!(
+        ran >= GRACE,
+        "exited after {ran:?}, before the grace period"
+    );
     assert!(logged(&log, "drain grace period over", ""), "{log}");
     assert!(logged(&log, "stopped", ""), "{log}");
     // The viewers were told the stream ended (RTMP) or saw the body end.
@@ -247,7 +263,8 @@ async fn api_drain_needs_the_token_and_ends_early_once_everyone_left() {
     let mut node = Process::start(
         BIN,
         Spec::origin("drain-api", Transport::Rtmp).with(&format!(
-            "[server]\ndrain_grace_ms = 60000\n[admin]\ntoken = \"{TOKEN}\"\n"
+            "[server]\ndrain_grace_ms = 60000\ndrain_redirect = \"{REDIRECT}\"\n\
+             [admin]\ntoken = \"{TOKEN}\"\n"
         )),
     )
     .await;
@@ -274,7 +291,10 @@ async fn api_drain_needs_the_token_and_ends_early_once_everyone_left() {
     // Without the token: refused, and nothing changes. /readyz needs no token.
     let denied = http::request(node.admin, "POST", "/api/drain").await;
     assert_eq!(denied.status, 401, "{}", denied.body);
-    assert_eq!(http::get(node.admin, "/readyz").await, (200, "ready\n".into()));
+    assert_eq!(
+        http::get(node.admin, "/readyz").await,
+        (200, "ready\n".into())
+    );
 
     let requested = Instant::now();
     let drained = http::request_with(node.admin, "POST", "/api/drain", &[&bearer]).await;
@@ -286,11 +306,27 @@ async fn api_drain_needs_the_token_and_ends_early_once_everyone_left() {
     let again = http::request_with(node.admin, "POST", "/api/drain", &[&bearer]).await;
     assert_eq!(again.status, 202);
     assert!(again.body.contains(r#""started":false"#), "{}", again.body);
-    assert_eq!(http::get(node.admin, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(
+        http::get(node.admin, "/healthz").await,
+        (200, "ok\n".into())
+    );
     let refused = http::request(node.http, "GET", "/live/cam.flv").await;
     assert_eq!(refused.status, 503, "{}", refused.head);
+    // With `drain_redirect`, RTMP clients are turned away at connect (the URL, in
+    // `ex.redirect`, is checked in sluice-rtmp's session tests).
+    let (code, description) = refusal(Client::play(&url(&node.rtmp_url("cam")), WAIT).await);
+    assert_eq!(
+        (code, description.as_str()),
+        (StatusCode::ConnectRejected, "node draining")
+    );
     let metrics = admin_get("/metrics").await.body;
     assert_eq!(http::metric_value(&metrics, "sluice_draining"), 1.0);
+    for protocol in ["rtmp", "http_flv"] {
+        let series = format!(
+            r#"sluice_connections_refused_total{{protocol="{protocol}",reason="draining"}}"#
+        );
+        assert_eq!(http::metric_value(&metrics, &series), 1.0, "{series}");
+    }
 
     // The viewer goes on.
     let before = flv.got();
