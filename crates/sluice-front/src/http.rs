@@ -19,6 +19,10 @@
 //!
 //! The response starts only once the stream has frames: a stream nobody publishes within
 //! `streams.wait_for_publisher_ms` is a 404, not an empty 200.
+//!
+//! While the node drains, a new HTTP-FLV request (the gate refuses it) and an HLS
+//! multivariant playlist (where a player starts) are answered 503 with `Retry-After`; an
+//! HLS player already started keeps getting its media playlist, segments and parts.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;

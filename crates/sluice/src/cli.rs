@@ -299,12 +299,12 @@ impl Signals {
                     terms += 1;
                     if terms == 1 {
                         let started = ctx.drain();
-                        tracing::info!(started, "SIGTERM received: draining");
+                        tracing::info!(then = "drain", started, "SIGTERM received");
                         continue;
                     }
-                    tracing::info!("SIGTERM received again: shutting down now");
+                    tracing::info!(then = "shutdown", "SIGTERM received (again)");
                 }
-                _ = int.recv() => tracing::info!("SIGINT received: shutting down now"),
+                _ = int.recv() => tracing::info!(then = "shutdown", "SIGINT received"),
             }
             ctx.shutdown.cancel();
             return;

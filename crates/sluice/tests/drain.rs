@@ -5,6 +5,7 @@
 //!   grace period (bytes keep arriving); a new RTMP play and publish get their refusal
 //!   statuses, a new HTTP-FLV request and a new HLS multivariant playlist 503 with
 //!   Retry-After; refusals are counted; the process exits 0 once the grace is over.
+//! - A second SIGTERM during the drain, or SIGINT, shuts down at once.
 //! - `POST /api/drain` (with the admin token, refused without it) does the same without a
 //!   signal; with `server.drain_redirect`, a new RTMP client is rejected at connect; a
 //!   drain whose last session leaves ends before its grace period.
@@ -77,12 +78,16 @@ impl Drop for FlvReader {
 }
 
 fn sigterm(node: &Process) {
+    signal(node, libc::SIGTERM);
+}
+
+fn signal(node: &Process, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(node.pid()).expect("pid");
     #[allow(unsafe_code)]
     // SAFETY: kill(2) takes plain integers; the PID is our own unreaped child, so it cannot
     // have been recycled for another process.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill -TERM {pid}");
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill -{signal} {pid}");
 }
 
 /// Waits until live/`stream` on `node` has `viewers` viewers (RTMP and HTTP-FLV).
@@ -350,4 +355,47 @@ async fn api_drain_needs_the_token_and_ends_early_once_everyone_left() {
         logged(&log, "drained: no viewer or publisher left", ""),
         "{log}"
     );
+}
+
+/// A node with a long drain grace and a publisher on it (so a drain does not end early).
+async fn publishing_node(id: &str) -> (Process, JoinHandle<Client>) {
+    let node = Process::start(
+        BIN,
+        Spec::origin(id, Transport::Rtmp).with("[server]\ndrain_grace_ms = 60000\n"),
+    )
+    .await;
+    let publishing = Publisher::fixture(node.rtmp_url("cam"), H264_AAC)
+        .real_time()
+        .spawn();
+    node.wait_publishing("cam").await;
+    (node, publishing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_or_sigint_skips_the_drain() {
+    let ((mut twice, publishing), (mut interrupted, publishing_too)) = tokio::join!(
+        publishing_node("drain-twice"),
+        publishing_node("drain-interrupted")
+    );
+    sigterm(&twice);
+    readyz_fails_within(twice.admin, READY_FLIPS).await;
+    let started = Instant::now();
+    sigterm(&twice);
+    signal(&interrupted, libc::SIGINT);
+    for node in [&mut twice, &mut interrupted] {
+        let status = node
+            .wait_exit(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{} still running:\n{}", node.id, node.log()));
+        let log = node.log();
+        assert_eq!(status.code(), Some(0), "{status}:\n{log}");
+        assert!(!logged(&log, "drain grace period over", ""), "{log}");
+    }
+    // Well within the minute of grace: shutdown went on at once.
+    assert!(started.elapsed() < WAIT, "{:?}", started.elapsed());
+    assert!(logged(&twice.log(), "SIGTERM received (again)", ""));
+    assert!(logged(&interrupted.log(), "SIGINT received", ""));
+    assert!(!logged(&interrupted.log(), "SIGTERM received", ""));
+    publishing.abort();
+    publishing_too.abort();
 }
