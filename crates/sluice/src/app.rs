@@ -627,6 +627,42 @@ mod tests {
             .get()
     }
 
+    /// A drain waits out its grace while anyone is connected, and starts shutdown then; with
+    /// nobody connected it starts shutdown at once.
+    #[tokio::test]
+    async fn a_drain_ends_at_its_grace_or_when_nobody_is_left() {
+        let config = |grace_ms: u64| {
+            let text = format!("[server]\ndrain_grace_ms = {grace_ms}\n");
+            sluice_core::Config::load(Some(&text), []).expect("config")
+        };
+        let ctx = Context::new(config(300));
+        ctx.metrics.publishers.set(1);
+        let draining = tokio::spawn(drain(ctx.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!ctx.shutdown.is_cancelled(), "no drain was asked for");
+        let started = tokio::time::Instant::now();
+        assert!(ctx.drain());
+        assert!(!ctx.drain(), "already draining");
+        assert_eq!(ctx.metrics.draining.get(), 1);
+        tokio::time::timeout(Duration::from_secs(30), draining)
+            .await
+            .expect("the drain ended")
+            .expect("no panic")
+            .expect("no error");
+        assert!(ctx.shutdown.is_cancelled());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        let ctx = Context::new(config(60_000));
+        let draining = tokio::spawn(drain(ctx.clone()));
+        ctx.drain();
+        tokio::time::timeout(Duration::from_secs(30), draining)
+            .await
+            .expect("nobody connected: the drain ended at once")
+            .expect("no panic")
+            .expect("no error");
+        assert!(ctx.shutdown.is_cancelled());
+    }
+
     #[tokio::test]
     async fn a_panicking_subsystem_is_reported_by_name_with_its_message() {
         let mut subsystems = Subsystems::default();
