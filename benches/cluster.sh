@@ -108,6 +108,8 @@ write_config() { # node transport
     edge2) role=edge; ups="\"$(upstream mid "$t")\"" ;;
   esac
   {
+    # SIGTERM stops a node at once, as stop_node expects (no drain).
+    printf '[server]\ndrain_grace_ms = 0\n'
     printf '[rtmp]\nlisten = "127.0.0.1:%s"\n[http]\nlisten = "127.0.0.1:%s"\n' "${RTMP[$n]}" "${HTTP[$n]}"
     printf '[admin]\nlisten = "127.0.0.1:%s"\n[streams]\napps = ["live"]\n' "${ADMIN[$n]}"
     printf '[log]\nlevel = "info"\n[cluster]\nrole = "%s"\nnode_id = "%s"\n' "$role" "$n"

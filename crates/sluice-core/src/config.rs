@@ -79,6 +79,47 @@ pub struct Config {
 pub struct ProcessConfig {
     /// How long shutdown waits for sessions to close before exiting anyway.
     pub shutdown_timeout_ms: u64,
+    /// How long a drain (SIGTERM, `POST /api/drain`) lets connected viewers and publishers
+    /// go on, at most, before shutdown proceeds.
+    pub drain_grace_ms: u64,
+    /// Where RTMP clients that connect while the node drains are sent (`ex.redirect` in
+    /// NetConnection.Connect.Rejected); empty: they are refused at publish or play instead.
+    pub drain_redirect: String,
+}
+
+/// The longest drain grace accepted: an hour.
+const MAX_DRAIN_GRACE_MS: u64 = 3_600_000;
+
+impl ProcessConfig {
+    /// The drain grace period.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.drain_grace_ms > MAX_DRAIN_GRACE_MS {
+            return Err(ConfigError::Invalid(format!(
+                "server.drain_grace_ms ({}) must be at most {MAX_DRAIN_GRACE_MS} (an hour)",
+                self.drain_grace_ms
+            )));
+        }
+        let redirect = self.drain_redirect.as_str();
+        if !redirect.is_empty() {
+            // Sent to clients as it is: an rtmp(s):// URL with a host, of visible ASCII.
+            let host = redirect
+                .strip_prefix("rtmp://")
+                .or_else(|| redirect.strip_prefix("rtmps://"))
+                .map(|rest| rest.split('/').next().unwrap_or_default());
+            let printable = redirect.bytes().all(|b| b.is_ascii_graphic());
+            if host.is_none_or(str::is_empty) || !printable {
+                return Err(ConfigError::Invalid(format!(
+                    "server.drain_redirect {redirect:?} must be empty or an rtmp:// or \
+                     rtmps:// URL with a host (e.g. \"rtmp://other.example/live\")"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// RTMP listener settings.
@@ -414,6 +455,7 @@ impl Config {
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         self.schedule.resolve()?;
         self.cluster.resolve(self.rtmp.listen)?;
+        self.server.validate()?;
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if !(128..=65536).contains(&self.rtmp.chunk_size) {
             return invalid("rtmp.chunk_size must be within 128..=65536");
@@ -607,6 +649,27 @@ mod tests {
         assert_eq!(c.rtmp.max_buffered_message_bytes, 16 << 20);
         // print-config output parses back to the same config
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn drain_settings_are_validated() {
+        let load = |server: &str| Config::load(Some(&format!("[server]\n{server}")), []);
+        let c = Config::default();
+        assert_eq!(c.server.drain_grace(), Duration::from_secs(30));
+        assert_eq!(c.server.drain_redirect, "");
+        let c = load("drain_grace_ms = 0\ndrain_redirect = \"rtmp://other:1935/live\"\n").unwrap();
+        assert_eq!(c.server.drain_grace(), Duration::ZERO);
+        assert!(load("drain_redirect = \"rtmps://other.example/live\"\n").is_ok());
+        for bad in [
+            "drain_grace_ms = 3600001",
+            "drain_redirect = \"other.example/live\"",
+            "drain_redirect = \"http://other.example/live\"",
+            "drain_redirect = \"rtmp:///live\"",
+            "drain_redirect = \"rtmp://other/a b\"",
+        ] {
+            let error = load(bad).expect_err(bad).to_string();
+            assert!(error.contains("server.drain_"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct Metrics {
     /// When the certificate in use expires (its notAfter), seconds since the Unix epoch; 0
     /// without TLS.
     pub tls_certificate_not_after: Gauge,
+    /// 1 once the node drains (SIGTERM or `POST /api/drain`): it refuses new viewers and
+    /// publishers, counted as `connections_refused{reason="draining"}`.
+    pub draining: Gauge,
 }
 
 /// Webhook durations: 1 ms to about 4 s, doubling.
@@ -200,9 +203,15 @@ impl Metrics {
             tls_handshakes: Family::default(),
             tls_reloads: Family::default(),
             tls_certificate_not_after: Gauge::default(),
+            draining: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams known", m.streams.clone());
+        registry.register(
+            "draining",
+            "1 while the node drains (refusing new viewers and publishers)",
+            m.draining.clone(),
+        );
         registry.register("publishers", "Publishers attached", m.publishers.clone());
         registry.register("viewers", "Viewers attached", m.viewers.clone());
         registry.register("bytes_in", "Bytes received from peers", m.bytes_in.clone());

@@ -46,7 +46,14 @@ pub enum Denied {
     Hook(u16),
     /// The webhook did not answer usably and `auth.webhook.on_failure` is `deny`.
     HookFailed(&'static str),
+    /// The node drains (see [`Context::draining`]): it takes no new viewer or publisher.
+    Draining,
 }
+
+/// Seconds a client refused by a draining node is told to wait (`Retry-After`) before it
+/// asks again: by then the load balancer in front has seen `/readyz` fail and sends it to
+/// another node.
+pub const DRAIN_RETRY_AFTER_S: u32 = 2;
 
 impl Denied {
     /// The `reason` label of `sluice_connections_refused_total`.
@@ -55,6 +62,7 @@ impl Denied {
             Denied::Rule(refusal) => refusal.label(),
             Denied::Hook(_) => "hook_denied",
             Denied::HookFailed(_) => "hook_failed",
+            Denied::Draining => "draining",
         }
     }
 
@@ -63,8 +71,13 @@ impl Denied {
         match self {
             Denied::Rule(refusal) => refusal.http_status(),
             Denied::Hook(_) => "403 Forbidden",
-            Denied::HookFailed(_) => "503 Service Unavailable",
+            Denied::HookFailed(_) | Denied::Draining => "503 Service Unavailable",
         }
+    }
+
+    /// The `Retry-After` seconds of the HTTP answer, where waiting helps.
+    pub fn retry_after(self) -> Option<u32> {
+        (self == Denied::Draining).then_some(DRAIN_RETRY_AFTER_S)
     }
 
     /// What the client is told.
@@ -76,6 +89,7 @@ impl Denied {
             Denied::Rule(Refusal::Denied) => "not allowed",
             Denied::Hook(_) => "refused by the authorization service",
             Denied::HookFailed(_) => "the authorization service did not answer",
+            Denied::Draining => "node draining",
         }
     }
 }
@@ -158,8 +172,8 @@ impl Gate {
         !policy.is_open(app, Action::Play) || !policy.rule(app, Action::Play).hook.is_empty()
     }
 
-    /// Decides `ask`: the rule, then its webhook. A refusal is counted (and logged once per
-    /// address and interval).
+    /// Decides `ask`: refused while the node drains, else the rule, then its webhook. A
+    /// refusal is counted (and logged once per address and interval).
     pub async fn admit(&self, ask: Ask<'_>) -> Result<Pass, Denied> {
         let result = self.decide(ask).await;
         if let Err(denied) = &result {
@@ -169,6 +183,9 @@ impl Gate {
     }
 
     async fn decide(&self, ask: Ask<'_>) -> Result<Pass, Denied> {
+        if self.ctx.is_draining() {
+            return Err(Denied::Draining);
+        }
         let admit = self
             .policy
             .load()
@@ -195,6 +212,10 @@ impl Gate {
                     }
                 }
             }
+        }
+        if admit.hook.is_some() && self.ctx.is_draining() {
+            // The drain began while the webhook was asked.
+            return Err(Denied::Draining);
         }
         let done = admit.done_hook.map(|url| {
             let action = match ask.action {

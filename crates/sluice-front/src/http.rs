@@ -19,6 +19,10 @@
 //!
 //! The response starts only once the stream has frames: a stream nobody publishes within
 //! `streams.wait_for_publisher_ms` is a 404, not an empty 200.
+//!
+//! While the node drains, a new HTTP-FLV request (the gate refuses it) and an HLS
+//! multivariant playlist (where a player starts) are answered 503 with `Retry-After`; an
+//! HLS player already started keeps getting its media playlist, segments and parts.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -41,7 +45,7 @@ use sluice_runtime::wire::Wire;
 use sluice_runtime::{Context, accept, io};
 
 use crate::Front;
-use crate::gate::{Ask, Gate, unix_ms};
+use crate::gate::{Ask, DRAIN_RETRY_AFTER_S, Gate, unix_ms};
 use crate::hls::{self, Hls};
 use crate::limit::{Admission, Limit};
 use tokio::net::{TcpListener, TcpStream};
@@ -375,9 +379,23 @@ impl Head {
 
 /// A complete response with a short text body (or none), ending the connection.
 fn plain(http10: bool, status: &str, cors: Option<&Context>, body: &str) -> BytesMut {
+    plain_with(http10, status, cors, None, body)
+}
+
+/// [`plain`], telling the client to ask again after `retry_after` seconds, if given.
+fn plain_with(
+    http10: bool,
+    status: &str,
+    cors: Option<&Context>,
+    retry_after: Option<u32>,
+    body: &str,
+) -> BytesMut {
     let mut head = Head::new(http10, status);
     if let Some(ctx) = cors {
         head = head.cors(ctx);
+    }
+    if let Some(seconds) = retry_after {
+        head = head.header("retry-after", &seconds.to_string());
     }
     if !body.is_empty() {
         head = head.header("content-type", "text/plain; charset=utf-8");
@@ -587,6 +605,14 @@ impl Handler {
             hls::Response::error("404 Not Found", "application not served here\n")
         } else if request.query.len() > MAX_QUERY {
             hls::Response::error("414 URI Too Long", "query too long\n")
+        } else if self.ctx.is_draining() && target.file.is_none() {
+            // The multivariant playlist is where a player starts: a new viewer, refused
+            // while the node drains. What a started player asks next (its media playlist,
+            // under a grant where the application is guarded, and the segments and parts
+            // it lists) is still served, on this connection or another, so it plays on
+            // until shutdown.
+            Limits::refuse(&self.ctx, proto::HLS, "draining", self.client);
+            hls::Response::error("503 Service Unavailable", "node draining\n")
         } else {
             match self.hls_access(request, &mut target).await {
                 Ok(HlsAccess::Serve) => {
@@ -618,6 +644,9 @@ impl Handler {
             .cors(&self.ctx);
         if let Some(location) = &location {
             head = head.header("location", location);
+        }
+        if response.status.starts_with("503") && self.ctx.is_draining() {
+            head = head.header("retry-after", &DRAIN_RETRY_AFTER_S.to_string());
         }
         if !keep_alive {
             head = head.header("connection", "close");
@@ -793,7 +822,13 @@ impl Handler {
             Ok(pass) => pass,
             Err(denied) => {
                 let text = format!("{}\n", denied.describe());
-                let response = plain(http10, denied.http_status(), Some(&self.ctx), &text);
+                let response = plain_with(
+                    http10,
+                    denied.http_status(),
+                    Some(&self.ctx),
+                    denied.retry_after(),
+                    &text,
+                );
                 return self.answer(&response).await;
             }
         };

@@ -490,7 +490,17 @@ impl Handler {
                     return Ok(());
                 }
                 self.connect_query = query;
-                if !self.ctx.config.load().streams.app_allowed(&app) {
+                let redirect = self.ctx.config.load().server.drain_redirect.clone();
+                if self.ctx.is_draining() && !redirect.is_empty() {
+                    // Without a redirect the connect goes through and the publish or play
+                    // is refused (the gate), which every client reports well.
+                    info!(app, redirect, "connect redirected: node draining");
+                    Limits::refuse(&self.ctx, proto::RTMP, "draining", self.client);
+                    self.conn
+                        .session
+                        .redirect_connect("node draining", &redirect);
+                    self.close_after_flush = Some(Close::Rejected);
+                } else if !self.ctx.config.load().streams.app_allowed(&app) {
                     info!(app, "connect refused: application not served");
                     Limits::refuse(&self.ctx, proto::RTMP, "unknown_app", self.client);
                     self.conn

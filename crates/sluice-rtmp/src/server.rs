@@ -389,9 +389,36 @@ impl ServerSession {
     /// Rejects the pending connect with `_error` NetConnection.Connect.Rejected. Any later
     /// command from the peer is an error.
     pub fn reject_connect(&mut self, description: &str) {
+        self.reject_connect_with(status_info(
+            "error",
+            "NetConnection.Connect.Rejected",
+            description,
+        ));
+    }
+
+    /// Rejects the pending connect, sending the client to `url` (another server's tcUrl,
+    /// `rtmp://host/app`): NetConnection.Connect.Rejected whose info object carries
+    /// `ex: { code: 302, redirect: url }`, the form nginx-rtmp, SRS and Wowza send and
+    /// clients that follow redirects read, and `redirect: url` beside it for clients that
+    /// look there. Any later command from the peer is an error.
+    pub fn redirect_connect(&mut self, description: &str, url: &str) {
+        let mut info = status_info("error", "NetConnection.Connect.Rejected", description);
+        if let Amf0Value::Object(props) = &mut info {
+            props.insert(
+                "ex".into(),
+                object([
+                    ("code", Amf0Value::Number(302.0)),
+                    ("redirect", Amf0Value::Utf8String(url.to_owned())),
+                ]),
+            );
+            props.insert("redirect".into(), Amf0Value::Utf8String(url.to_owned()));
+        }
+        self.reject_connect_with(info);
+    }
+
+    fn reject_connect_with(&mut self, info: Amf0Value) {
         self.connect_pending = false;
         self.phase = Phase::Rejected;
-        let info = status_info("error", "NetConnection.Connect.Rejected", description);
         self.send_command(
             0,
             Command::error(self.connect_tid, connect_properties(), vec![info]),

@@ -305,6 +305,31 @@ fn rejected_connect_then_commands_are_errors() {
     ));
 }
 
+/// A draining node sends its clients elsewhere the way nginx-rtmp, SRS and Wowza do:
+/// `ex.redirect` (and `redirect`) in the rejection's info object.
+#[test]
+fn a_redirected_connect_carries_the_url_in_ex() {
+    let mut session = ServerSession::new(ServerConfig::default());
+    session
+        .handle_message(cmd(0, "connect", 3.0, connect_object(), vec![]))
+        .unwrap();
+    session.redirect_connect("node draining", "rtmp://other.example/live");
+    let (_, err) = commands(&output(&mut session)).remove(0);
+    assert_eq!((err.name.as_str(), err.transaction_id), ("_error", 3.0));
+    assert_eq!(code(&err), "NetConnection.Connect.Rejected");
+    assert_eq!(info(&err, "description"), Some(s("node draining")));
+    assert_eq!(info(&err, "redirect"), Some(s("rtmp://other.example/live")));
+    let Some(Amf0Value::Object(ex)) = info(&err, "ex") else {
+        panic!("no ex object in {err:?}");
+    };
+    assert_eq!(ex.get("code"), Some(&Amf0Value::Number(302.0)));
+    assert_eq!(ex.get("redirect"), Some(&s("rtmp://other.example/live")));
+    assert!(matches!(
+        session.handle_message(cmd(0, "createStream", 2.0, Amf0Value::Null, vec![])),
+        Err(SessionError::AfterRejectedConnect(_))
+    ));
+}
+
 #[test]
 fn duplicate_connect_is_an_error() {
     let mut session = connected();

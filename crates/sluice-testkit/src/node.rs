@@ -107,7 +107,7 @@ impl Spec {
     /// The config file's text.
     pub fn toml(&self) -> String {
         let mut text = format!(
-            "[server]\nshutdown_timeout_ms = 500\n\
+            "[server]\nshutdown_timeout_ms = 500\ndrain_grace_ms = 0\n\
              [rtmp]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout_ms = 5000\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\
@@ -339,6 +339,26 @@ impl Process {
     /// Its process id (to send it a signal).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_running()
+    }
+
+    /// Waits up to `within` for the process to exit by itself; its status, `None` if it is
+    /// still running (it is left running).
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILLs the process: no goodbye to anyone.

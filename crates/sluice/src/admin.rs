@@ -1,6 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus text), `/api/streams` (with each stream's HLS
-//! state), `/api/pulls`, `/api/upstreams` and `/api/node` (JSON), `/healthz`, and the status
-//! page (`/`, `/status.css`, `/status.js`, see [`crate::status`]).
+//! state), `/api/pulls`, `/api/upstreams` and `/api/node` (JSON), `POST /api/drain` (start
+//! draining, as SIGTERM does), `/healthz` (liveness: 200 while the process serves, drain
+//! included), `/readyz` (readiness: 200 `ready`, 503 `draining` from the moment a drain
+//! starts, so a load balancer stops sending new viewers here), and the status page (`/`,
+//! `/status.css`, `/status.js`, see [`crate::status`]).
 //!
 //! With `admin.token` (or `admin.token_file`) set, every request but `/healthz` and `/readyz`
 //! (the probes of a supervisor that holds no secret) and the status page's static files (they
@@ -16,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 use sluice_cluster::PullManager;
 use sluice_core::topology::Role;
@@ -66,17 +69,46 @@ pub fn router(
         .route("/metrics", get(metrics))
         .route("/api/streams", get(streams))
         .route("/api/node", get(node))
+        .route("/api/drain", post(drain))
         .with_state(Node {
             ctx: ctx.clone(),
             hls,
             listeners,
         })
         .merge(pull_routes)
-        .layer(middleware::from_fn_with_state(ctx, bearer));
+        .layer(middleware::from_fn_with_state(ctx.clone(), bearer));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::status::router())
+        .route("/readyz", get(ready).with_state(ctx))
         .merge(guarded)
+}
+
+/// 200 while the node takes new viewers and publishers; 503 once it drains (or stops).
+async fn ready(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    if ctx.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
+/// Starts draining (see [`Context::drain`]); 202 with whether this request started it and
+/// the grace period in force. Shutdown follows the drain as after SIGTERM.
+async fn drain(State(Node { ctx, .. }): State<Node>) -> impl IntoResponse {
+    let started = ctx.drain();
+    if started {
+        tracing::info!("drain requested on the admin API");
+    }
+    let grace_ms = ctx.config.load().server.drain_grace_ms;
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "draining": true,
+            "started": started,
+            "grace_ms": grace_ms,
+        })),
+    )
 }
 
 /// Lets a request through when no token is configured or it carries the token. The token

@@ -173,11 +173,12 @@ impl App {
         self.ctx.clone()
     }
 
-    /// Serves until the context's shutdown token is cancelled or a subsystem fails, then
-    /// drains connections for at most `server.shutdown_timeout_ms`.
+    /// Serves until the context's shutdown token is cancelled (directly, or at the end of a
+    /// drain: see [`drain`]) or a subsystem fails, then drains connections for at most
+    /// `server.shutdown_timeout_ms`.
     ///
     /// Every subsystem (the RTMP, HTTP-FLV and admin listeners, the QUIC relay, the config
-    /// reloader) runs in a task of its own, watched here. One that ends before shutdown, or
+    /// reloader, the drain) runs in a task of its own, watched here. One that ends before shutdown, or
     /// panics, is logged with its name and counted in `subsystem_failures`; the reloader is
     /// then started again (see [`supervise`]), any other stops the node in order and
     /// `run` returns an error naming it, so the process exits non-zero and its supervisor
@@ -280,6 +281,8 @@ impl App {
             ),
         );
 
+        subsystems.spawn(Subsystem::Drain, drain(ctx.clone()));
+
         let failure = supervise(&ctx, &mut subsystems, reload.as_ref()).await;
 
         info!("shutting down");
@@ -337,6 +340,8 @@ enum Subsystem {
     Relay,
     /// The config reloader (SIGHUP and the file watch).
     Reload,
+    /// Waits for a drain, lets it run its course, then starts shutdown (see [`drain`]).
+    Drain,
 }
 
 impl Subsystem {
@@ -350,6 +355,7 @@ impl Subsystem {
             Subsystem::Admin => "admin",
             Subsystem::Relay => "quic_relay",
             Subsystem::Reload => "reload",
+            Subsystem::Drain => "drain",
         }
     }
 }
@@ -449,7 +455,10 @@ async fn supervise(
             | Subsystem::Rtmps
             | Subsystem::Https
             | Subsystem::Admin
-            | Subsystem::Relay => None,
+            | Subsystem::Relay
+            // It ends only by starting shutdown; ending otherwise is a bug, and a node that
+            // could no longer drain would drop everyone at its next SIGTERM.
+            | Subsystem::Drain => None,
             // The reloader is not on the serving path: no connection depends on it and it
             // holds nothing a new one lacks (the running config is in the context).
             // Restarting the node for it would drop every viewer to mend something none of
@@ -482,6 +491,43 @@ async fn supervise(
             }
         }
     }
+}
+
+/// How often a drain looks whether any viewer or publisher is left.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// Waits until the node drains ([`Context::drain`]: SIGTERM, `POST /api/drain`), then for
+/// `server.drain_grace_ms` or until no viewer or publisher is left
+/// ([`Context::sessions`]), whichever comes first, and starts shutdown. Connected viewers
+/// and publishers go on meanwhile; the front ends refuse new ones. Shutdown started any
+/// other way (SIGINT, a second SIGTERM, a failed subsystem) ends it at once.
+async fn drain(ctx: Arc<Context>) -> anyhow::Result<()> {
+    // `draining` is a child of `shutdown`: both fire on shutdown.
+    ctx.draining.cancelled().await;
+    if ctx.shutdown.is_cancelled() {
+        return Ok(());
+    }
+    let grace = ctx.config.load().server.drain_grace();
+    info!(
+        ?grace,
+        sessions = ctx.sessions(),
+        "draining: refusing new viewers and publishers"
+    );
+    let emptied = async {
+        let mut poll = tokio::time::interval(DRAIN_POLL);
+        while ctx.sessions() > 0 {
+            poll.tick().await;
+        }
+    };
+    tokio::select! {
+        _ = ctx.shutdown.cancelled() => return Ok(()),
+        _ = tokio::time::sleep(grace) => {
+            info!(sessions = ctx.sessions(), "drain grace period over");
+        }
+        () = emptied => info!("drained: no viewer or publisher left"),
+    }
+    ctx.shutdown.cancel();
+    Ok(())
 }
 
 /// Starts reloading again after `backoff`, unless the node stops first.
@@ -587,6 +633,42 @@ mod tests {
             .subsystem_failures
             .get_or_create(&[("subsystem", subsystem)])
             .get()
+    }
+
+    /// A drain waits out its grace while anyone is connected, and starts shutdown then; with
+    /// nobody connected it starts shutdown at once.
+    #[tokio::test]
+    async fn a_drain_ends_at_its_grace_or_when_nobody_is_left() {
+        let config = |grace_ms: u64| {
+            let text = format!("[server]\ndrain_grace_ms = {grace_ms}\n");
+            sluice_core::Config::load(Some(&text), []).expect("config")
+        };
+        let ctx = Context::new(config(300));
+        ctx.metrics.publishers.set(1);
+        let draining = tokio::spawn(drain(ctx.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!ctx.shutdown.is_cancelled(), "no drain was asked for");
+        let started = tokio::time::Instant::now();
+        assert!(ctx.drain());
+        assert!(!ctx.drain(), "already draining");
+        assert_eq!(ctx.metrics.draining.get(), 1);
+        tokio::time::timeout(Duration::from_secs(30), draining)
+            .await
+            .expect("the drain ended")
+            .expect("no panic")
+            .expect("no error");
+        assert!(ctx.shutdown.is_cancelled());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        let ctx = Context::new(config(60_000));
+        let draining = tokio::spawn(drain(ctx.clone()));
+        ctx.drain();
+        tokio::time::timeout(Duration::from_secs(30), draining)
+            .await
+            .expect("nobody connected: the drain ended at once")
+            .expect("no panic")
+            .expect("no error");
+        assert!(ctx.shutdown.is_cancelled());
     }
 
     #[tokio::test]

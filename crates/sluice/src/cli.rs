@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use sluice_auth::{Action, AuthConfig, Check};
 use sluice_core::Config;
 use sluice_core::config::LogFormat;
+use sluice_runtime::Context;
 use tracing_subscriber::EnvFilter;
 
 use crate::App;
@@ -256,29 +257,57 @@ async fn serve(config: Config, file: Option<PathBuf>, watch: bool) -> anyhow::Re
         gate: None,
         certs: None,
     });
-    let shutdown = app.context().shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        shutdown.cancel();
-    });
+    // Installed before the node says it listens: from then on SIGTERM drains it.
+    let signals = Signals::install();
+    let ctx = app.context();
+    tokio::spawn(async move { signals.handle(&ctx).await });
     app.run().await
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-            }
-        }
-        _ => {
+/// SIGTERM and SIGINT, caught.
+struct Signals {
+    /// `None` where they cannot be caught; Ctrl-C then stops the node at once.
+    caught: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let caught = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            _ => None,
+        };
+        Signals { caught }
+    }
+
+    /// The first SIGTERM drains the node (see [`Context::drain`]; when `POST /api/drain`
+    /// already started one, that drain goes on); a second one, or SIGINT, shuts it down at
+    /// once.
+    async fn handle(self, ctx: &Context) {
+        let Some((mut term, mut int)) = self.caught else {
             let _ = tokio::signal::ctrl_c().await;
+            ctx.shutdown.cancel();
+            return;
+        };
+        let mut terms = 0u32;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    terms += 1;
+                    if terms == 1 {
+                        let started = ctx.drain();
+                        tracing::info!(then = "drain", started, "SIGTERM received");
+                        continue;
+                    }
+                    tracing::info!(then = "shutdown", "SIGTERM received (again)");
+                }
+                _ = int.recv() => tracing::info!(then = "shutdown", "SIGINT received"),
+            }
+            ctx.shutdown.cancel();
+            return;
         }
     }
 }

@@ -237,7 +237,7 @@ async fn serve(dir: &Path, extra: &str) -> (Child, [SocketAddr; 3]) {
         dir,
         "serve.toml",
         &format!(
-            "[server]\nshutdown_timeout_ms = {}\n\
+            "[server]\nshutdown_timeout_ms = {}\ndrain_grace_ms = 0\n\
              [rtmp]\nlisten = \"127.0.0.1:0\"\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\
