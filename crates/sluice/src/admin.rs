@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text), `/api/streams` (with each stream's HLS
 //! state), `/api/pulls` and
-//! `/api/upstreams` (JSON), `/healthz`.
+//! `/api/upstreams`, `/api/cluster` (the stream registry's nodes and streams) (JSON),
+//! `/healthz`.
 //!
 //! With `admin.token` (or `admin.token_file`) set, every request but `/healthz` and `/readyz`
 //! (the probes of a supervisor that holds no secret) must carry `Authorization: Bearer TOKEN`.
@@ -17,6 +18,7 @@ use axum::routing::get;
 use serde::Serialize;
 use sluice_cluster::PullManager;
 use sluice_front::hls::Hls;
+use sluice_registry::Registry;
 use sluice_runtime::Context;
 
 /// What the node-wide handlers read.
@@ -27,7 +29,30 @@ struct Node {
 }
 
 /// The admin router.
-pub fn router(ctx: Arc<Context>, pulls: PullManager, hls: Arc<Hls>) -> Router {
+pub fn router(
+    ctx: Arc<Context>,
+    pulls: PullManager,
+    registry: Option<Registry>,
+    hls: Arc<Hls>,
+) -> Router {
+    let node_id = ctx.config.load().cluster.node_id().to_string();
+    let cluster = Router::new()
+        .route(
+            "/api/cluster",
+            get(|State(r): State<Option<Registry>>| async move {
+                match r {
+                    Some(r) => axum::Json(serde_json::json!(r.cluster())),
+                    None => axum::Json(serde_json::json!({
+                        "enabled": false,
+                        "up": false,
+                        "node_id": node_id,
+                        "nodes": [],
+                        "streams": [],
+                    })),
+                }
+            }),
+        )
+        .with_state(registry);
     let pull_routes = Router::new()
         .route(
             "/api/pulls",
@@ -50,6 +75,7 @@ pub fn router(ctx: Arc<Context>, pulls: PullManager, hls: Arc<Hls>) -> Router {
             hls,
         })
         .merge(pull_routes)
+        .merge(cluster)
         .layer(middleware::from_fn_with_state(ctx, bearer));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
