@@ -7,9 +7,14 @@
 //! switches to the next candidate. A switch keeps the publisher attached, so viewers stay
 //! connected; the new upstream's frames are taken from its first keyframe (sequence headers
 //! pass) and rebased to continue the timeline, so players see one continuous stream.
+//!
+//! With a stream registry ([`Directory`]), the upstreams it names for a stream come first,
+//! before the application's static list (and an edge pulls any application the registry
+//! knows). A live pull whose stream the registry moves to another origin switches there the
+//! same way as on a failure, and a pull waiting to retry is woken by the registry's changes.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -17,7 +22,9 @@ use tokio::time::Instant;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde::Serialize;
-use sluice_core::topology::{PullConfig, PullStatus, PullTicket, Puller, Upstream, Via};
+use sluice_core::topology::{
+    Directory, PullConfig, PullStatus, PullTicket, Puller, Role, Upstream, Via,
+};
 use sluice_core::{Publisher, StreamKey};
 use sluice_media::{Frame, FrameKind};
 use sluice_runtime::Context;
@@ -47,6 +54,8 @@ struct Shared {
     pulls: DashMap<StreamKey, Arc<PullState>>,
     misses: DashMap<StreamKey, Instant>,
     health: Health,
+    /// The stream registry, when one is configured (set once at start-up).
+    directory: OnceLock<Arc<dyn Directory>>,
 }
 
 /// One running pull, shared by its task, its viewers' tickets and the API.
@@ -110,6 +119,7 @@ impl PullManager {
                 pulls: DashMap::new(),
                 misses: DashMap::new(),
                 health: Health::default(),
+                directory: OnceLock::new(),
             }),
         };
         let _ = ctx.puller.set(Arc::new(manager.clone()));
@@ -148,6 +158,16 @@ impl PullManager {
         out
     }
 
+    /// Consults `directory` before the static upstreams from now on (once, at start-up).
+    pub fn set_directory(&self, directory: Arc<dyn Directory>) {
+        let _ = self.shared.directory.set(directory);
+    }
+
+    /// Streams pulled now (whatever their state).
+    pub fn is_pulling(&self, key: &StreamKey) -> bool {
+        self.shared.pulls.contains_key(key)
+    }
+
     /// The upstream health table.
     pub fn upstreams(&self) -> Vec<UpstreamHealth> {
         self.shared.health.snapshot(Instant::now())
@@ -172,7 +192,20 @@ impl Puller for PullManager {
         let shared = &self.shared;
         let ctx = shared.ctx.upgrade()?;
         let cfg = ctx.config.load();
-        cfg.cluster.upstreams(&key.app)?;
+        if cfg.cluster.upstreams(&key.app).is_none() {
+            // No static upstreams: only the registry can name one. An edge asks it about
+            // anything; a node that also takes publishers only about what it has shown, so
+            // its viewers otherwise wait for a local publisher as before.
+            let directory = shared.directory.get()?;
+            let pulls = match cfg.cluster.role {
+                Role::Origin => false,
+                Role::Edge => true,
+                Role::Both => !directory.upstreams(key).is_empty(),
+            };
+            if !pulls {
+                return None;
+            }
+        }
         let node = cfg.cluster.node_id();
         if let Some(refusal) = via.refuse(node, cfg.cluster.max_hops) {
             warn!(%key, %refusal, "pull refused");
@@ -213,6 +246,7 @@ impl Puller for PullManager {
                     idle_since: None,
                     saw_video: false,
                     last_loss: None,
+                    changes: shared.directory.get().map(|d| d.changes()),
                 };
                 let span = info_span!(parent: None, "pull", app = %key.app, stream = %key.name);
                 ctx.tracker.spawn(task.run().instrument(span));
@@ -248,6 +282,8 @@ struct PullTask {
     saw_video: bool,
     /// Why the upstream in use was lost, until a switch counts it.
     last_loss: Option<&'static str>,
+    /// The registry's changes, when there is a registry.
+    changes: Option<watch::Receiver<u64>>,
 }
 
 impl PullTask {
@@ -270,12 +306,38 @@ impl PullTask {
             let cfg = self.ctx.config.load_full();
             let settings = &cfg.cluster.pull;
             let mut candidates = cfg.cluster.candidates(&self.key);
-            if candidates.is_empty() {
-                self.fail("the application no longer pulls from upstream".to_owned());
-                return;
+            if let Some(directory) = self.shared.directory.get() {
+                // The registry's first, then the static ones it did not name; the health
+                // order below is stable, so among the ready ones the registry's lead.
+                let mut named = directory.lookup(&self.key).await;
+                candidates.retain(|c| !named.iter().any(|n| n.url == c.url));
+                named.append(&mut candidates);
+                candidates = named;
             }
             let now = Instant::now();
             self.shared.health.order(&mut candidates, now);
+            if candidates.is_empty() {
+                if !delivered_ever {
+                    let what = if self.shared.directory.get().is_some() {
+                        format!("no upstream has {}", self.key)
+                    } else {
+                        "the application no longer pulls from upstream".to_owned()
+                    };
+                    self.shared
+                        .remember_miss(&self.key, now + settings.miss_ttl());
+                    self.fail(what);
+                    return;
+                }
+                // Lost, and the registry names nobody yet: wait for it (or the viewers to go).
+                if self.publisher.take().is_some() {
+                    info!("stream lost upstream; waiting for the registry");
+                    self.state.status.send_replace(PullStatus::Pulling);
+                }
+                if self.wait_until(now + settings.backoff_max()).await {
+                    return;
+                }
+                continue;
+            }
             if delivered_ever {
                 // Every candidate backing off: wait for the first to be due, unless the
                 // viewers are gone or the node stops first.
@@ -411,6 +473,7 @@ impl PullTask {
             .get_or_create(&[("transport", transport)])
             .clone();
         let mut next = Some(first);
+        let mut changes = self.changes.clone();
         loop {
             let frame = match next.take() {
                 Some(p) => p,
@@ -420,6 +483,14 @@ impl PullTask {
                         Ok(Err(error)) => return Ok(SourceEnd::Lost(error)),
                         Err(_) => return Ok(SourceEnd::Lost(PullError::Timeout("silent upstream"))),
                     },
+                    changed = registry_changed(&mut changes) => {
+                        if !changed {
+                            changes = None;
+                        } else if self.moved_from(upstream) {
+                            return Ok(SourceEnd::Lost(PullError::Moved));
+                        }
+                        continue;
+                    }
                     _ = shutdown.cancelled() => return Ok(SourceEnd::Stop),
                 },
             };
@@ -462,7 +533,7 @@ impl PullTask {
             .pull_failures
             .get_or_create(&[("reason", label)])
             .inc();
-        if error.is_miss() || matches!(error, PullError::Ended) {
+        if error.is_miss() || matches!(error, PullError::Ended | PullError::Moved) {
             self.shared.health.reachable(&upstream.url, now);
         } else {
             let backoff = Backoff {
@@ -512,9 +583,34 @@ impl PullTask {
         now.saturating_duration_since(since) >= idle
     }
 
-    /// Sleeps until `at`, checking for idleness meanwhile; true if the pull should end.
+    /// Whether the registry now names another upstream than `current` for this stream.
+    fn moved_from(&self, current: &Upstream) -> bool {
+        let Some(directory) = self.shared.directory.get() else {
+            return false;
+        };
+        let named = directory.upstreams(&self.key);
+        if named.is_empty() || named.iter().any(|u| u.url == current.url) {
+            return false;
+        }
+        // Only for an upstream worth trying: a stale entry naming a node that just failed
+        // (backing off) is no reason to leave one that delivers.
+        let now = Instant::now();
+        named.iter().any(|u| {
+            self.shared
+                .health
+                .next_retry(std::slice::from_ref(u), now)
+                .is_none()
+        })
+    }
+
+    /// Sleeps until `at`, checking for idleness meanwhile; true if the pull should end. A
+    /// change in the registry ends the wait early (false: try now).
     async fn wait_until(&mut self, at: Instant) -> bool {
         let idle = self.ctx.config.load().cluster.pull.idle_timeout();
+        let mut changes = self.changes.clone();
+        if let Some(c) = changes.as_mut() {
+            c.mark_unchanged();
+        }
         loop {
             if self.stopping(idle) {
                 return true;
@@ -526,9 +622,24 @@ impl PullTask {
             let step = (at - now).min(IDLE_CHECK);
             tokio::select! {
                 _ = tokio::time::sleep(step) => {}
+                changed = registry_changed(&mut changes) => {
+                    if changed {
+                        return false;
+                    }
+                    changes = None;
+                }
                 _ = self.ctx.shutdown.cancelled() => return true,
             }
         }
+    }
+}
+
+/// Resolves when the registry's view changes: true; false once it never will (no registry,
+/// or it is gone).
+async fn registry_changed(changes: &mut Option<watch::Receiver<u64>>) -> bool {
+    match changes {
+        Some(c) => c.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

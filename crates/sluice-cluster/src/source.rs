@@ -42,6 +42,9 @@ pub enum PullError {
     /// The upstream closed the connection.
     #[error("upstream closed the connection")]
     Closed,
+    /// The stream registry now names another origin for the stream.
+    #[error("the registry moved the stream to another origin")]
+    Moved,
     /// The upstream said the stream ended (its publisher left).
     #[error("the stream ended upstream")]
     Ended,
@@ -57,6 +60,7 @@ impl PullError {
     pub fn label(&self) -> &'static str {
         match self {
             PullError::NotFound(_) => "not_found",
+            PullError::Moved => "moved",
             PullError::Refused(_) => "refused",
             PullError::Timeout(_) => "timeout",
             PullError::Connect(_) => "connect",

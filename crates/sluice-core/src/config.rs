@@ -819,6 +819,43 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_is_off_by_default_and_checked_when_on() {
+        let c = Config::load(None, []).unwrap();
+        assert!(!c.cluster.registry.enabled());
+        assert_eq!(c.cluster.registry.prefix, "/sluice");
+        assert_eq!(c.cluster.registry.lease_ttl_s, 5);
+        let on = |extra: &str| {
+            Config::load(
+                Some(&format!(
+                    "[cluster.registry]\nendpoints = [\"http://127.0.0.1:2379\"]\n{extra}"
+                )),
+                [],
+            )
+        };
+        let c = on("advertise = [\"rtmp://10.0.0.1:1935\", \"quic://10.0.0.1:1937\"]\n").unwrap();
+        assert!(c.cluster.registry.enabled());
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+        for (bad, says) in [
+            ("prefix = \"sluice\"\n", "prefix"),
+            ("prefix = \"/sluice/\"\n", "prefix"),
+            ("lease_ttl_s = 0\n", "lease_ttl_s"),
+            ("lookup_timeout_ms = 0\n", "cluster.registry"),
+            ("backoff_max_ms = 1\n", "backoff"),
+            ("advertise = [\"rtmp://h:1/live\"]\n", "advertise"),
+            ("advertise = [\"http://h:1\"]\n", "advertise"),
+        ] {
+            let e = on(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = Config::load(
+            Some("[cluster.registry]\nendpoints = [\"127.0.0.1:2379\"]\n"),
+            [],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("endpoints"), "{e}");
+    }
+
+    #[test]
     fn an_edge_signs_its_pulls_only_with_a_key_it_has() {
         let unknown = "[cluster.pull]\nsign_with = \"nodes\"\n";
         let e = Config::load(Some(unknown), []).unwrap_err();

@@ -74,6 +74,13 @@ pub struct Metrics {
     pub config_reloads: Family<Label1, Counter>,
     /// Pulls from upstream running now (one per stream at most).
     pub pulls: Gauge,
+    /// Stream-registry (etcd) operations that failed, by operation.
+    pub registry_errors: Family<Label1, Counter>,
+    /// 1 while this node has a working session with the stream registry.
+    pub registry_up: Gauge,
+    /// Stream resolutions through the registry, by result (`cached`, `found`, `missing`,
+    /// `error`).
+    pub registry_lookups: Family<Label1, Counter>,
     /// Pull attempts that reached an upstream and started the stream, by transport.
     pub pull_starts: Family<Label1, Counter>,
     /// Pull attempts that failed, by reason (`not_found`, `refused`, `timeout`, `connect`,
@@ -180,6 +187,9 @@ impl Metrics {
             rtmp_messages_dropped: Family::default(),
             config_reloads: Family::default(),
             pulls: Gauge::default(),
+            registry_errors: Family::default(),
+            registry_up: Gauge::default(),
+            registry_lookups: Family::default(),
             pull_starts: Family::default(),
             pull_failures: Family::default(),
             pull_switches: Family::default(),
@@ -255,6 +265,21 @@ impl Metrics {
             m.config_reloads.clone(),
         );
         registry.register("pulls", "Pulls from upstream running", m.pulls.clone());
+        registry.register(
+            "registry_errors",
+            "Stream registry operations that failed, by operation",
+            m.registry_errors.clone(),
+        );
+        registry.register(
+            "registry_up",
+            "1 while the stream registry session works",
+            m.registry_up.clone(),
+        );
+        registry.register(
+            "registry_lookups",
+            "Stream resolutions through the registry, by result",
+            m.registry_lookups.clone(),
+        );
         registry.register(
             "pull_starts",
             "Pull attempts that started the stream, by transport",

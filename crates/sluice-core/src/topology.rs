@@ -76,6 +76,8 @@ pub struct ClusterConfig {
     pub pull: PullConfig,
     /// Upstreams per application.
     pub apps: BTreeMap<String, AppUpstreams>,
+    /// The stream registry on etcd (optional).
+    pub registry: RegistryConfig,
     #[serde(skip)]
     resolved: Resolved,
 }
@@ -133,6 +135,122 @@ impl PullConfig {
     /// See the field.
     pub fn miss_ttl(&self) -> Duration {
         Duration::from_millis(self.miss_ttl_ms)
+    }
+    /// See the field.
+    pub fn backoff_initial(&self) -> Duration {
+        Duration::from_millis(self.backoff_initial_ms)
+    }
+    /// See the field.
+    pub fn backoff_max(&self) -> Duration {
+        Duration::from_millis(self.backoff_max_ms)
+    }
+}
+
+/// `[cluster.registry]`: where streams are published and which nodes make the cluster, kept
+/// in etcd. Off while `endpoints` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// etcd client URLs (`http://host:2379`); empty: no registry.
+    pub endpoints: Vec<String>,
+    /// Key prefix of this cluster (`/sluice`): streams under `PREFIX/streams/APP/NAME`, nodes
+    /// under `PREFIX/nodes/NODE_ID`.
+    pub prefix: String,
+    /// Base URLs other nodes pull this node's streams from (`rtmp://host:port`,
+    /// `quic://host:port`; the application is appended); empty: this node's RTMP listener
+    /// (and QUIC relay), as bound.
+    pub advertise: Vec<String>,
+    /// Lease of this node's keys: they vanish this long after the node stops renewing it.
+    pub lease_ttl_s: u64,
+    /// Deadline for connecting to etcd.
+    pub connect_timeout_ms: u64,
+    /// Deadline of one etcd request (keep-alives, writes, listing).
+    pub request_timeout_ms: u64,
+    /// Deadline of a viewer's lookup of a stream the watch has not shown; past it the
+    /// static upstreams are asked.
+    pub lookup_timeout_ms: u64,
+    /// First wait before reconnecting to etcd; doubles per failure.
+    pub backoff_initial_ms: u64,
+    /// Longest such wait.
+    pub backoff_max_ms: u64,
+}
+
+impl RegistryConfig {
+    /// Whether the registry is on.
+    pub fn enabled(&self) -> bool {
+        !self.endpoints.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !self.enabled() {
+            return Ok(());
+        }
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() <= 8 {
+                return invalid(format!(
+                    "cluster.registry.endpoints: {e:?} must be http://HOST:PORT"
+                ));
+            }
+            if e.starts_with("https://") {
+                return invalid(format!(
+                    "cluster.registry.endpoints: {e:?}: TLS to etcd is not supported yet"
+                ));
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
+            return invalid(format!(
+                "cluster.registry.prefix {:?} must start with / and not end with one",
+                self.prefix
+            ));
+        }
+        for a in &self.advertise {
+            match Upstream::parse(a) {
+                Ok(u) if u.app.is_none() => {}
+                Ok(_) => {
+                    return invalid(format!(
+                        "cluster.registry.advertise: {a:?} names no application (it is appended)"
+                    ));
+                }
+                Err(e) => return invalid(format!("cluster.registry.advertise: {e}")),
+            }
+        }
+        if !(1..=3600).contains(&self.lease_ttl_s) {
+            return invalid("cluster.registry.lease_ttl_s must be within 1..=3600".to_owned());
+        }
+        if [
+            self.connect_timeout_ms,
+            self.request_timeout_ms,
+            self.lookup_timeout_ms,
+            self.backoff_initial_ms,
+        ]
+        .contains(&0)
+            || self.backoff_max_ms < self.backoff_initial_ms
+        {
+            return invalid(
+                "cluster.registry timeouts and backoff must be positive, backoff_max_ms at \
+                 least backoff_initial_ms"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// See the field.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_s)
+    }
+    /// See the field.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// See the field.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    /// See the field.
+    pub fn lookup_timeout(&self) -> Duration {
+        Duration::from_millis(self.lookup_timeout_ms)
     }
     /// See the field.
     pub fn backoff_initial(&self) -> Duration {
@@ -354,6 +472,7 @@ impl ClusterConfig {
             }
             apps.insert(app.clone(), list.into());
         }
+        self.registry.validate()?;
         if self.pull.timeout_ms == 0 || self.pull.connect_timeout_ms == 0 {
             return invalid("cluster.pull timeouts must be positive".to_owned());
         }
@@ -508,6 +627,22 @@ impl PullTicket {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Where a stream is published now, as a registry knows it: the pull manager asks it before
+/// the static upstreams. Implemented by `sluice-registry` (etcd).
+pub trait Directory: Send + Sync + fmt::Debug {
+    /// What the registry's in-memory view says of `key`: upstreams to pull it from, best
+    /// first (empty: unknown). Never waits.
+    fn upstreams(&self, key: &StreamKey) -> Vec<Upstream>;
+    /// Asks the registry itself about `key` (the view may lag), within its short lookup
+    /// deadline; empty on a miss, an error or the deadline.
+    fn lookup<'a>(
+        &'a self,
+        key: &'a StreamKey,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Vec<Upstream>> + Send + 'a>>;
+    /// Changes whenever the view changes (a stream moved, appeared or went).
+    fn changes(&self) -> watch::Receiver<u64>;
 }
 
 /// The front ends' view of the pull machinery: called when a viewer asks for a stream that

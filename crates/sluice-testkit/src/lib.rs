@@ -8,6 +8,8 @@
 //!   way it ends, and keeps the tail of their stderr for error messages.
 //! * [`nginx`] runs nginx-rtmp (Debian's nginx with libnginx-mod-rtmp) as a third-party RTMP
 //!   server, installed when missing like the tools.
+//! * [`etcd`] runs a one-member etcd (Debian's etcd-server, installed when missing) for the
+//!   stream registry's tests.
 //! * [`browser`] plays a page in Debian's headless Chromium (driven by playwright-core, all
 //!   installed on first use) and reports whether the video played, changed and how far
 //!   behind live it was.
@@ -30,6 +32,7 @@
 //! PID when it passes.
 
 pub mod browser;
+pub mod etcd;
 pub mod hls;
 pub mod hooks;
 pub mod http;

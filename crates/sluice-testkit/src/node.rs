@@ -328,12 +328,21 @@ impl Process {
 
     /// Sends SIGHUP (reload the config) to the process, by its PID.
     pub fn hup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends SIGTERM (drain, then stop) to the process, by its PID.
+    pub fn term(&self) {
+        self.signal("TERM");
+    }
+
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .arg("-HUP")
+            .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -HUP {}", self.child.id());
+        assert!(status.success(), "kill -{name} {}", self.child.id());
     }
 
     /// Its process id (to send it a signal).

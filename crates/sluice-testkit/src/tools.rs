@@ -5,12 +5,14 @@
 //!   enhanced HEVC video tag as codec "vp6f".
 //! * [`curl`]: Debian 12's curl (`apt-get install curl`; OpenSSL and nghttp2, so HTTPS and
 //!   HTTP/2).
+//! * [`etcd`]: Debian's etcd server (`apt-get install etcd-server`), for the stream
+//!   registry's tests (see [`crate::etcd`]).
 //! * [`ffmpeg_modern`]: the static ffmpeg inside the PyPI package `imageio-ffmpeg`
 //!   (`python3 -m pip install imageio-ffmpeg`); it muxes and demuxes enhanced FLV/RTMP. It has
 //!   no ffprobe: see [`crate::probe::probe_via_modern`].
 //!
 //! Environment overrides (skip lookup and installation): `SLUICE_FFMPEG5`, `SLUICE_FFPROBE`,
-//! `SLUICE_FFMPEG_MODERN`.
+//! `SLUICE_FFMPEG_MODERN`, `SLUICE_ETCD`.
 //!
 //! When a tool is missing and the process runs as root (CI), it is installed; installs are
 //! serialised across concurrently running test binaries by an exclusive `flock` on
@@ -53,6 +55,15 @@ pub fn ffprobe() -> &'static Path {
 pub fn curl() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| debian_tool("/usr/bin/curl", "curl"))
+}
+
+/// Debian's etcd server (`/usr/bin/etcd`, package `etcd-server`), installed with apt if
+/// missing; `SLUICE_ETCD` overrides.
+pub fn etcd() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        from_env("SLUICE_ETCD").unwrap_or_else(|| debian_tool("/usr/bin/etcd", "etcd-server"))
+    })
 }
 
 /// The modern static ffmpeg from `imageio-ffmpeg`, installed with pip if missing.

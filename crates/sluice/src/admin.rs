@@ -1,9 +1,10 @@
 //! The admin listener: `/metrics` (Prometheus text), `/api/streams` (with each stream's HLS
-//! state), `/api/pulls`, `/api/upstreams` and `/api/node` (JSON), `POST /api/drain` (start
-//! draining, as SIGTERM does), `/healthz` (liveness: 200 while the process serves, drain
-//! included), `/readyz` (readiness: 200 `ready`, 503 `draining` from the moment a drain
-//! starts, so a load balancer stops sending new viewers here), and the status page (`/`,
-//! `/status.css`, `/status.js`, see [`crate::status`]).
+//! state), `/api/pulls`, `/api/upstreams`, `/api/node` and `/api/cluster` (the stream
+//! registry's nodes and streams) (JSON), `POST /api/drain` (start draining, as SIGTERM does),
+//! `/healthz` (liveness: 200 while the process serves, drain included), `/readyz`
+//! (readiness: 200 `ready`, 503 `draining` from the moment a drain starts, so a load
+//! balancer stops sending new viewers here), and the status page (`/`, `/status.css`,
+//! `/status.js`, see [`crate::status`]).
 //!
 //! With `admin.token` (or `admin.token_file`) set, every request but `/healthz` and `/readyz`
 //! (the probes of a supervisor that holds no secret) and the status page's static files (they
@@ -24,6 +25,7 @@ use serde::Serialize;
 use sluice_cluster::PullManager;
 use sluice_core::topology::Role;
 use sluice_front::hls::Hls;
+use sluice_registry::Registry;
 use sluice_runtime::Context;
 
 /// What the node-wide handlers read.
@@ -48,9 +50,28 @@ pub struct Listeners {
 pub fn router(
     ctx: Arc<Context>,
     pulls: PullManager,
+    registry: Option<Registry>,
     hls: Arc<Hls>,
     listeners: Listeners,
 ) -> Router {
+    let node_id = ctx.config.load().cluster.node_id().to_string();
+    let cluster = Router::new()
+        .route(
+            "/api/cluster",
+            get(|State(r): State<Option<Registry>>| async move {
+                match r {
+                    Some(r) => axum::Json(serde_json::json!(r.cluster())),
+                    None => axum::Json(serde_json::json!({
+                        "enabled": false,
+                        "up": false,
+                        "node_id": node_id,
+                        "nodes": [],
+                        "streams": [],
+                    })),
+                }
+            }),
+        )
+        .with_state(registry);
     let pull_routes = Router::new()
         .route(
             "/api/pulls",
@@ -76,6 +97,7 @@ pub fn router(
             listeners,
         })
         .merge(pull_routes)
+        .merge(cluster)
         .layer(middleware::from_fn_with_state(ctx.clone(), bearer));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -215,6 +215,18 @@ impl App {
             None => (None, None),
         };
         info!(rtmp = %rtmp_addr, http = %http_addr, admin = %admin_addr, quic = ?quic_addr, rtmps = ?rtmps_addr, https = ?https_addr, role = ?ctx.config.load().cluster.role, node = %ctx.config.load().cluster.node_id(), "sluice listening");
+        let registry = crate::registry::start(
+            &ctx,
+            &pulls,
+            &Addrs {
+                rtmp: rtmp_addr,
+                http: http_addr,
+                admin: admin_addr,
+                quic: quic_addr,
+                rtmps: rtmps_addr,
+                https: https_addr,
+            },
+        );
         if let Some(relay) = quic.as_ref().filter(|relay| relay.listening()) {
             let serve = relay.clone().serve(ctx.clone());
             subsystems.spawn(Subsystem::Relay, async move { Ok(serve.await?) });
@@ -271,6 +283,7 @@ impl App {
                 crate::admin::router(
                     ctx.clone(),
                     pulls,
+                    registry,
                     hls,
                     crate::admin::Listeners {
                         http: http_addr,

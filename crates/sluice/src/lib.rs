@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod registry;
 pub mod reload;
 pub mod status;
 

@@ -92,7 +92,7 @@ pub struct Plan {
 pub fn plan(running: &Config, mut loaded: Config) -> Result<Plan, ConfigError> {
     let mut needs_restart = Vec::new();
     // Each key read once at startup: app.rs binds the listeners and the QUIC relay (with its
-    // TLS files) and loads the TLS certificate (whose files the reloader watches), the front ends (sluice-front) size their connection semaphores, cli.rs
+    // TLS files) and starts the stream registry session, loads the TLS certificate (whose files the reloader watches), the front ends (sluice-front) size their connection semaphores, cli.rs
     // installs the log subscriber.
     macro_rules! fixed {
         ($($section:ident . $key:ident),* $(,)?) => {$(
@@ -115,6 +115,7 @@ pub fn plan(running: &Config, mut loaded: Config) -> Result<Plan, ConfigError> {
         cluster.tls_key,
         cluster.tls_ca,
         cluster.tls_server_name,
+        cluster.registry,
         tls.cert_file,
         tls.key_file,
         tls.rtmps_listen,
