@@ -99,41 +99,19 @@ fn number(v: &Value) -> Option<u64> {
     v.as_u64().or_else(|| v.as_str()?.parse().ok())
 }
 
-/// Whether this branch's config has `server.drain_grace_ms` (the drain work adds it).
-fn knows_drain() -> bool {
-    Config::default().to_toml().contains("drain_grace_ms")
-}
-
 /// A node config as `sluice serve` loads it (defaults < file < `env`), with a made-up admin
 /// token standing in for `admin.token_file` (that file is a secret mounted at run time; where
-/// it comes from is checked against the manifests separately). Before `drain_grace_ms`
-/// exists, that key is left out so the rest is still checked for unknown keys.
+/// it comes from is checked against the manifests separately).
 fn load(name: &str, toml_text: &str, env: &[(String, String)]) -> Config {
-    let text = if knows_drain() {
-        toml_text.to_owned()
-    } else {
-        toml_text
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("drain_grace_ms"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     let mut env = env.to_vec();
     env.push(("SLUICE__ADMIN__TOKEN".into(), "deploy-test-token".into()));
-    Config::load(Some(&text), env).unwrap_or_else(|e| panic!("{name}: not a valid config: {e}"))
+    Config::load(Some(toml_text), env).unwrap_or_else(|e| panic!("{name}: not a valid config: {e}"))
 }
 
-/// `server.drain_grace_ms + server.shutdown_timeout_ms` of a config text, in ms.
-fn stop_budget_ms(name: &str, toml_text: &str, config: &Config) -> u64 {
-    let table: toml::Table = toml::from_str(toml_text).expect("TOML");
-    let drain = table
-        .get("server")
-        .and_then(|s| s.get("drain_grace_ms"))
-        .and_then(toml::Value::as_integer)
-        .map_or(0, |v| {
-            u64::try_from(v).unwrap_or_else(|_| panic!("{name}: drain < 0"))
-        });
-    drain + config.server.shutdown_timeout_ms
+/// `server.drain_grace_ms + server.shutdown_timeout_ms` of a node's effective config, in ms:
+/// how long it may take to stop after SIGTERM.
+fn stop_budget_ms(config: &Config) -> u64 {
+    config.server.drain_grace_ms + config.server.shutdown_timeout_ms
 }
 
 /// The ports a config listens on, by the names the manifests give them: `(port, protocol)`.
@@ -373,7 +351,7 @@ fn workload(
         command[1].parse::<u64>().expect("sleep seconds") * 1000
     };
     assert!(pre_stop_ms > 0, "{who}: preStop");
-    let budget = stop_budget_ms(&who, &config_text, &config);
+    let budget = stop_budget_ms(&config);
     assert!(
         budget > config.server.shutdown_timeout_ms,
         "{who}: {key} sets server.drain_grace_ms"
@@ -744,7 +722,7 @@ fn compose_matches_the_node_configs_and_prometheus_scrapes_every_admin_port() {
         );
 
         let stop = compose_duration_ms(&text(svc, &["stop_grace_period"]));
-        let budget = stop_budget_ms(&name, &config_text, &config);
+        let budget = stop_budget_ms(&config);
         assert!(
             stop > budget,
             "{name}: stop_grace_period {stop} ms <= {budget} ms"
@@ -1014,7 +992,7 @@ fn systemd_unit_verifies_and_waits_for_the_drain() {
     for (key, config_text) in at(config_map, &["data"]).as_mapping().unwrap() {
         let (key, config_text) = (key.as_str().unwrap(), config_text.as_str().unwrap());
         let config = load(key, config_text, &[]);
-        let budget = stop_budget_ms(key, config_text, &config);
+        let budget = stop_budget_ms(&config);
         assert!(
             stop_sec * 1000 > budget,
             "TimeoutStopSec {stop_sec} s <= {key}'s {budget} ms"
@@ -1171,14 +1149,12 @@ async fn dashboard_queries_only_metrics_a_node_exposes() {
     let origin = Process::start(BIN, Spec::origin("deploy-origin", Transport::Rtmp)).await;
     let (status, body) = sluice_testkit::http::get(origin.admin, "/healthz").await;
     assert_eq!((status, body.trim()), (200, "ok"));
-    // The readiness probe's path comes with the drain (server.drain_grace_ms); before it,
-    // only the manifests' paths are checked.
-    if knows_drain() {
-        let (status, body) = sluice_testkit::http::get(origin.admin, "/readyz").await;
-        assert_eq!(status, 200, "/readyz of a running node: {body}");
-    } else {
-        note("/readyz not called: this branch has no drain (server.drain_grace_ms) yet");
-    }
+    let (status, body) = sluice_testkit::http::get(origin.admin, "/readyz").await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "ready"),
+        "/readyz of a running node"
+    );
     let _publisher = Publisher::fixture(origin.rtmp_url("demo"), H264_AAC)
         .real_time()
         .spawn();
