@@ -1130,6 +1130,8 @@ async fn dashboard_queries_only_metrics_a_node_exposes() {
         "sluice_config_reloads_total",
         "sluice_tls_reloads_total",
         "sluice_connections_refused_total",
+        "sluice_draining",
+        "sluice_registry_up",
     ] {
         assert!(used.contains(wanted), "the dashboard has no {wanted}");
     }
@@ -1187,8 +1189,11 @@ async fn dashboard_queries_only_metrics_a_node_exposes() {
             let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut sink)).await;
         }
     }
-    // Events only a failure, a failover, a lagging viewer, the QUIC relay or TLS cause.
+    // Events only a failure, a failover, a lagging viewer, the QUIC relay, TLS or the etcd
+    // registry (tests/registry.rs) cause.
     let rare = BTreeSet::from([
+        "sluice_registry_errors_total",
+        "sluice_registry_lookups_total",
         "sluice_viewer_skips_total",
         "sluice_frames_dropped_total",
         "sluice_pull_switches_total",
@@ -1246,6 +1251,8 @@ fn every_family() -> String {
         &m.relay_gops,
         &m.subsystem_failures,
         &m.tls_reloads,
+        &m.registry_errors,
+        &m.registry_lookups,
     ] {
         family.get_or_create(&one).inc();
     }
