@@ -16,9 +16,9 @@
 # statically and so run on any Linux kernel of that architecture, whatever its libc (glibc of
 # any age, musl, none). Cross-compiling and linking go through cargo-zigbuild, which uses Zig's
 # `zig cc` as the C compiler (ring builds C and assembly for the target) and linker for every
-# target, so no system cross toolchain or musl-gcc is needed. Archives are reproducible:
-# sorted entries, owner 0, mtimes from the last commit (SOURCE_DATE_EPOCH), gzip without a
-# timestamp.
+# target, so no system cross toolchain or musl-gcc is needed. The archives are deterministic
+# for given files: sorted entries, owner 0, mtimes from the last commit (SOURCE_DATE_EPOCH),
+# gzip without a timestamp.
 #
 # What it installs when missing (once; later runs find them and install nothing):
 #   - the rustup targets x86_64-unknown-linux-musl / aarch64-unknown-linux-musl (rustup)
