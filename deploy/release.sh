@@ -146,8 +146,9 @@ ensure_cargo_zigbuild
 cd "$root"
 pkgid="$(cargo pkgid --offline -p sluice 2>/dev/null || cargo pkgid -p sluice)"
 version="${pkgid##*[#@]}"
-SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)}"
-export SOURCE_DATE_EPOCH
+# For the archives' mtimes only: not exported, as ring's build script reruns (and everything
+# above it rebuilds) whenever SOURCE_DATE_EPOCH changes, i.e. at every commit.
+epoch="${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)}"
 
 # Only this run's artefacts: a stale archive of another version or profile would otherwise end
 # up in SHA256SUMS.
@@ -176,7 +177,7 @@ for arch in "${arches[@]}"; do
         if [[ -f "$license" ]]; then cp "$license" "$dir/"; fi
     done
     tar -C "$stage" --sort=name --owner=0 --group=0 --numeric-owner \
-        --mtime="@$SOURCE_DATE_EPOCH" -cf - "$name" | gzip -9n >"$out_dir/$name.tar.gz"
+        --mtime="@$epoch" -cf - "$name" | gzip -9n >"$out_dir/$name.tar.gz"
     archives+=("$name.tar.gz")
     log "wrote $out_dir/$name.tar.gz"
 done
