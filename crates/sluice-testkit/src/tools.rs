@@ -11,6 +11,10 @@
 //!   (`python3 -m pip install imageio-ffmpeg`); it muxes and demuxes enhanced FLV/RTMP. It has
 //!   no ffprobe: see [`crate::probe::probe_via_modern`].
 //!
+//! * [`qemu_user`]: Debian's `qemu-ARCH-static` user-mode emulators (`apt-get install
+//!   qemu-user-static`, about 60 MB), to run another architecture's static binaries; unlike
+//!   the others it never panics: where it cannot be had it says why, for the test to skip.
+//!
 //! Environment overrides (skip lookup and installation): `SLUICE_FFMPEG5`, `SLUICE_FFPROBE`,
 //! `SLUICE_FFMPEG_MODERN`, `SLUICE_ETCD`.
 //!
@@ -64,6 +68,37 @@ pub fn etcd() -> &'static Path {
     P.get_or_init(|| {
         from_env("SLUICE_ETCD").unwrap_or_else(|| debian_tool("/usr/bin/etcd", "etcd-server"))
     })
+}
+
+/// Debian's `/usr/bin/qemu-{arch}-static` (`arch` as in `std::env::consts::ARCH`, e.g.
+/// `aarch64`), installed with apt (package `qemu-user-static`) if missing and running as root.
+/// `Err` says why it is not available, for the caller to skip with that reason.
+pub fn qemu_user(arch: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(format!("/usr/bin/qemu-{arch}-static"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    if !is_root() {
+        return Err(format!(
+            "{} is missing and this is not root: apt-get install qemu-user-static",
+            path.display()
+        ));
+    }
+    let mut result = Ok(());
+    with_install_lock(|| {
+        if !path.is_file() {
+            result = try_apt_install(&["qemu-user-static"]);
+        }
+    });
+    result?;
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "qemu-user-static installed but has no {}",
+            path.display()
+        ))
+    }
 }
 
 /// The modern static ffmpeg from `imageio-ffmpeg`, installed with pip if missing.
@@ -184,6 +219,12 @@ pub(crate) fn require_root(what: &str) {
 }
 
 pub(crate) fn apt_install(packages: &[&str]) {
+    if let Err(e) = try_apt_install(packages) {
+        panic!("{e}");
+    }
+}
+
+fn try_apt_install(packages: &[&str]) -> Result<(), String> {
     let apt = |args: &[&str]| {
         eprintln!("sluice-testkit: apt-get {}", args.join(" "));
         let status = Command::new("apt-get")
@@ -192,16 +233,15 @@ pub(crate) fn apt_install(packages: &[&str]) {
             .args(["-o", "DPkg::Lock::Timeout=900"])
             .args(args)
             .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "apt-get {} failed: {status:?}",
-            args.join(" ")
-        );
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            other => Err(format!("apt-get {} failed: {other:?}", args.join(" "))),
+        }
     };
-    apt(&["update", "-q"]);
+    apt(&["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend_from_slice(packages);
-    apt(&args);
+    apt(&args)
 }
 
 /// Runs `f` holding the exclusive cross-process install lock.
