@@ -27,6 +27,11 @@
 #   FO_VIEWERS  viewers of each failover run (default 5)
 #   TIER_VIEWERS, TIER_DURATION   sluice-bench viewers and window (s) per tier (10, 10; 0 skips)
 #   NGINX       1 (default): also the nginx-rtmp edge reference; 0: skip it
+#   REGISTRY    1: every node joins a stream registry on etcd (Debian's etcd-server, started
+#               here on 127.0.0.1:19470, pinned with the generators) and the edge has no
+#               static upstreams, so its cold starts resolve through the registry; labels
+#               get "-reg". Failover runs are skipped (origins publishing one stream twice
+#               share one registry key); tests/registry.rs covers a publisher moving origins.
 #   FIXTURE     FLV to publish (default: fixtures/h264_aac.flv, 640x360 ~700 kbit/s, 1 s GOP)
 #   OUT         results, logs and configs (default target/bench/cluster-<time>)
 #   SKIP_BUILD=1  use the existing release binaries
@@ -44,6 +49,11 @@ FO_VIEWERS=${FO_VIEWERS:-5}
 TIER_VIEWERS=${TIER_VIEWERS:-10}
 TIER_DURATION=${TIER_DURATION:-10}
 NGINX=${NGINX:-1}
+REGISTRY=${REGISTRY:-0}
+ETCD_CLIENT=19470
+ETCD_PEER=19471
+SUF=""
+if [[ $REGISTRY == 1 ]]; then SUF="-reg"; REPS=0; fi
 FIXTURE=${FIXTURE:-fixtures/h264_aac.flv}
 OUT=${OUT:-$root/target/bench/cluster-$(date +%Y%m%d-%H%M%S)}
 RTMP_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
@@ -59,6 +69,21 @@ declare -A QUIC=([o1]=19460 [o2]=19461 [mid]=19463)
 declare -A PID=()
 
 say() { echo "cluster: $*" >&2; }
+
+start_etcd() {
+  command -v etcd >/dev/null || { say "installing etcd-server"; apt-get install -y -q etcd-server >/dev/null; }
+  rm -rf "$OUT/etcd-data"
+  taskset -c 1 etcd --name bench --data-dir "$OUT/etcd-data" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+    --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER" >>"$OUT/etcd.log" 2>&1 &
+  PID[etcd]=$!
+  for _ in $(seq 100); do
+    curl -s --max-time 1 "http://127.0.0.1:$ETCD_CLIENT/health" | grep -q '"health":"true"' && return 0
+    sleep 0.1
+  done
+  say "etcd did not become healthy (see $OUT/etcd.log)"; return 1
+}
 
 cleanup() {
   local name pid
@@ -116,6 +141,10 @@ write_config() { # node transport
     if [[ $t == quic ]]; then
       printf 'tls_cert = "%s/node.pem"\ntls_key = "%s/node.key"\ntls_ca = "%s/ca.pem"\n' "$TLS" "$TLS" "$TLS"
       [[ -n ${QUIC[$n]:-} ]] && printf 'quic_listen = "127.0.0.1:%s"\n' "${QUIC[$n]}"
+    fi
+    if [[ $REGISTRY == 1 ]]; then
+      printf '[cluster.registry]\nendpoints = ["http://127.0.0.1:%s"]\nprefix = "/bench"\nlease_ttl_s = 2\n' "$ETCD_CLIENT"
+      [[ $n == edge ]] && ups=""
     fi
     [[ -n $ups ]] && printf '[cluster.apps.live]\nupstreams = [%s]\n' "$ups"
   } > "$f"
@@ -195,17 +224,17 @@ run_transport() { # transport
   done
 
   say "[$t] cold start: $STREAMS streams, 1 viewer each"
-  cb cold --label "cold-$t" --prefix "cold-$t" --streams "$STREAMS" --viewers 1 \
+  cb cold --label "cold-$t$SUF" --prefix "cold-$t$SUF" --streams "$STREAMS" --viewers 1 \
     --origin "rtmp://127.0.0.1:${RTMP[o1]}/live" --edge "rtmp://127.0.0.1:${RTMP[edge]}/live" \
-    --edge-admin "http://127.0.0.1:${ADMIN[edge]}" > "$OUT/cold-$t.json" || say "[$t] cold: checks failed (exit $?)"
-  cat "$OUT/cold-$t.json"
+    --edge-admin "http://127.0.0.1:${ADMIN[edge]}" > "$OUT/cold-$t$SUF.json" || say "[$t] cold: checks failed (exit $?)"
+  cat "$OUT/cold-$t$SUF.json"
 
   if (( BURST > 0 )); then
     say "[$t] one pull per stream: $STREAMS streams, $BURST viewers each"
-    cb cold --label "burst-$t" --prefix "burst-$t" --streams "$STREAMS" --viewers "$BURST" \
+    cb cold --label "burst-$t$SUF" --prefix "burst-$t$SUF" --streams "$STREAMS" --viewers "$BURST" \
       --origin "rtmp://127.0.0.1:${RTMP[o1]}/live" --edge "rtmp://127.0.0.1:${RTMP[edge]}/live" \
-      --edge-admin "http://127.0.0.1:${ADMIN[edge]}" > "$OUT/burst-$t.json" || say "[$t] burst: checks failed (exit $?)"
-    cat "$OUT/burst-$t.json"
+      --edge-admin "http://127.0.0.1:${ADMIN[edge]}" > "$OUT/burst-$t$SUF.json" || say "[$t] burst: checks failed (exit $?)"
+    cat "$OUT/burst-$t$SUF.json"
   fi
 
   for ((i = 1; i <= REPS; i++)); do
@@ -260,6 +289,7 @@ stop_all() { local name; for name in edge2 mid edge o2 o1; do stop_node "$name";
 
 # run_transport checks what must stop it (errexit does not apply inside an `if` condition).
 failed=""
+if [[ $REGISTRY == 1 ]]; then start_etcd; fi
 for t in $TRANSPORT; do
   if ! run_transport "$t"; then failed+=" $t"; fi
 done

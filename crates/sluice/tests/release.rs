@@ -192,6 +192,20 @@ fn release_script_builds_static_binaries_for_each_architecture() {
     } else {
         eprintln!("release: aarch64 skipped: SLUICE_RELEASE_AARCH64=0");
     }
+    // The one thing this test cannot get from the project's registries (crates.io, PyPI,
+    // Debian): the musl standard libraries, from Rust's download server through rustup. A
+    // machine that cannot reach it cannot build these targets at all; that is said and the
+    // test ends, while every failure after it fails the test.
+    let triples: Vec<String> = arches
+        .iter()
+        .map(|a| format!("{}-unknown-linux-musl", a.name))
+        .collect();
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add"]).args(&triples);
+    if let Err(e) = run(&mut rustup, BUILD_DEADLINE) {
+        eprintln!("release: SKIPPED: rustup cannot add {triples:?} here: {e:#}");
+        return;
+    }
     let profile =
         std::env::var("SLUICE_RELEASE_PROFILE").unwrap_or_else(|_| "release-check".to_owned());
     // Apart from the test's own target dir: the outer `cargo test` may still hold its lock.
