@@ -30,8 +30,9 @@
 #   REGISTRY    1: every node joins a stream registry on etcd (Debian's etcd-server, started
 #               here on 127.0.0.1:19470, pinned with the generators) and the edge has no
 #               static upstreams, so its cold starts resolve through the registry; labels
-#               get "-reg". Failover runs are skipped (origins publishing one stream twice
-#               share one registry key); tests/registry.rs covers a publisher moving origins.
+#               get "-reg". Failover then moves the broadcaster: it publishes to origin 1
+#               only, and at the kill of origin 1 publishes to origin 2 instead, so the edge
+#               finds the stream's new origin through the registry.
 #   FIXTURE     FLV to publish (default: fixtures/h264_aac.flv, 640x360 ~700 kbit/s, 1 s GOP)
 #   OUT         results, logs and configs (default target/bench/cluster-<time>)
 #   SKIP_BUILD=1  use the existing release binaries
@@ -53,7 +54,7 @@ REGISTRY=${REGISTRY:-0}
 ETCD_CLIENT=19470
 ETCD_PEER=19471
 SUF=""
-if [[ $REGISTRY == 1 ]]; then SUF="-reg"; REPS=0; fi
+if [[ $REGISTRY == 1 ]]; then SUF="-reg"; fi
 FIXTURE=${FIXTURE:-fixtures/h264_aac.flv}
 OUT=${OUT:-$root/target/bench/cluster-$(date +%Y%m%d-%H%M%S)}
 RTMP_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
@@ -244,14 +245,19 @@ run_transport() { # transport
       map+=(--kill-upstream "127.0.0.1:${RTMP[$name]}=${PID[$name]}")
       map+=(--kill-upstream "127.0.0.1:${QUIC[$name]}=${PID[$name]}")
     done
-    cb failover --label "failover-$t-$i" --viewers "$FO_VIEWERS" --after-ms 3000 --observe-ms 3000 \
-      --edge "rtmp://127.0.0.1:${RTMP[edge]}/live/fo-$t-$i" \
-      --publish "rtmp://127.0.0.1:${RTMP[o1]}/live/fo-$t-$i" \
-      --publish "rtmp://127.0.0.1:${RTMP[o2]}/live/fo-$t-$i" \
+    local publish=(--publish "rtmp://127.0.0.1:${RTMP[o1]}/live/fo-$t-$i")
+    if [[ $REGISTRY == 1 ]]; then
+      # One origin has the stream at a time: the broadcaster moves at the kill.
+      publish+=(--republish "rtmp://127.0.0.1:${RTMP[o2]}/live/fo-$t-$i")
+    else
+      publish+=(--publish "rtmp://127.0.0.1:${RTMP[o2]}/live/fo-$t-$i")
+    fi
+    cb failover --label "failover-$t$SUF-$i" --viewers "$FO_VIEWERS" --after-ms 3000 --observe-ms 3000 \
+      --edge "rtmp://127.0.0.1:${RTMP[edge]}/live/fo-$t-$i" "${publish[@]}" \
       --edge-admin "http://127.0.0.1:${ADMIN[edge]}" "${map[@]}" \
-      > "$OUT/failover-$t-$i.json" || say "[$t] failover $i: checks failed (exit $?)"
-    jq -c 'del(.per_viewer)' "$OUT/failover-$t-$i.json" || true
-    killed=$(jq -r '.killed_pid // empty' "$OUT/failover-$t-$i.json" 2>/dev/null || true)
+      > "$OUT/failover-$t$SUF-$i.json" || say "[$t] failover $i: checks failed (exit $?)"
+    jq -c 'del(.per_viewer)' "$OUT/failover-$t$SUF-$i.json" || true
+    killed=$(jq -r '.killed_pid // empty' "$OUT/failover-$t$SUF-$i.json" 2>/dev/null || true)
     for name in o1 o2; do
       if [[ ${PID[$name]} == "$killed" ]]; then
         wait "$killed" 2>/dev/null || true

@@ -109,6 +109,11 @@ pub struct FailoverArgs {
     /// Publish the fixture here (repeat: once per origin), rtmp://host:port/app/key.
     #[arg(long)]
     pub publish: Vec<String>,
+    /// Right after the kill, publish the fixture here too: the broadcaster moving to
+    /// another origin (an edge on a stream registry learns the new origin from it),
+    /// rtmp://host:port/app/key.
+    #[arg(long)]
+    pub republish: Option<String>,
     /// The process to SIGKILL.
     #[arg(long)]
     pub kill_pid: Option<i32>,

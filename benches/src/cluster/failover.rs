@@ -1,6 +1,7 @@
 //! `failover`: viewers watch a stream at an edge; the origin the edge pulls it from is
-//! killed (SIGKILL); each viewer's time from the kill to its next keyframe, its largest gap
-//! between media messages, and whether it stayed connected.
+//! killed (SIGKILL), and with `--republish` the broadcaster moves to another origin at that
+//! moment; each viewer's time from the kill to its next keyframe, its largest gap between
+//! media messages, and whether it stayed connected.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,6 +143,18 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
     note(&format!("failover: SIGKILL to {pid} ({killed_upstream:?})"));
     let _ = kill_at.set(Instant::now());
     kill(Pid::from_raw(pid), Signal::SIGKILL).with_context(|| format!("kill -9 {pid}"))?;
+    if let Some(url) = &args.republish {
+        let u = RtmpUrl::parse(url).context("--republish")?;
+        check_local(&u.addr, args.allow_remote).await?;
+        let keyframe = Arc::new(AtomicU64::new(0));
+        let run = publish::run(u, fixture.clone(), timeout, until, keyframe, stop.clone());
+        let url = url.clone();
+        publishers.spawn(async move {
+            if let Err(e) = run.await {
+                note(&format!("publisher to {url} ended: {e:#}"));
+            }
+        });
+    }
     sleep(Duration::from_millis(args.observe_ms)).await;
 
     let after = match &args.edge_admin {
