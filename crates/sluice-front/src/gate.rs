@@ -177,7 +177,7 @@ impl Gate {
     pub async fn admit(&self, ask: Ask<'_>) -> Result<Pass, Denied> {
         // Boxed: the decision's future (a webhook call's connect, request and answer buffers
         // among it) would otherwise be reserved inside every connection task that may ask the
-        // gate, 1.3 KiB of it, hook or not: RSS per viewer at 1,000 viewers showed it.
+        // gate, 1.3 KiB of it, hook or not, for the connection's whole life.
         let result = Box::pin(self.decide(ask)).await;
         if let Err(denied) = &result {
             Limits::refuse(&self.ctx, ask.protocol, denied.label(), ask.client);
