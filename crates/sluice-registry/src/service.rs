@@ -461,13 +461,12 @@ impl Inner {
                     self.count("missing");
                     return Vec::new();
                 };
-                {
-                    // The watch will bring the same; keeping it now spares the next viewer.
-                    let mut view = self.view.write();
-                    view.put(&self.layout, kv.key(), kv.value());
-                }
-                self.publish_change();
-                let found = upstreams_of(&self.view.read(), key, &self.node_id, self.quic);
+                // Read, not kept: the view is the watch's alone. A Get answered before a
+                // delete the watch has already applied would otherwise put back a stream
+                // that is gone, with no later event to take it out again.
+                let mut answer = View::default();
+                answer.put(&self.layout, kv.key(), kv.value());
+                let found = upstreams_of(&answer, key, &self.node_id, self.quic);
                 self.count(if found.is_empty() { "missing" } else { "found" });
                 found
             }

@@ -92,6 +92,9 @@ async fn viewers_follow_a_publisher_to_another_origin_through_the_registry() {
     // Origin 1 dies (no chance to delete its key); the broadcaster moves to origin 2.
     o1.kill();
     p1.kill();
+    // Origin 1 is gone: whatever video reaches the viewer from here on comes from origin 2
+    // (the edge may switch before wait_publishing below sees origin 2 publish).
+    let moving = Instant::now();
     let _p2 = publish_looped(&o2.rtmp_url("mv"));
     o2.wait_publishing("mv").await;
     let republished = Instant::now();
@@ -106,7 +109,7 @@ async fn viewers_follow_a_publisher_to_another_origin_through_the_registry() {
     let pull = edge.pull("mv").await.expect("edge pulls");
     assert_eq!(pull["upstream"], o2.upstream(Transport::Rtmp), "{pull}");
     let seen = viewer.stop().await;
-    let first = first_video_since(&seen, republished).expect("video from origin 2");
+    let first = first_video_since(&seen, moving).expect("video from origin 2");
     assert!(
         is_keyframe(&first),
         "the first frame from origin 2 is a keyframe"

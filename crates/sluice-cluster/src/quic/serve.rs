@@ -218,6 +218,14 @@ async fn serve_pull(
     span.record("app", pull.app.as_str());
     span.record("stream", pull.name.as_str());
 
+    if ctx.is_draining() {
+        // As RTMP pulls are refused by the gate: the asking node moves to another upstream
+        // while this one's connected viewers play out the grace period.
+        ctx.metrics.refused(PROTOCOL, "draining");
+        let message = "node draining".to_owned();
+        refuse(&mut send, &mut control, RefuseCode::NotAllowed, message).await;
+        return;
+    }
     let cfg = ctx.config.load_full();
     if pull.app.is_empty() || pull.name.is_empty() || !cfg.streams.app_allowed(&pull.app) {
         let message = format!("application {:?} is not served here", pull.app);
