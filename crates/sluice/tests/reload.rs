@@ -542,12 +542,15 @@ async fn viewers_on_chunk_sizes_set_by_reloads_all_decode_every_frame() {
         assert_eq!((video.codec(), audio.codec()), ("h264", "aac"), "{what}");
         assert_eq!((video.frames(), audio.frames()), (50, 88), "{what}");
     }
+    // Bytes chunked for another size would break the session: a protocol error. (An
+    // io_error is not counted: at the end of the stream ffprobe may close before the
+    // server's goodbye is written, which a loaded machine shows now and then.)
     assert_eq!(
         server
             .rtmp_closed()
             .await
             .iter()
-            .filter(|l| l.contains("protocol_error") || l.contains("io_error"))
+            .filter(|l| l.contains("protocol_error"))
             .count(),
         0,
         "{}",
