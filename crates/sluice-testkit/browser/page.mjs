@@ -17,22 +17,11 @@
 // Connects over CDP (the Rust side starts the browser, and kills it by PID). Prints one JSON
 // object on stdout; exits non-zero only when it could not run at all. Every wait is bounded
 // by timeoutMs.
-import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { session, sleep } from "./session.mjs";
 
-const args = JSON.parse(process.argv[2]);
-const require = createRequire(join(args.playwright, "package.json"));
-const { chromium } = require("playwright-core");
-
-const started = Date.now();
-const left = () => Math.max(1, args.timeoutMs - (Date.now() - started));
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-setTimeout(() => {
-  process.stderr.write("page.mjs: overall timeout\n");
-  process.exit(3);
-}, args.timeoutMs + 5000).unref();
+const { args, chromium, left } = session("page.mjs");
 
 const report = { completed: 0, failure: null, values: [], shots: [], errors: [] };
 

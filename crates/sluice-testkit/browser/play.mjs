@@ -10,24 +10,12 @@
 // decoded frame itself (drawn to a canvas), so a frozen picture under changing controls
 // still counts as unchanged; at the end, one of the whole page. Prints one JSON object on stdout; exits non-zero only when it
 // could not run at all. Every wait is bounded by timeoutMs.
-import { createRequire } from "node:module";
 import { createHash } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { session, sleep } from "./session.mjs";
 
-const args = JSON.parse(process.argv[2]);
-const require = createRequire(join(args.playwright, "package.json"));
-const { chromium } = require("playwright-core");
-
-const started = Date.now();
-const left = () => Math.max(1, args.timeoutMs - (Date.now() - started));
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// Never outlive the deadline, whatever hangs.
-setTimeout(() => {
-  process.stderr.write("play.mjs: overall timeout\n");
-  process.exit(3);
-}, args.timeoutMs + 5000).unref();
+const { args, chromium, started, left } = session("play.mjs");
 
 const report = {
   playing: false,

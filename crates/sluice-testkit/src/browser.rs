@@ -18,7 +18,7 @@
 //! evaluations, form input, screenshots measured by the browser's own PNG decoder) start
 //! Chromium themselves (fresh profile, headless, muted autoplay allowed) as a [`Child`], so it
 //! is killed by PID whatever happens, and have their script (`browser/play.mjs`,
-//! `browser/page.mjs`) connect to it.
+//! `browser/page.mjs`, with what they share in `browser/session.mjs`) connect to it.
 
 #![allow(clippy::print_stderr)] // progress of first-use installs goes to the test log
 
