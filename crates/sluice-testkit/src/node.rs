@@ -336,6 +336,11 @@ impl Process {
         self.signal("TERM");
     }
 
+    /// Sends SIGINT (stop at once) to the process, by its PID.
+    pub fn interrupt(&self) {
+        self.signal("INT");
+    }
+
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
@@ -343,11 +348,6 @@ impl Process {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{name} {}", self.child.id());
-    }
-
-    /// Its process id (to send it a signal).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Whether the process is still running.

@@ -77,19 +77,6 @@ impl Drop for FlvReader {
     }
 }
 
-fn sigterm(node: &Process) {
-    signal(node, libc::SIGTERM);
-}
-
-fn signal(node: &Process, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(node.pid()).expect("pid");
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) takes plain integers; the PID is our own unreaped child, so it cannot
-    // have been recycled for another process.
-    let rc = unsafe { libc::kill(pid, signal) };
-    assert_eq!(rc, 0, "kill -{signal} {pid}");
-}
-
 /// Waits until live/`stream` on `node` has `viewers` viewers (RTMP and HTTP-FLV).
 async fn wait_viewers(node: &Process, stream: &str, viewers: u64) {
     let ok = eventually(WAIT, || async {
@@ -178,7 +165,7 @@ async fn sigterm_drains_connected_viewers_refuses_new_ones_then_exits_zero() {
     assert_eq!(node.metric("sluice_draining").await, 0.0);
 
     let signalled = Instant::now();
-    sigterm(&node);
+    node.term();
     let flipped = readyz_fails_within(node.admin, READY_FLIPS).await;
     #[allow(clippy::print_stderr)] // how quick, for the test log
     {
@@ -377,11 +364,11 @@ async fn a_second_sigterm_or_sigint_skips_the_drain() {
         publishing_node("drain-twice"),
         publishing_node("drain-interrupted")
     );
-    sigterm(&twice);
+    twice.term();
     readyz_fails_within(twice.admin, READY_FLIPS).await;
     let started = Instant::now();
-    sigterm(&twice);
-    signal(&interrupted, libc::SIGINT);
+    twice.term();
+    interrupted.interrupt();
     for node in [&mut twice, &mut interrupted] {
         let status = node
             .wait_exit(WAIT)

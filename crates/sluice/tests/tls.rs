@@ -160,15 +160,6 @@ struct Tls {
 }
 
 impl Tls {
-    fn sighup(&self) {
-        let pid = libc::pid_t::try_from(self.process.pid()).expect("pid");
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) takes plain integers; the PID is our own unreaped child, so it
-        // cannot have been recycled for another process.
-        let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
-        assert_eq!(rc, 0, "kill -HUP {pid}");
-    }
-
     async fn wait_metric(&self, series: &str, at_least: f64) {
         let ok = eventually(WAIT, || async {
             self.process.metric(series).await >= at_least
@@ -536,7 +527,7 @@ async fn a_renewal_by_sighup_reaches_new_connections_and_spares_open_ones() {
     assert!(viewer.keeps_receiving(20_000).await, "the viewer receives");
 
     files.write(&second);
-    tls.sighup();
+    tls.process.hup();
     tls.wait_metric(r#"sluice_tls_reloads_total{result="ok"}"#, 1.0)
         .await;
     assert_eq!(
@@ -562,7 +553,7 @@ async fn a_renewal_by_sighup_reaches_new_connections_and_spares_open_ones() {
 
     // A renewal gone wrong: the key file broken. The certificate in use stays.
     std::fs::write(files.key(), "not a key\n").expect("break the key");
-    tls.sighup();
+    tls.process.hup();
     tls.wait_metric(r#"sluice_tls_reloads_total{result="invalid"}"#, 1.0)
         .await;
     let key = files.key().display().to_string();
